@@ -1,0 +1,78 @@
+"""snakepit: pools of external worker processes for Trio applications.
+
+Usage::
+
+    async with snakepit.open_pool(snakepit.PoolConfig(size=4)) as pool:
+        result = await pool.execute("echo", {"x": 1}, timeout=5)
+
+The public names below are imported lazily (PEP 562) so that ``import snakepit.bridge``
+-- which runs inside worker processes, possibly in an environment that has only
+msgpack -- never pulls in trio, attrs or cattrs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "PoolConfig": "snakepit.config",
+    "RestartPolicy": "snakepit.config",
+    "Pool": "snakepit.pool.pool",
+    "open_pool": "snakepit.pool.pool",
+    "PoolStats": "snakepit.pool.stats",
+    "WorkerStats": "snakepit.pool.stats",
+    "CallCancelled": "snakepit.errors",
+    "ConfigError": "snakepit.errors",
+    "PayloadError": "snakepit.errors",
+    "PoolBroken": "snakepit.errors",
+    "PoolClosed": "snakepit.errors",
+    "PoolSaturated": "snakepit.errors",
+    "ProtocolError": "snakepit.errors",
+    "QueueTimeout": "snakepit.errors",
+    "RemoteError": "snakepit.errors",
+    "SnakepitError": "snakepit.errors",
+    "UnknownCommand": "snakepit.errors",
+    "WorkerCrashed": "snakepit.errors",
+    "WorkerStartupError": "snakepit.errors",
+    "WorkerTimeout": "snakepit.errors",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from snakepit.config import PoolConfig, RestartPolicy
+    from snakepit.errors import (
+        CallCancelled,
+        ConfigError,
+        PayloadError,
+        PoolBroken,
+        PoolClosed,
+        PoolSaturated,
+        ProtocolError,
+        QueueTimeout,
+        RemoteError,
+        SnakepitError,
+        UnknownCommand,
+        WorkerCrashed,
+        WorkerStartupError,
+        WorkerTimeout,
+    )
+    from snakepit.pool.pool import Pool, open_pool
+    from snakepit.pool.stats import PoolStats, WorkerStats
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'snakepit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

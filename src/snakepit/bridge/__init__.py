@@ -1,0 +1,13 @@
+"""The worker side: serve a :class:`CommandHandler` over stdin/stdout.
+
+Run ``python -m snakepit.bridge --handler package.module:HandlerClass``. This package
+imports only the standard library (and msgpack when present) so that it runs in any
+worker environment: importing it never imports trio, attrs or cattrs.
+"""
+
+from snakepit.bridge.context import CallContext
+from snakepit.bridge.handler import CommandHandler, command
+from snakepit.bridge.server import BridgeServer, serve
+from snakepit.errors import CallCancelled
+
+__all__ = ["BridgeServer", "CallCancelled", "CallContext", "CommandHandler", "command", "serve"]

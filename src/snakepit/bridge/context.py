@@ -1,0 +1,124 @@
+"""What a handler knows about the call it is running (worker side, standard library only)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from snakepit.errors import CallCancelled
+
+
+class ControlChannel(Protocol):
+    """How a call learns of cancel and credit frames that arrive while it runs.
+
+    The serial server reads them itself when asked (``poll``/``wait``); the threaded
+    server's reader thread applies them as they come and ``wait`` sleeps on a condition.
+    """
+
+    def poll(self) -> None: ...
+
+    def wait(self, timeout: float | None) -> None: ...
+
+
+class CallContext:
+    """Per-call context handed to commands that accept a second parameter.
+
+    Attributes:
+        id: the request id (unique per worker connection).
+        command: the command name.
+        args: the call's arguments.
+        session_id: the session the call belongs to, or ``None``.
+        deadline: Unix time after which the host no longer waits, or ``None``.
+    """
+
+    __slots__ = ("_cancelled", "_channel", "_credit", "_report", "args", "command", "deadline",
+                 "id", "session_id", "window")
+
+    def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
+                 deadline: float | None, window: int | None,
+                 report: Callable[[dict[str, Any]], None], channel: ControlChannel) -> None:
+        self.id = id
+        self.command = command
+        self.args = args
+        self.session_id = session_id
+        self.deadline = deadline
+        self.window = window
+        self._report = report
+        self._channel = channel
+        self._cancelled = False
+        self._credit = window or 0
+
+    # -- deadline and cancellation -------------------------------------------------
+    def time_left(self) -> float | None:
+        """Seconds until the call's deadline (negative once passed), or ``None``."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.time()
+
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.deadline is not None and time.time() >= self.deadline
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the host asked to stop this call (cancel frame, or deadline passed).
+
+        Cheap enough to check in a loop: it looks for pending control frames without
+        blocking.
+        """
+        if not self._cancelled:
+            self._channel.poll()
+        return self._cancelled or self.expired
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`CallCancelled` if the call should stop; call it in loops."""
+        if self.cancelled:
+            raise CallCancelled(f"call {self.id} ({self.command}) was cancelled")
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds (capped by the deadline) or until cancelled.
+
+        Returns whether the call was cancelled. Use it instead of ``time.sleep`` in a
+        handler that waits, so that a cancel wakes it at once.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.cancelled:
+            left = self.time_left()
+            if end is not None:
+                remaining = end - time.monotonic()
+                left = remaining if left is None else min(left, remaining)
+            if left is not None and left <= 0:
+                break
+            self._channel.wait(left)
+        return self.cancelled
+
+    def _cancel(self) -> None:
+        self._cancelled = True
+
+    # -- progress ------------------------------------------------------------------
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report progress to the host (``done`` of ``total`` units, optional message)."""
+        frame: dict[str, Any] = {"t": "progress", "id": self.id, "done": float(done)}
+        if total is not None:
+            frame["total"] = float(total)
+        if message is not None:
+            frame["msg"] = str(message)
+        self._report(frame)
+
+    # -- stream credit -------------------------------------------------------------
+    def _grant(self, n: int) -> None:
+        self._credit += n
+
+    def _take_credit(self) -> bool:
+        """Wait for one unit of stream credit; False if cancelled (or expired) meanwhile."""
+        while self._credit <= 0:
+            if self.cancelled:
+                return False
+            left = self.time_left()
+            self._channel.wait(None if left is None else max(left, 0.0))
+        if self.cancelled:
+            return False
+        self._credit -= 1
+        return True

@@ -1,0 +1,405 @@
+"""The worker-side server loop (standard library + optional msgpack; never trio).
+
+Two ways to serve, chosen by the handler's ``concurrency``:
+
+- **serial** (``concurrency == 1``, the default): the main thread reads a frame, runs
+  the call and writes the answer -- no thread handoff on the hot path, which is what
+  keeps a worker near the raw-pipe floor. Cancel and credit frames that arrive while a
+  call runs are read when the call looks (``ctx.cancelled``, ``ctx.wait_cancelled``, or
+  between chunks of a stream); calls that arrive meanwhile wait in a queue.
+- **threaded** (``concurrency > 1``): a reader thread applies control frames at once
+  and hands calls to a pool of that many threads.
+
+The wire uses private duplicates of fds 0 and 1. Fd 0 is then pointed at /dev/null and
+fd 1 at stderr, so a stray ``print`` (or a C library writing to stdout) cannot corrupt
+the wire, and a subprocess a handler spawns does not inherit the wire.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import select
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from snakepit.bridge.context import CallContext, ControlChannel
+from snakepit.bridge.handler import CommandHandler
+from snakepit.errors import CallCancelled, PayloadError, ProtocolError
+from snakepit.protocol import wire
+from snakepit.protocol.codecs import JSON, Codec, available_codecs, get_codec
+from snakepit.protocol.framing import FrameDecoder, encode_frame
+
+_READ_SIZE = 1 << 20
+_STOP = object()
+
+
+class _HostGone(BaseException):
+    """The wire is closed: the host exited or closed the pipe. Exit quietly."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGINT arrived. Exit cleanly."""
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the host dies (PR_SET_PDEATHSIG).
+
+    The host passes its pid in ``SNAKEPIT_HOST_PID``; if we have already been
+    re-parented (the host died before we got here) we exit at once.
+    """
+    host_pid = os.environ.get("SNAKEPIT_HOST_PID")
+    if not sys.platform.startswith("linux") or not host_pid:
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return
+    if os.getppid() != int(host_pid):
+        os._exit(0)
+
+
+def _private_wire_fds() -> tuple[int, int]:
+    """Move the wire off fds 0/1 (see module docstring); returns (read_fd, write_fd)."""
+    wire_in = os.dup(0)
+    wire_out = os.dup(1)  # os.dup makes non-inheritable fds (PEP 446)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return wire_in, wire_out
+
+
+class BridgeServer:
+    """Serves one :class:`CommandHandler` over a pair of file descriptors."""
+
+    def __init__(self, handler: CommandHandler, *, read_fd: int, write_fd: int,
+                 concurrency: int | None = None) -> None:
+        self.handler = handler
+        self.concurrency = max(1, concurrency or handler.concurrency)
+        self._read_fd = read_fd
+        self._write_fd = write_fd
+        self._codec: Codec = JSON
+        self._max_frame_size = wire.DEFAULT_MAX_FRAME_SIZE
+        self._decoder = FrameDecoder(self._max_frame_size)
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._write_lock = threading.Lock()
+        self._active: dict[int, CallContext] = {}
+        self._eof = False
+        self._stopping = False
+        self._protocol_error: ProtocolError | None = None
+        # serial mode: calls read while another ran; threaded mode: the hand-off queue
+        self._backlog: collections.deque[CallContext] = collections.deque()
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._changed = threading.Condition()
+        self._channel: ControlChannel = (
+            _SerialChannel(self) if self.concurrency == 1 else _ThreadedChannel(self._changed)
+        )
+
+    # -- wire ----------------------------------------------------------------------
+    def _fill(self, timeout: float | None) -> bool:
+        """Read what the wire has, waiting up to ``timeout`` (None: forever) for data.
+
+        Returns False when nothing arrived in time. Sets ``_eof`` at end of stream.
+        """
+        if timeout is not None:
+            ready, _, _ = select.select([self._read_fd], [], [], max(timeout, 0.0))
+            if not ready:
+                return False
+        data = os.read(self._read_fd, _READ_SIZE)
+        if not data:
+            self._eof = True
+            return False
+        self._frames.extend(self._decoder.feed(data))
+        return True
+
+    def _read_frame(self) -> bytes | None:
+        """Blocking read of one frame payload; ``None`` at end of stream."""
+        while not self._frames:
+            if self._eof or not self._fill(None) and self._eof:
+                return None
+        return self._frames.popleft()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._write_lock:
+            try:
+                while view:
+                    view = view[os.write(self._write_fd, view) :]
+            except OSError as exc:  # EPIPE and friends: the host is gone
+                raise _HostGone from exc
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Encode and send ``message``; a result or chunk that cannot travel becomes an
+        error frame for its call instead, so the worker stays in service."""
+        try:
+            frame = encode_frame(self._codec.encode(message), self._max_frame_size)
+        except (PayloadError, ProtocolError) as exc:
+            if message.get(wire.TAG) not in (wire.RESULT, wire.CHUNK):
+                raise
+            self._send_error(message["id"], wire.KIND_PAYLOAD, None,
+                             f"result cannot be sent: {exc}", etype="PayloadError")
+            return
+        self._write(frame)
+
+    def _send_error(self, call_id: int | None, kind: str, exc: BaseException | None,
+                    message: str = "", etype: str = "") -> None:
+        frame: dict[str, Any] = {wire.TAG: wire.ERROR, "id": call_id, "kind": kind,
+                                 "etype": etype, "msg": message}
+        if exc is not None:
+            frame["etype"] = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
+                "builtins.")
+            frame["msg"] = str(exc)
+            frame["tb"] = "".join(traceback.format_exception(exc))
+        self.send(frame)
+
+    # -- handshake -----------------------------------------------------------------
+    def handshake(self) -> None:
+        """Read the host's hello (JSON), pick a codec, answer with a welcome (JSON)."""
+        payload = self._read_frame()
+        if payload is None:
+            raise _HostGone
+        hello = JSON.decode(payload)
+        if hello.get(wire.TAG) != wire.HELLO:
+            raise ProtocolError(f"expected hello, got {hello.get(wire.TAG)!r}")
+        offered = hello.get("codecs") or ["json"]
+        usable = [name for name in offered if name in available_codecs()]
+        if not usable:
+            raise ProtocolError(
+                f"host offers codecs {offered}, this worker has {available_codecs()}"
+                " (install msgpack in the worker's environment, or use codec='json')")
+        max_frame = hello.get("max_frame_size")
+        if type(max_frame) is int and max_frame > 0:
+            self._max_frame_size = max_frame
+            self._decoder = FrameDecoder(max_frame)
+        handler_type = type(self.handler)
+        self._write(encode_frame(JSON.encode({
+            wire.TAG: wire.WELCOME,
+            "version": wire.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "codec": usable[0],
+            "concurrency": self.concurrency,
+            "capabilities": list(wire.CAPABILITIES),
+            "python": sys.version.split()[0],
+            "handler": f"{handler_type.__module__}:{handler_type.__qualname__}",
+        }), self._max_frame_size))
+        self._codec = get_codec(usable[0])
+
+    # -- routing frames ----------------------------------------------------------------
+    def _route_pending(self) -> None:
+        """Act on every frame read so far."""
+        frames, decode = self._frames, self._codec.decode
+        while frames:
+            self._route(decode(frames.popleft()))
+
+    def _route(self, message: dict[str, Any]) -> None:
+        tag = message.get(wire.TAG)
+        if tag == wire.CALL:
+            call_id, name = message.get("id"), message.get("cmd")
+            if type(call_id) is not int or not isinstance(name, str):
+                raise ProtocolError(f"malformed call frame: {message!r:.200}")
+            ctx = CallContext(call_id, name, message.get("args"), session_id=message.get("sid"),
+                              deadline=message.get("dl"), window=message.get("window"),
+                              report=self.send, channel=self._channel)
+            if ctx.expired:
+                self._send_error(call_id, wire.KIND_EXPIRED, None,
+                                 "the call's deadline passed before the worker received it")
+                return
+            self._active[call_id] = ctx
+            if self.concurrency == 1:
+                self._backlog.append(ctx)
+            else:
+                self._calls.put(ctx)
+        elif tag == wire.CANCEL or tag == wire.CREDIT:
+            target = self._active.get(message.get("id"))  # type: ignore[arg-type]
+            if target is not None:
+                if tag == wire.CANCEL:
+                    target._cancel()
+                else:
+                    n = message.get("n")
+                    target._grant(n if type(n) is int else 0)
+                with self._changed:
+                    self._changed.notify_all()
+        elif tag == wire.SHUTDOWN:
+            self._stopping = True
+        else:
+            raise ProtocolError(f"unexpected message type {tag!r}")
+
+    def pump(self, timeout: float | None) -> None:
+        """Serial mode: read and apply control frames, waiting up to ``timeout``.
+
+        Runs inside handler code (via ``ctx.cancelled``), so a protocol error is kept
+        for the serve loop rather than raised into the handler, and every call is
+        cancelled: the host is unusable.
+        """
+        if self._eof or self._protocol_error is not None:
+            return
+        try:
+            if self._fill(timeout):
+                self._route_pending()
+        except ProtocolError as exc:
+            self._protocol_error = exc
+            for ctx in self._active.values():
+                ctx._cancel()
+
+    # -- running calls -------------------------------------------------------------
+    def run_call(self, ctx: CallContext) -> None:
+        """Run one call and send its answer (result, stream or error)."""
+        try:
+            cmd = self.handler.lookup(ctx.command)
+            if cmd is None:
+                self._send_error(ctx.id, wire.KIND_UNKNOWN_COMMAND, None,
+                                 f"unknown command {ctx.command!r}", etype="UnknownCommand")
+                return
+            try:
+                if ctx._cancelled:
+                    raise CallCancelled(f"call {ctx.id} ({ctx.command}) was cancelled")
+                result = cmd(ctx.args, ctx)
+                if cmd.streaming and ctx.window is None:  # plain call of a stream: collect
+                    self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": list(result)})
+                elif ctx.window is not None:
+                    self._stream(ctx, result if cmd.streaming else iter((result,)))
+                else:
+                    self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": result})
+            except CallCancelled as exc:
+                self._send_error(ctx.id, wire.KIND_CANCELLED, exc)
+            except Exception as exc:
+                self._send_error(ctx.id, wire.KIND_HANDLER, exc)
+        finally:
+            self._active.pop(ctx.id, None)
+            self.handler.calls_served += 1
+
+    def _stream(self, ctx: CallContext, items: Iterator[Any]) -> None:
+        """Send ``items`` as chunks, producing each only against credit, then the end."""
+        try:
+            while True:
+                if not ctx._take_credit():
+                    raise CallCancelled(f"stream {ctx.id} ({ctx.command}) was cancelled")
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                self.send({wire.TAG: wire.CHUNK, "id": ctx.id, "value": item})
+            self.send({wire.TAG: wire.END, "id": ctx.id})
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # runs the generator's finally blocks now, not at GC time
+
+    def _serve_serial(self) -> None:
+        backlog = self._backlog
+        while True:
+            if not backlog:
+                if self._stopping or self._eof:
+                    return
+                self._fill(None)
+                self._route_pending()
+                continue
+            self.run_call(backlog.popleft())
+            if self._protocol_error is not None:
+                raise self._protocol_error
+
+    def _serve_threaded(self) -> None:
+        threading.Thread(target=self._read_forever, name="snakepit-reader", daemon=True).start()
+        with ThreadPoolExecutor(self.concurrency, "snakepit-call") as pool:
+            while (ctx := self._calls.get()) is not _STOP:
+                pool.submit(self._run_guarded, ctx)
+
+    def _read_forever(self) -> None:
+        """Threaded mode's reader: apply frames as they arrive until EOF or shutdown."""
+        try:
+            while not (self._stopping or self._eof):
+                self._fill(None)
+                self._route_pending()
+        except ProtocolError as exc:
+            self._report_protocol_error(exc)
+        except (_HostGone, OSError):
+            pass
+        finally:
+            self._calls.put(_STOP)
+
+    def _report_protocol_error(self, exc: ProtocolError) -> None:
+        sys.stderr.write(f"snakepit.bridge: protocol error from host: {exc}\n")
+        try:
+            self._send_error(None, wire.KIND_PROTOCOL, None, str(exc))
+        except _HostGone:
+            pass
+
+    def serve(self) -> int:
+        """Handshake, then serve calls until shutdown, EOF or a signal. Returns the exit code."""
+        try:
+            self.handshake()
+            if self.concurrency == 1:
+                self._serve_serial()
+            else:
+                self._serve_threaded()
+        except (_HostGone, _Terminated):
+            return 0
+        except ProtocolError as exc:
+            self._report_protocol_error(exc)
+            return 2
+        return 0
+
+    def _run_guarded(self, ctx: CallContext) -> None:
+        try:
+            self.run_call(ctx)
+        except _HostGone:
+            os._exit(0)
+
+
+class _SerialChannel:
+    """Control frames for the serial server: read them from the wire when asked."""
+
+    def __init__(self, server: BridgeServer) -> None:
+        self._server = server
+
+    def poll(self) -> None:
+        self._server.pump(0.0)
+
+    def wait(self, timeout: float | None) -> None:
+        self._server.pump(timeout)
+
+
+class _ThreadedChannel:
+    """Control frames for the threaded server: the reader thread applies them."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        self._changed = changed
+
+    def poll(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+
+def serve(handler: CommandHandler, *, concurrency: int | None = None) -> int:
+    """Serve ``handler`` over this process's stdin/stdout until the host lets go.
+
+    Sets up the process as a snakepit worker: private wire fds, parent-death signal,
+    clean exit on SIGTERM/SIGINT. Returns the process exit code.
+    """
+    read_fd, write_fd = _private_wire_fds()
+    return BridgeServer(handler, read_fd=read_fd, write_fd=write_fd,
+                        concurrency=concurrency).serve()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT end the worker cleanly (no traceback)."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)

@@ -1,0 +1,175 @@
+"""The error hierarchy: every failure the public API raises is a :class:`SnakepitError`.
+
+Each class says when it is raised, what it means and what the caller should do.
+``retryable`` is a class attribute: ``True`` means the same call may be sent again
+without risk of running it twice with a different outcome (the work never reached a
+worker, or the worker reported it did not complete it).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CallCancelled",
+    "ConfigError",
+    "PayloadError",
+    "PoolBroken",
+    "PoolClosed",
+    "PoolSaturated",
+    "ProtocolError",
+    "QueueTimeout",
+    "RemoteError",
+    "SnakepitError",
+    "UnknownCommand",
+    "WorkerCrashed",
+    "WorkerStartupError",
+    "WorkerTimeout",
+]
+
+import signal
+from collections.abc import Sequence
+
+
+class SnakepitError(Exception):
+    """Base class of every error snakepit raises."""
+
+    #: Whether the failed call may safely be submitted again.
+    retryable: bool = False
+
+
+class ConfigError(SnakepitError, ValueError):
+    """A configuration value is invalid.
+
+    Raised when a :class:`~snakepit.PoolConfig` is built. ``errors`` lists every bad
+    field as ``"path.to.field: what is wrong"``, all at once. Fix the configuration;
+    retrying cannot help.
+    """
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors: tuple[str, ...] = tuple(errors)
+        super().__init__("invalid configuration: " + "; ".join(self.errors))
+
+
+class PoolClosed(SnakepitError):
+    """The pool is shutting down or has shut down; the call was not run.
+
+    Raised for calls submitted after the pool's ``async with`` block started to exit,
+    and for calls still waiting or running when it did.
+    """
+
+
+class PoolSaturated(SnakepitError):
+    """The wait queue is full (``max_queue`` calls already wait); the call was not run.
+
+    ``retry_after`` estimates, in seconds, when a slot may be free. Back off and retry,
+    or shed the load.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PoolBroken(SnakepitError):
+    """Every worker slot has failed past its restart intensity; nothing can run.
+
+    The pool stays open so that the application can report and exit; it will not heal
+    by itself. Look at the workers' stderr in the logs.
+    """
+
+
+class QueueTimeout(SnakepitError):
+    """The call's deadline passed while it waited for a worker; no worker saw it."""
+
+    retryable = True
+
+
+class WorkerTimeout(SnakepitError):
+    """The call's deadline passed while a worker ran it.
+
+    The worker was asked to cancel the call; if it did not stop within
+    ``cancel_grace`` it was killed and replaced. Whether any side effect of the call
+    happened is unknown, so the call is not marked retryable.
+    """
+
+
+class CallCancelled(SnakepitError):
+    """The worker stopped the call because the host cancelled it."""
+
+
+class WorkerCrashed(SnakepitError):
+    """The worker process died while the call was in flight.
+
+    ``exit_code`` is the process's exit status, or ``None``; ``signal`` is the number
+    of the signal that killed it, or ``None``. The call may or may not have had
+    effects, so it is not retryable unless the caller knows it is idempotent.
+    """
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        self.exit_code = exit_code
+        self.signal: int | None = -exit_code if exit_code is not None and exit_code < 0 else None
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = str(self.signal)
+            message = f"{message} (killed by {name})"
+        elif exit_code is not None:
+            message = f"{message} (exit code {exit_code})"
+        super().__init__(message)
+
+
+class WorkerStartupError(SnakepitError):
+    """A worker process could not be started or did not complete its handshake.
+
+    ``stderr_tail`` holds the last lines the process wrote to stderr, which usually
+    name the cause (a bad executable, an import error in the handler).
+    """
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        self.stderr_tail = stderr_tail
+        if stderr_tail:
+            message = f"{message}\n--- worker stderr (tail) ---\n{stderr_tail}"
+        super().__init__(message)
+
+
+class RemoteError(SnakepitError):
+    """The handler raised an exception; the worker is still in service.
+
+    ``remote_type`` is the exception's qualified type name in the worker,
+    ``remote_message`` its message and ``remote_traceback`` the formatted traceback.
+    """
+
+    def __init__(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str = "",
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{remote_type}: {remote_message}")
+
+
+class UnknownCommand(RemoteError):
+    """The worker's handler has no command of that name; nothing was run."""
+
+    retryable = False
+
+
+class PayloadError(SnakepitError, ValueError):
+    """A value could not be encoded for the wire, or its frame exceeds ``max_frame_size``.
+
+    Raised before anything is sent when the host's own arguments are at fault; when the
+    worker's result is at fault the worker reports it and stays in service.
+    """
+
+
+class ProtocolError(SnakepitError):
+    """A peer broke the wire protocol (malformed, oversized or unexpected frame).
+
+    The host never hangs or crashes on bad input: the offending worker is replaced and
+    the calls in flight on it fail with this error.
+    """

@@ -1,0 +1,1 @@
+"""The pool: dispatcher and wait queue, worker slots, stats."""

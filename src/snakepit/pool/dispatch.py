@@ -1,0 +1,113 @@
+"""FIFO hand-out of worker capacity, with a bounded wait queue.
+
+A worker with concurrency *c* contributes *c* units to ``_idle``. A caller takes a
+unit without a task switch when one is free and nobody waits; otherwise it parks in
+FIFO order and a released unit is handed straight to the first waiter (no thundering
+herd, no re-check loop).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import trio
+
+from snakepit.errors import PoolBroken, PoolClosed, PoolSaturated
+
+if TYPE_CHECKING:
+    from snakepit.worker.worker import Worker
+
+
+class Dispatcher:
+    """Hands out units of worker capacity to callers, first come first served."""
+
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self._idle: collections.deque[Worker] = collections.deque()
+        self._waiters: collections.deque[trio.lowlevel.Task] = collections.deque()
+        self._closed = False
+        self._broken = False
+        self.mean_service_time = 0.001
+        """Moving average of call durations, in seconds; feeds ``retry_after``."""
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiters)
+
+    def add_worker(self, worker: Worker) -> None:
+        """A new worker is ready: offer all of its capacity."""
+        for _ in range(worker.capacity):
+            self.release(worker)
+
+    def release(self, worker: Worker) -> None:
+        """One unit of ``worker``'s capacity is free again."""
+        if not worker.accepting or self._closed:
+            return
+        if self._waiters:
+            trio.lowlevel.reschedule(self._waiters.popleft(), outcome.Value(worker))
+        else:
+            self._idle.append(worker)
+
+    def try_acquire(self) -> Worker | None:
+        """A free unit, without waiting; ``None`` if none is free or others wait first."""
+        if self._waiters:
+            return None
+        idle = self._idle
+        while idle:
+            worker = idle.popleft()
+            if worker.accepting:
+                return worker
+        return None
+
+    async def acquire(self) -> Worker:
+        """Wait, in FIFO order, for a unit of capacity.
+
+        Raises:
+            PoolClosed: the pool is closing.
+            PoolBroken: every slot has failed.
+            PoolSaturated: ``max_queue`` callers already wait.
+        """
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        worker = self.try_acquire()
+        if worker is not None:
+            await trio.lowlevel.checkpoint()
+            return worker
+        if self._broken:
+            raise PoolBroken("every worker slot has failed past its restart intensity")
+        if len(self._waiters) >= self.max_queue:
+            retry_after = self.mean_service_time * (len(self._waiters) + 1)
+            raise PoolSaturated(
+                f"{len(self._waiters)} calls already wait for a worker (max_queue)",
+                retry_after=retry_after,
+            )
+        task = trio.lowlevel.current_task()
+        self._waiters.append(task)
+
+        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+            self._waiters.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        worker = await trio.lowlevel.wait_task_rescheduled(abort)
+        return worker  # type: ignore[no-any-return]
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, collections.deque()
+        for task in waiters:
+            trio.lowlevel.reschedule(task, outcome.Error(error))
+
+    def mark_broken(self) -> None:
+        """Every slot has failed: waiting callers and new ones get PoolBroken."""
+        self._broken = True
+        self._fail_waiters(PoolBroken("every worker slot has failed past its restart intensity"))
+
+    def close(self) -> None:
+        """Refuse new calls; waiting callers get PoolClosed."""
+        self._closed = True
+        self._idle.clear()
+        self._fail_waiters(PoolClosed("the pool closed while the call waited for a worker"))
+
+    def record_service_time(self, seconds: float) -> None:
+        self.mean_service_time += (seconds - self.mean_service_time) * 0.05

@@ -1,0 +1,1 @@
+"""The OS process under a worker: launching, process groups, the shutdown ladder."""

@@ -1,0 +1,173 @@
+"""Start a worker process: its own process group, three pipes, a pidfd to wait on.
+
+We call :class:`subprocess.Popen` from the Trio thread itself rather than through
+``trio.lowlevel.open_process``, which forks from a worker thread: Linux delivers the
+parent-death signal when the *thread* that forked the child exits, so a worker forked
+from a cached thread would be killed when that thread idled out. Popen uses vfork
+here, so the Trio loop is blocked for well under a millisecond per spawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from snakepit.errors import WorkerStartupError
+
+__all__ = ["OsProcess", "spawn"]
+
+# Linux's F_SETPIPE_SZ; a 1 MiB pipe buffer doubles 1 MiB transfer speed (DESIGN.md).
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_SIZE = 1 << 20
+
+
+def _grow_pipe(fd: int) -> None:
+    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+
+
+class OsProcess:
+    """A child process leading its own process group, with non-blocking pipe ends.
+
+    ``stdin``/``stdout`` are the wire; ``stderr`` carries the worker's logs.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdin: int, stdout: int, stderr: int):
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._pidfd: int | None = os.pidfd_open(popen.pid) if hasattr(os, "pidfd_open") else None
+        self._exited = False
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once reaped; negative for a signal, as in :mod:`subprocess`."""
+        return self._popen.returncode
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the worker's whole process group (its descendants too)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    async def wait_exit(self) -> None:
+        """Return once the process has exited (it stays a zombie until :meth:`reap`)."""
+        if self._exited or self.returncode is not None:
+            return
+        if self._pidfd is not None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        else:  # pragma: no cover - no pidfd (non-Linux): poll politely
+            while self._popen.poll() is None:
+                await trio.sleep(0.01)
+        self._exited = True
+
+    def reap(self) -> int:
+        """Kill what is left of the group, then collect the exit status.
+
+        Called after :meth:`wait_exit`: the leader is a zombie, so its pid -- which is
+        the group id -- cannot have been reused, and grandchildren a handler spawned are
+        killed without risk of hitting a stranger.
+        """
+        if self.returncode is None:
+            self.signal_group(signal.SIGKILL)
+            self._popen.wait()
+        self._close_pidfd()
+        return self._popen.returncode
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def close_pipes(self) -> None:
+        """Close the host's pipe ends (after every task using them has stopped)."""
+        for name in ("stdin", "stdout", "stderr"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None) -> OsProcess:
+    """Start ``argv`` in a new session (so a new process group) with piped stdio.
+
+    Raises:
+        WorkerStartupError: the executable cannot be run.
+    """
+    child_in, host_in = os.pipe()
+    host_out, child_out = os.pipe()
+    host_err, child_err = os.pipe()
+    _grow_pipe(host_in)
+    _grow_pipe(host_out)
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=child_in,
+            stdout=child_out,
+            stderr=child_err,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        for fd in (host_in, host_out, host_err):
+            os.close(fd)
+        raise WorkerStartupError(f"cannot start worker {list(argv)!r}: {exc}") from exc
+    finally:
+        for fd in (child_in, child_out, child_err):
+            os.close(fd)
+    for fd in (host_in, host_out, host_err):
+        os.set_blocking(fd, False)
+    return OsProcess(popen, host_in, host_out, host_err)
+
+
+def host_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a worker: the host's, the pool's extras, and the host pid."""
+    env = dict(os.environ)
+    env.update(extra)
+    env["SNAKEPIT_HOST_PID"] = str(os.getpid())
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def python_argv(python: str, handler: str) -> list[str]:
+    """argv that runs the bridge serving ``handler`` under ``python``."""
+    return [python, "-m", "snakepit.bridge", "--handler", handler]
+
+
+_bridge_dir: str | None = None
+
+
+def bridge_pythonpath(python: str) -> str | None:
+    """A PYTHONPATH entry that lets a *foreign* interpreter import ``snakepit.bridge``.
+
+    The host's own interpreter already can. Another one (a worker virtualenv) gets a
+    private directory holding only a link to the ``snakepit`` package, so it never sees
+    the host's site-packages (whose compiled extensions may not fit it).
+    """
+    global _bridge_dir
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        return None
+    if _bridge_dir is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        import snakepit
+
+        _bridge_dir = tempfile.mkdtemp(prefix="snakepit-bridge-")
+        atexit.register(shutil.rmtree, _bridge_dir, ignore_errors=True)
+        os.symlink(os.path.dirname(os.path.abspath(snakepit.__file__)),
+                   os.path.join(_bridge_dir, "snakepit"))
+    return _bridge_dir

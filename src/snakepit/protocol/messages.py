@@ -1,0 +1,223 @@
+"""Typed wire messages for the host side, and the one converter that maps them.
+
+Each message is a frozen attrs class; :data:`converter` (cattrs) turns it into the
+plain map the codecs encode and back. The map's ``"t"`` key selects the class; field
+renames keep the wire compact (``sid``, ``dl``, ``msg``, ``tb``). Anything that does not
+structure cleanly is a :class:`~snakepit.errors.ProtocolError`, never a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from snakepit.errors import ProtocolError
+from snakepit.protocol import wire
+
+__all__ = [
+    "Call",
+    "Cancel",
+    "Chunk",
+    "Credit",
+    "End",
+    "Error",
+    "Hello",
+    "Message",
+    "Progress",
+    "Result",
+    "Shutdown",
+    "Welcome",
+    "converter",
+    "from_wire",
+    "to_wire",
+]
+
+
+@attrs.frozen
+class Hello:
+    """First frame from the host, always JSON: offers codecs and sets the frame limit."""
+
+    version: int
+    codecs: list[str]
+    max_frame_size: int
+    worker_id: str
+
+
+@attrs.frozen
+class Welcome:
+    """The worker's answer to :class:`Hello`, always JSON: who it is and what it speaks."""
+
+    version: int
+    pid: int
+    codec: str
+    concurrency: int = 1
+    capabilities: list[str] = attrs.field(factory=list)
+    python: str = ""
+    handler: str = ""
+
+
+@attrs.frozen
+class Call:
+    """Run ``command`` with ``args``; ``window`` set means a stream with that credit."""
+
+    id: int
+    command: str
+    args: Any = None
+    session_id: str | None = None
+    deadline: float | None = None
+    """Unix time after which the worker must not start (and should stop) the call."""
+    window: int | None = None
+
+
+@attrs.frozen
+class Cancel:
+    """Stop call ``id`` if it is still running; its answer will be discarded."""
+
+    id: int
+
+
+@attrs.frozen
+class Credit:
+    """The stream consumer of call ``id`` can take ``n`` more chunks."""
+
+    id: int
+    n: int
+
+
+@attrs.frozen
+class Shutdown:
+    """Finish what is running, take nothing new, exit."""
+
+
+@attrs.frozen
+class Result:
+    """Call ``id`` returned ``value``."""
+
+    id: int
+    value: Any = None
+
+
+@attrs.frozen
+class Error:
+    """Call ``id`` failed; ``kind`` is one of the ``wire.KIND_*`` values."""
+
+    id: int | None
+    kind: str
+    type: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+@attrs.frozen
+class Chunk:
+    """One item yielded by the streaming call ``id``."""
+
+    id: int
+    value: Any = None
+
+
+@attrs.frozen
+class End:
+    """The streaming call ``id`` is exhausted."""
+
+    id: int
+
+
+@attrs.frozen
+class Progress:
+    """Call ``id`` reports progress: ``done`` of ``total`` units."""
+
+    id: int
+    done: float
+    total: float | None = None
+    message: str | None = None
+
+
+Message = Hello | Welcome | Call | Cancel | Credit | Shutdown | Result | Error | Chunk | End | Progress
+
+_TAGS: dict[type[Any], str] = {
+    Hello: wire.HELLO,
+    Welcome: wire.WELCOME,
+    Call: wire.CALL,
+    Cancel: wire.CANCEL,
+    Credit: wire.CREDIT,
+    Shutdown: wire.SHUTDOWN,
+    Result: wire.RESULT,
+    Error: wire.ERROR,
+    Chunk: wire.CHUNK,
+    End: wire.END,
+    Progress: wire.PROGRESS,
+}
+_CLASSES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
+
+_RENAMES: dict[str, str] = {
+    "command": "cmd",
+    "session_id": "sid",
+    "deadline": "dl",
+    "type": "etype",
+    "message": "msg",
+    "traceback": "tb",
+}
+
+
+def _strict_scalar(kind: type[Any]) -> Any:
+    """cattrs' default int/str hooks coerce (``int("7")``); the wire must not."""
+
+    def structure(value: Any, _: Any) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if type(value) is not kind:
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return structure
+
+
+converter = cattrs.Converter()
+"""The single converter for wire messages."""
+
+for _scalar in (int, str, float):
+    converter.register_structure_hook(_scalar, _strict_scalar(_scalar))
+
+_STRUCTURE: dict[str, Any] = {}
+_UNSTRUCTURE: dict[type[Any], Any] = {}
+for _cls, _tag in _TAGS.items():
+    _overrides = {
+        f.name: override(rename=_RENAMES[f.name])
+        for f in attrs.fields(_cls)
+        if f.name in _RENAMES
+    }
+    _STRUCTURE[_tag] = make_dict_structure_fn(_cls, converter, **_overrides)
+    _UNSTRUCTURE[_cls] = make_dict_unstructure_fn(
+        _cls, converter, _cattrs_omit_if_default=True, **_overrides
+    )
+    converter.register_structure_hook(_cls, _STRUCTURE[_tag])
+    converter.register_unstructure_hook(_cls, _UNSTRUCTURE[_cls])
+
+
+def to_wire(message: Message) -> dict[str, Any]:
+    """Return the plain map for ``message``, tagged with its type."""
+    data: dict[str, Any] = _UNSTRUCTURE[type(message)](message)
+    data[wire.TAG] = _TAGS[type(message)]
+    return data
+
+
+def from_wire(data: dict[str, Any]) -> Message:
+    """Return the message a decoded map describes.
+
+    Raises:
+        ProtocolError: unknown tag, missing or mistyped field.
+    """
+    tag = data.get(wire.TAG)
+    structure = _STRUCTURE.get(tag) if isinstance(tag, str) else None
+    if structure is None:
+        raise ProtocolError(f"unknown message type {tag!r}")
+    try:
+        message: Message = structure(data, _CLASSES[tag])
+    except Exception as exc:  # cattrs raises ExceptionGroups of many kinds
+        detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else repr(exc)
+        raise ProtocolError(f"malformed {tag!r} message: {detail}") from exc
+    return message

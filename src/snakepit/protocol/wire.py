@@ -1,0 +1,60 @@
+"""The message vocabulary shared by host and bridge (standard library only).
+
+Every frame's payload decodes to a map whose ``"t"`` key names the message type. The
+host maps these onto attrs classes (:mod:`snakepit.protocol.messages`); the bridge, which
+must run where attrs is not installed, builds the maps directly from these constants.
+
+Host to worker::
+
+    hello    {version, codecs, max_frame_size, worker_id}        (always JSON)
+    call     {id, cmd, args, sid?, dl?, window?}
+    cancel   {id}
+    credit   {id, n}
+    shutdown {}
+
+Worker to host::
+
+    welcome  {version, pid, codec, concurrency, capabilities, python, handler}  (JSON)
+    result   {id, value}
+    error    {id, kind, etype, msg, tb}
+    chunk    {id, value}
+    end      {id}
+    progress {id, done, total?, msg?}
+
+``dl`` is the call's deadline as Unix time in seconds (host and worker share the clock
+on one machine). ``window`` marks a streaming call and is the initial number of chunks
+the worker may send before it waits for ``credit``.
+"""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+
+#: Default largest frame payload accepted by either side, in bytes.
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+
+TAG = "t"
+
+HELLO = "hello"
+CALL = "call"
+CANCEL = "cancel"
+CREDIT = "credit"
+SHUTDOWN = "shutdown"
+
+WELCOME = "welcome"
+RESULT = "result"
+ERROR = "error"
+CHUNK = "chunk"
+END = "end"
+PROGRESS = "progress"
+
+# Values of ``error.kind``: what went wrong, so the host can pick the error class.
+KIND_HANDLER = "handler"  # the handler raised
+KIND_UNKNOWN_COMMAND = "unknown_command"
+KIND_CANCELLED = "cancelled"  # stopped on the host's cancel frame
+KIND_EXPIRED = "expired"  # arrived after its deadline; never run
+KIND_PAYLOAD = "payload"  # the result could not be encoded or was too large
+KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
+
+#: Capabilities a bridge of this version announces in its welcome.
+CAPABILITIES = ("streams", "cancel", "progress", "deadline")
