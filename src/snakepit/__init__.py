@@ -43,26 +43,27 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-if TYPE_CHECKING:
-    from snakepit.config import PoolConfig, RestartPolicy
-    from snakepit.errors import (
-        CallCancelled,
-        ConfigError,
-        PayloadError,
-        PoolBroken,
-        PoolClosed,
-        PoolSaturated,
-        ProtocolError,
-        QueueTimeout,
-        RemoteError,
-        SnakepitError,
-        UnknownCommand,
-        WorkerCrashed,
-        WorkerStartupError,
-        WorkerTimeout,
-    )
-    from snakepit.pool.pool import Pool, open_pool
-    from snakepit.pool.stats import PoolStats, WorkerStats
+if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getattr__
+    from snakepit.config import PoolConfig as PoolConfig
+    from snakepit.config import RestartPolicy as RestartPolicy
+    from snakepit.errors import CallCancelled as CallCancelled
+    from snakepit.errors import ConfigError as ConfigError
+    from snakepit.errors import PayloadError as PayloadError
+    from snakepit.errors import PoolBroken as PoolBroken
+    from snakepit.errors import PoolClosed as PoolClosed
+    from snakepit.errors import PoolSaturated as PoolSaturated
+    from snakepit.errors import ProtocolError as ProtocolError
+    from snakepit.errors import QueueTimeout as QueueTimeout
+    from snakepit.errors import RemoteError as RemoteError
+    from snakepit.errors import SnakepitError as SnakepitError
+    from snakepit.errors import UnknownCommand as UnknownCommand
+    from snakepit.errors import WorkerCrashed as WorkerCrashed
+    from snakepit.errors import WorkerStartupError as WorkerStartupError
+    from snakepit.errors import WorkerTimeout as WorkerTimeout
+    from snakepit.pool.pool import Pool as Pool
+    from snakepit.pool.pool import open_pool as open_pool
+    from snakepit.pool.stats import PoolStats as PoolStats
+    from snakepit.pool.stats import WorkerStats as WorkerStats
 
 
 def __getattr__(name: str) -> Any:

@@ -224,7 +224,7 @@ def _config_errors(exc: BaseException, path: str) -> Iterator[str]:
                 if isinstance(note, AttributeValidationNote):
                     where = _join(path, note.name)
                 elif isinstance(note, IterableValidationNote):
-                    where = _join(path, note.index)  # type: ignore[arg-type]
+                    where = _join(path, note.index)
             yield from _config_errors(sub, where)
     elif isinstance(exc, KeyError):
         yield f"{path}: required"
@@ -239,7 +239,7 @@ def _structure_strict(kind: type[Any]) -> Callable[[Any, Any], Any]:
     def structure(value: Any, _: Any) -> Any:
         if kind is float and _is_int(value):
             return float(value)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise TypeError(f"must be {_KIND_NAMES[kind]}")
         return value
 

@@ -9,7 +9,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from snakepit.bridge.context import CallContext
 
@@ -18,6 +18,14 @@ __all__ = ["CommandHandler", "command"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK = "__snakepit_command__"
+
+
+@overload
+def command(name: F) -> F: ...
+
+
+@overload
+def command(name: str | None = None) -> Callable[[F], F]: ...
 
 
 def command(name: str | F | None = None) -> Any:
@@ -136,7 +144,7 @@ class CommandHandler:
 
     @command
     def compute(self, args: dict[str, Any]) -> Any:
-        """Small arithmetic: ``{"op": "add", "a": 1, "b": 2}`` or ``{"op": "sum", "values": [...]}``."""
+        """Small arithmetic: ``{"op": "add", "a": 1, "b": 2}``; ``{"op": "sum", "values": []}``."""
         op = args.get("op")
         if op == "sum":
             return sum(args["values"])

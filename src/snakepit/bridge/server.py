@@ -130,7 +130,7 @@ class BridgeServer:
     def _read_frame(self) -> bytes | None:
         """Blocking read of one frame payload; ``None`` at end of stream."""
         while not self._frames:
-            if self._eof or not self._fill(None) and self._eof:
+            if self._eof or (not self._fill(None) and self._eof):
                 return None
         return self._frames.popleft()
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio_util
 
 from snakepit.config import PoolConfig
 from snakepit.errors import (
@@ -47,9 +48,11 @@ class Pool:
         self._dispatcher = Dispatcher(config.max_queue)
         self._slots = [
             Slot(config, index, release=self._dispatcher.release,
-                 on_ready=self._dispatcher.add_worker, on_failed=self._slot_failed)
+                 on_ready=self._worker_ready, on_failed=self._slot_failed)
             for index in range(config.size)
         ]
+        # Bumped whenever a worker becomes ready or a slot fails; wait_ready watches it.
+        self._changes = trio_util.AsyncValue(0)
         self._closed = False
         self._counts = dict.fromkeys(
             ("calls", "succeeded", "failed", "timeouts", "crashes", "rejected"), 0
@@ -76,9 +79,30 @@ class Pool:
         if errors:
             raise errors[0]
 
+    def _worker_ready(self, worker: Worker) -> None:
+        self._dispatcher.add_worker(worker)
+        self._changes.value += 1
+
     def _slot_failed(self, slot: Slot) -> None:
         if all(s.state == "failed" for s in self._slots):
             self._dispatcher.mark_broken()
+        self._changes.value += 1
+
+    def _all_ready(self, _: int = 0) -> bool:
+        return all(
+            slot.state == "failed" or (slot.worker is not None and slot.worker.accepting)
+            for slot in self._slots
+        )
+
+    async def wait_ready(self) -> None:
+        """Wait until every slot has a worker ready for calls (or has failed).
+
+        Useful after a crash or a kill, to know the replacements are serving.
+        """
+        if not self._all_ready():
+            await self._changes.wait_value(self._all_ready)
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         """Shut down: refuse new calls, let workers finish and exit, then the ladder.

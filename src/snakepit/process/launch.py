@@ -64,8 +64,8 @@ class OsProcess:
             return
         if self._pidfd is not None:
             await trio.lowlevel.wait_readable(self._pidfd)
-        else:  # pragma: no cover - no pidfd (non-Linux): poll politely
-            while self._popen.poll() is None:
+        else:  # pragma: no cover - no pidfd (non-Linux): nothing to wait on but time
+            while self._popen.poll() is None:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         self._exited = True
 

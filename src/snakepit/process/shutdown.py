@@ -51,4 +51,4 @@ async def shutdown_ladder(
             log.error("worker pid %d survived SIGKILL for %.1fs; reaping anyway",
                       process.pid, kill_timeout)
             await process.wait_exit()
-        return process.reap()
+    return process.reap()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from snakepit.errors import ProtocolError
+from snakepit.errors import PayloadError, ProtocolError
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -18,11 +18,12 @@ def encode_frame(payload: bytes, max_frame_size: int) -> bytes:
     """Return ``payload`` with its length header.
 
     Raises:
-        ProtocolError: the payload is larger than ``max_frame_size``.
+        PayloadError: the payload is larger than ``max_frame_size`` (the sender's own
+            value is at fault, not the peer).
     """
     size = len(payload)
     if size > max_frame_size or size > _MAX_REPRESENTABLE:
-        raise ProtocolError(f"frame of {size} bytes exceeds max_frame_size {max_frame_size}")
+        raise PayloadError(f"frame of {size} bytes exceeds max_frame_size {max_frame_size}")
     return HEADER.pack(size) + payload
 
 

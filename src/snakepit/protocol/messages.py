@@ -136,7 +136,9 @@ class Progress:
     message: str | None = None
 
 
-Message = Hello | Welcome | Call | Cancel | Credit | Shutdown | Result | Error | Chunk | End | Progress
+Message = (
+    Hello | Welcome | Call | Cancel | Credit | Shutdown | Result | Error | Chunk | End | Progress
+)
 
 _TAGS: dict[type[Any], str] = {
     Hello: wire.HELLO,
@@ -185,7 +187,7 @@ for _scalar in (int, str, float):
 _STRUCTURE: dict[str, Any] = {}
 _UNSTRUCTURE: dict[type[Any], Any] = {}
 for _cls, _tag in _TAGS.items():
-    _overrides = {
+    _overrides: dict[str, Any] = {
         f.name: override(rename=_RENAMES[f.name])
         for f in attrs.fields(_cls)
         if f.name in _RENAMES
@@ -213,11 +215,14 @@ def from_wire(data: dict[str, Any]) -> Message:
     """
     tag = data.get(wire.TAG)
     structure = _STRUCTURE.get(tag) if isinstance(tag, str) else None
-    if structure is None:
+    if structure is None or not isinstance(tag, str):
         raise ProtocolError(f"unknown message type {tag!r}")
     try:
         message: Message = structure(data, _CLASSES[tag])
     except Exception as exc:  # cattrs raises ExceptionGroups of many kinds
-        detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else repr(exc)
+        if isinstance(exc, cattrs.BaseValidationError):
+            detail = "; ".join(cattrs.transform_error(exc))
+        else:
+            detail = repr(exc)
         raise ProtocolError(f"malformed {tag!r} message: {detail}") from exc
     return message

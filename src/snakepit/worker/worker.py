@@ -241,6 +241,8 @@ class Worker:
                 sent and the capacity unit has been returned.
         """
         call_id = next(self._ids)
+        # The worker gets the tighter of the call's deadline and any enclosing scope's.
+        deadline = min(deadline, trio.current_effective_deadline())
         wall_deadline = None
         if not math.isinf(deadline):
             wall_deadline = time.time() + (deadline - trio.current_time())
@@ -292,10 +294,20 @@ class Worker:
         pending.task = None
         if not self.accepting and self.state is not WorkerState.STOPPING:
             return
+        if self.config.cancel_grace == 0:
+            self.kill(f"call {pending.command!r} was cancelled (cancel_grace is 0)",
+                      on_purpose=True)
+            return
         self._send(Cancel(pending.id))
         pending.settled = trio.Event()
-        if self._nursery is not None:
+        try:
+            if self._nursery is None:
+                raise RuntimeError("no nursery")
             self._nursery.start_soon(self._cancel_watchdog, pending)
+        except RuntimeError:
+            # The worker's own tasks are already ending (the pool is being torn down
+            # around us): nobody is left to watch the grace period, so do not wait.
+            self.kill("cancelled while the worker was shutting down", on_purpose=True)
 
     async def _cancel_watchdog(self, pending: Pending) -> None:
         assert pending.settled is not None
@@ -409,8 +421,11 @@ class Worker:
             with trio.fail_after(self.config.startup_timeout):
                 await self._handshake()
         except (ProtocolError, trio.TooSlowError) as exc:
-            reason = (f"no handshake within startup_timeout ({self.config.startup_timeout}s)"
-                      if isinstance(exc, trio.TooSlowError) else str(exc))
+            if isinstance(exc, trio.TooSlowError):
+                reason = f"no handshake within startup_timeout ({self.config.startup_timeout}s)"
+                self.process.signal_group(signal.SIGKILL)
+            else:
+                reason = str(exc)
             with trio.move_on_after(1.0):  # let a dying worker finish writing its traceback
                 await self.process.wait_exit()
             raise WorkerStartupError(f"worker {self.id} failed to start: {reason}",
@@ -485,11 +500,12 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
     finally:
         with trio.CancelScope(shield=True):
             if worker.state is not WorkerState.DEAD:
+                # a worker that never completed its handshake gets no shutdown frame
+                polite = worker.state is not WorkerState.STARTING and not worker._shutdown_sent
                 worker.state = WorkerState.STOPPING
-                already = worker._shutdown_sent
                 await shutdown_ladder(
                     process,
-                    request_shutdown=None if already else worker.request_shutdown,
+                    request_shutdown=worker.request_shutdown if polite else None,
                     grace=config.shutdown_grace,
                     kill_timeout=config.kill_timeout,
                 )

@@ -1,0 +1,40 @@
+"""Development sessions: ``nox`` runs tests, lint and typecheck; ``nox -s bench`` too.
+
+Sessions use the interpreter nox itself runs on (no ``python=``), so a developer's and
+CI's Python is the one tested.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite; arguments after ``--`` go to pytest."""
+    session.install(".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check with mypy (strict; settings in [tool.mypy] of pyproject.toml)."""
+    session.install(".", "mypy")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the side-by-side benchmarks; arguments after ``--`` go to the runner."""
+    session.install(".", "pebble", "trio-parallel")
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -1,0 +1,136 @@
+"""Helpers for testing code that uses snakepit (public; standard library only).
+
+:class:`ChaosHandler` is a worker handler whose commands misbehave on request --
+sleep, hang, crash, raise, return huge payloads, spawn children, stream -- so that
+applications (and snakepit's own tests) can check how they cope with real failures.
+Use it with ``PoolConfig(handler="snakepit.testing:ChaosHandler")``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from snakepit.bridge import CallCancelled, CallContext, CommandHandler, command
+
+__all__ = ["ChaosHandler"]
+
+
+class ChaosHandler(CommandHandler):
+    """Built-in commands plus commands that fail in every way a worker can."""
+
+    @command
+    def pid(self) -> int:
+        """The worker's pid."""
+        return os.getpid()
+
+    @command
+    def sleep(self, args: dict[str, Any], ctx: CallContext) -> float:
+        """Sleep ``seconds`` ignoring cancellation (a non-cooperative handler).
+
+        Reports progress 0 when it starts, so a test can tell it is running.
+        """
+        ctx.progress(0, args["seconds"], "sleeping")
+        time.sleep(args["seconds"])
+        return float(args["seconds"])
+
+    @command
+    def nap(self, args: dict[str, Any], ctx: CallContext) -> float:
+        """Sleep ``seconds`` but stop as soon as the call is cancelled (cooperative).
+
+        Reports progress 0 when it starts, so a test can tell it is running.
+        """
+        ctx.progress(0, args["seconds"], "napping")
+        if ctx.wait_cancelled(args["seconds"]):
+            raise CallCancelled("nap cancelled")
+        return float(args["seconds"])
+
+    @command
+    def crash(self, args: dict[str, Any] | None) -> None:
+        """Exit at once with ``code`` (default 1), as a segfaulting extension would."""
+        os._exit((args or {}).get("code", 1))
+
+    @command
+    def kill_self(self, args: dict[str, Any] | None) -> None:
+        """Kill this process with ``signal`` (default SIGKILL)."""
+        os.kill(os.getpid(), (args or {}).get("signal", signal.SIGKILL))
+        time.sleep(10)
+
+    @command("raise")
+    def raise_(self, args: dict[str, Any] | None) -> None:
+        """Raise ``ValueError(message)``."""
+        raise ValueError((args or {}).get("message", "chaos"))
+
+    @command
+    def big(self, args: dict[str, Any]) -> bytes:
+        """Return ``size`` bytes."""
+        return b"x" * int(args["size"])
+
+    @command
+    def unencodable(self) -> Any:
+        """Return a value no codec can encode."""
+        return object()
+
+    @command
+    def spawn_child(self) -> int:
+        """Start a long-lived grandchild (``sleep``) in this worker's process group."""
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        return child.pid
+
+    @command
+    def ignore_term(self) -> bool:
+        """From now on ignore SIGTERM (a worker only SIGKILL can stop)."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return True
+
+    @command
+    def print_stdout(self, args: Any) -> str:
+        """Print to stdout -- which must not corrupt the wire -- and return ``ok``."""
+        print("chatty handler output", args)
+        sys.stdout.flush()
+        return "ok"
+
+    @command
+    def time_left(self, args: Any, ctx: CallContext) -> float | None:
+        """Seconds left until the call's deadline, as the worker sees it."""
+        return ctx.time_left()
+
+    @command
+    def progress(self, args: dict[str, Any], ctx: CallContext) -> int:
+        """Report ``steps`` progress events, then return ``steps``."""
+        steps = int(args["steps"])
+        for done in range(1, steps + 1):
+            ctx.progress(done, steps, f"step {done}")
+        return steps
+
+    @command
+    def count(self, args: dict[str, Any], ctx: CallContext) -> Iterator[int]:
+        """Stream the integers ``0 .. n-1``; touch ``marker`` (a path) when closed."""
+        marker = args.get("marker")
+        try:
+            for i in range(int(args["n"])):
+                yield i
+                if args.get("delay"):
+                    time.sleep(args["delay"])
+        finally:
+            if marker:
+                with open(marker, "w") as f:
+                    f.write(str(os.getpid()))
+
+    @command
+    def stream_then_crash(self, args: dict[str, Any]) -> Iterator[int]:
+        """Stream ``n`` integers, then die."""
+        yield from range(int(args["n"]))
+        sys.stdout.flush()
+        os._exit(7)
+
+    @command
+    def stream_then_raise(self, args: dict[str, Any]) -> Iterator[int]:
+        """Stream ``n`` integers, then raise ValueError."""
+        yield from range(int(args["n"]))
+        raise ValueError("stream broke")

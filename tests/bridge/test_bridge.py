@@ -1,0 +1,208 @@
+"""The worker-side bridge, driven over real pipes by a plain blocking client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from snakepit.bridge import CommandHandler, command
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+class Client:
+    """A blocking wire client around one bridge process."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 codec: str = "msgpack") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snakepit.bridge", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        self.codec = codec
+        self.send_raw(json.dumps({"t": "hello", "version": 1, "codecs": [codec],
+                                  "max_frame_size": 1 << 20, "worker_id": "t"}).encode())
+        self.welcome = json.loads(self.recv_raw())
+
+    def send_raw(self, payload: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(struct.pack(">I", len(payload)) + payload)
+        self.proc.stdin.flush()
+
+    def recv_raw(self) -> bytes:
+        assert self.proc.stdout is not None
+        header = self.proc.stdout.read(4)
+        assert len(header) == 4, "bridge closed the wire"
+        return self.proc.stdout.read(struct.unpack(">I", header)[0])
+
+    def send(self, message: dict[str, Any]) -> None:
+        dump = msgpack.packb if self.codec == "msgpack" else lambda m: json.dumps(m).encode()
+        self.send_raw(dump(message))
+
+    def recv(self) -> dict[str, Any]:
+        raw = self.recv_raw()
+        return msgpack.unpackb(raw) if self.codec == "msgpack" else json.loads(raw)
+
+    def call(self, cmd: str, args: Any = None, call_id: int = 1, **extra: Any) -> dict[str, Any]:
+        self.send({"t": "call", "id": call_id, "cmd": cmd, "args": args, **extra})
+        return self.recv()
+
+    def close(self) -> tuple[int, str]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(10)
+        assert self.proc.stderr is not None
+        return code, self.proc.stderr.read().decode()
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    c = Client("--handler", "snakepit.testing:ChaosHandler")
+    yield c
+    if c.proc.poll() is None:
+        c.proc.kill()
+    c.proc.wait()
+
+
+def test_importing_the_bridge_pulls_in_neither_trio_nor_attrs() -> None:
+    code = ("import sys, snakepit.bridge, snakepit.testing; "
+            "print(sorted(m for m in ('trio', 'attrs', 'cattrs', 'outcome', 'trio_util') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_welcome_reports_version_pid_codec_and_capabilities(client: Client) -> None:
+    welcome = client.welcome
+    assert welcome["t"] == "welcome" and welcome["version"] == 1
+    assert welcome["pid"] == client.proc.pid
+    assert welcome["codec"] == "msgpack"
+    assert welcome["concurrency"] == 1
+    assert {"streams", "cancel", "deadline"} <= set(welcome["capabilities"])
+    assert welcome["handler"] == "snakepit.testing:ChaosHandler"
+
+
+def test_builtins_and_errors(client: Client) -> None:
+    assert client.call("echo", {"a": [1, 2]}) == {"t": "result", "id": 1, "value": {"a": [1, 2]}}
+    assert client.call("compute", {"op": "pow", "a": 2, "b": 10})["value"] == 1024
+    info = client.call("info")["value"]
+    assert info["pid"] == client.proc.pid and info["calls_served"] == 2
+    unknown = client.call("frobnicate", call_id=9)
+    assert unknown["kind"] == "unknown_command" and unknown["id"] == 9
+    failed = client.call("raise", {"message": "nope"})
+    assert failed["kind"] == "handler" and failed["etype"] == "ValueError"
+    assert failed["msg"] == "nope" and "Traceback" in failed["tb"]
+    assert client.call("ping")["value"]["pong"] is True  # still serving
+
+
+def test_stdin_eof_exits_cleanly(client: Client) -> None:
+    code, stderr = client.close()
+    assert code == 0
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_exit_cleanly_even_mid_call(client: Client, signum: int) -> None:
+    client.send({"t": "call", "id": 1, "cmd": "sleep", "args": {"seconds": 30}})
+    assert client.recv()["t"] == "progress"  # the handler is running
+    client.proc.send_signal(signum)
+    assert client.proc.wait(10) == 0
+    assert client.proc.stderr is not None
+    assert "Traceback" not in client.proc.stderr.read().decode()
+
+
+def test_host_gone_is_not_a_traceback_spew(client: Client) -> None:
+    client.send({"t": "call", "id": 1, "cmd": "big", "args": {"size": 1 << 16}})
+    assert client.proc.stdout is not None
+    client.proc.stdout.close()  # the host stops reading: the answer hits a broken pipe
+    code, stderr = client.close()
+    assert code == 0
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_shutdown_frame_finishes_queued_work_then_exits(client: Client) -> None:
+    client.send({"t": "call", "id": 1, "cmd": "echo", "args": "first"})
+    client.send({"t": "shutdown"})
+    assert client.recv()["value"] == "first"
+    assert client.proc.wait(10) == 0
+
+
+def test_malformed_frame_from_host_is_reported_and_exits(client: Client) -> None:
+    client.send_raw(b"\xc1 definitely not msgpack")
+    error = client.recv()
+    assert error["t"] == "error" and error["kind"] == "protocol" and error["id"] is None
+    assert client.proc.wait(10) == 2
+
+
+def test_expired_request_is_refused_without_running(client: Client) -> None:
+    import time
+
+    answer = client.call("crash", None, dl=time.time() - 1)
+    assert answer["kind"] == "expired"
+    assert client.call("ping")["t"] == "result"  # crash never ran
+
+
+def test_cancel_before_start_means_never_run(client: Client) -> None:
+    client.send({"t": "call", "id": 1, "cmd": "sleep", "args": {"seconds": 0.3}})
+    client.send({"t": "call", "id": 2, "cmd": "crash", "args": None})
+    client.send({"t": "cancel", "id": 2})
+    assert client.recv()["t"] == "progress"
+    assert client.recv() == {"t": "result", "id": 1, "value": 0.3}
+    cancelled = client.recv()
+    assert cancelled["id"] == 2 and cancelled["kind"] == "cancelled"
+    assert client.call("ping", call_id=3)["t"] == "result"
+
+
+def test_json_mode_works_without_msgpack(tmp_path: Path) -> None:
+    (tmp_path / "msgpack.py").write_text("raise ImportError('no msgpack in this venv')\n")
+    c = Client(env={"PYTHONPATH": os.pathsep.join([str(tmp_path), SRC])}, codec="json")
+    try:
+        assert c.welcome["codec"] == "json"
+        assert c.call("echo", {"x": "ü"}) == {"t": "result", "id": 1, "value": {"x": "ü"}}
+    finally:
+        assert c.close()[0] == 0
+
+
+def test_bad_handler_spec_exits_with_a_message() -> None:
+    proc = subprocess.run([sys.executable, "-m", "snakepit.bridge", "--handler", "json:dumps"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert proc.returncode == 3
+    assert "not a snakepit.bridge.CommandHandler subclass" in proc.stderr
+
+
+class Registered(CommandHandler):
+    @command("add-numbers")
+    def add(self, args: dict[str, int]) -> int:
+        return args["a"] + args["b"]
+
+    @command
+    def no_args(self) -> str:
+        return "none"
+
+    @command
+    def with_ctx(self, args: Any, ctx: Any) -> str:
+        return ctx.command
+
+
+def test_commands_register_by_decorator_or_method() -> None:
+    handler = Registered()
+    handler.register("double", lambda args: args * 2)
+    names = handler.command_names()
+    assert {"add-numbers", "no_args", "with_ctx", "double", "ping", "echo"} <= set(names)
+    add = handler.lookup("add-numbers")
+    assert add is not None and add({"a": 1, "b": 2}, None) == 3  # type: ignore[arg-type]
+    assert handler.lookup("no_args")(None, None) == "none"  # type: ignore[arg-type,misc]
+    assert handler.lookup("double")(21, None) == 42  # type: ignore[arg-type,misc]
+    assert handler.lookup("nope") is None

@@ -1,0 +1,117 @@
+"""One deadline per call; cooperative cancellation first, kill and replace after."""
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+import snakepit
+from tests.conftest import chaos_config
+
+
+async def test_non_cooperative_call_times_out_and_worker_is_replaced() -> None:
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=0.2)) as pool:
+        old_pid = await pool.execute("pid")
+        with pytest.raises(snakepit.WorkerTimeout) as info:
+            await pool.execute("sleep", {"seconds": 60}, timeout=0.2)
+        assert info.value.retryable is False
+        # the worker ignored the cancel frame, so it is killed after cancel_grace
+        with trio.fail_after(10):
+            while pool.stats().restarts < 1:
+                await pool.wait_ready()
+                await trio.sleep(0.01)
+            await pool.wait_ready()
+        new_pid = await pool.execute("pid")
+        assert new_pid != old_pid
+        stats = pool.stats()
+        assert stats.timeouts == 1
+        assert stats.workers[0].restarts == 1
+
+
+async def test_cooperative_handler_stops_and_worker_stays() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        pid = await pool.execute("pid")
+        with trio.fail_after(5):
+            with pytest.raises(snakepit.WorkerTimeout):
+                await pool.execute("nap", {"seconds": 60}, timeout=0.2)
+            assert await pool.execute("pid") == pid  # same process, next call served
+        assert pool.stats().workers[0].restarts == 0
+
+
+async def test_zero_cancel_grace_kills_at_once() -> None:
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=0)) as pool:
+        pid = await pool.execute("pid")
+        with pytest.raises(snakepit.WorkerTimeout):
+            await pool.execute("nap", {"seconds": 60}, timeout=0.1)
+        with trio.fail_after(10):
+            assert await pool.execute("pid") != pid
+
+
+async def test_answer_to_a_cancelled_call_never_reaches_a_later_call() -> None:
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=5)) as pool:
+        with pytest.raises(snakepit.WorkerTimeout):
+            await pool.execute("sleep", {"seconds": 0.5}, timeout=0.1)
+        # the sleep finishes inside cancel_grace and its answer (0.5) is discarded
+        assert await pool.execute("echo", "mine") == "mine"
+        assert await pool.execute("echo", "next") == "next"
+        assert pool.stats().workers[0].restarts == 0
+
+
+async def test_enclosing_cancel_scope_is_honoured_like_timeout() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        pid = await pool.execute("pid")
+        with trio.move_on_after(0.2) as scope:
+            await pool.execute("nap", {"seconds": 60}, timeout=60)
+        assert scope.cancelled_caught
+        # the tighter deadline travelled to the worker too
+        with trio.fail_after(0.5):
+            left = await pool.execute("time_left", timeout=30)
+        assert 0 < left <= 0.5
+        assert await pool.execute("pid") == pid
+
+
+async def test_handler_sees_the_deadline() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        left = await pool.execute("time_left", timeout=10)
+        assert 9 < left <= 10
+        assert await pool.execute("time_left") is None
+
+
+async def test_default_call_timeout_applies() -> None:
+    async with snakepit.open_pool(chaos_config(size=1, call_timeout=3.0)) as pool:
+        left = await pool.execute("time_left")
+        assert 2 < left <= 3
+
+
+async def test_cancelling_one_caller_leaves_other_calls_alone() -> None:
+    async with snakepit.open_pool(chaos_config(size=2)) as pool:
+        results: list[float] = []
+        async with trio.open_nursery() as nursery:
+            victim = trio.CancelScope()
+
+            async def cancelled() -> None:
+                with victim:
+                    await pool.execute("nap", {"seconds": 60})
+
+            async def survivor() -> None:
+                results.append(await pool.execute("nap", {"seconds": 0.3}))
+
+            nursery.start_soon(cancelled)
+            nursery.start_soon(survivor)
+            await trio.testing.wait_all_tasks_blocked()
+            victim.cancel()
+        assert results == [0.3]
+        assert pool.stats().restarts == 0
+
+
+async def test_expired_request_is_refused_by_the_bridge() -> None:
+    """A frame whose deadline passed in transit is refused, never run."""
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        worker = pool.workers()[0]
+        # hold the unit the way the pool does, then send with a deadline in the past
+        assert pool._dispatcher.try_acquire() is worker
+        pending = worker.start_call("echo", 1, deadline=trio.current_time() - 1)
+        with pytest.raises(snakepit.QueueTimeout, match="deadline passed"):
+            await pending.wait()
+        assert not math.isinf(worker.calls_served)

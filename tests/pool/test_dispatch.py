@@ -1,0 +1,97 @@
+"""The wait queue: FIFO order, the max_queue bound, queue timeouts."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+import snakepit
+from tests.conftest import chaos_config
+
+
+@asynccontextmanager
+async def busy(pool: snakepit.Pool) -> AsyncIterator[None]:
+    """Keep the pool's only worker busy with a cooperative nap until the block ends."""
+    async with trio.open_nursery() as nursery:
+        async def nap() -> None:
+            with pytest.raises(snakepit.WorkerTimeout):
+                await pool.execute("nap", {"seconds": 60}, timeout=60)
+
+        scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await nap()
+
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.stats().in_flight == 1
+        yield
+        scope.cancel()
+
+
+async def test_waiters_are_served_first_come_first_served() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        order: list[int] = []
+        async with trio.open_nursery() as nursery, busy(pool):
+            for i in range(5):
+                async def call(i: int = i) -> None:
+                    await pool.execute("echo", i)
+                    order.append(i)
+
+                nursery.start_soon(call)
+                await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats().queue_depth == 5
+        assert order == [0, 1, 2, 3, 4]
+
+
+async def test_full_queue_fails_fast_with_retry_after() -> None:
+    async with snakepit.open_pool(chaos_config(size=1, max_queue=2)) as pool:
+        async with trio.open_nursery() as nursery, busy(pool):
+            for i in range(2):
+                nursery.start_soon(pool.execute, "echo", i)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.fail_after(1):  # fails fast: no waiting for a slot
+                with pytest.raises(snakepit.PoolSaturated) as info:
+                    await pool.execute("echo", "one too many")
+            assert info.value.retry_after > 0
+            assert info.value.retryable is True
+        assert pool.stats().rejected == 1
+
+
+async def test_deadline_passing_in_the_queue_is_queue_timeout() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        pid = await pool.execute("pid")
+        async with busy(pool):
+            with pytest.raises(snakepit.QueueTimeout) as info:
+                await pool.execute("echo", 1, timeout=0.2)
+            assert info.value.retryable is True
+            assert pool.stats().queue_depth == 0  # the timed-out waiter left the queue
+        assert await pool.execute("pid") == pid  # no worker was touched
+        assert pool.stats().timeouts == 1
+
+
+async def test_cancelled_waiter_leaves_the_queue_and_others_proceed() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        results: list[str] = []
+        async with trio.open_nursery() as nursery, busy(pool):
+            doomed = trio.CancelScope()
+
+            async def cancelled_waiter() -> None:
+                with doomed:
+                    await pool.execute("echo", "never")
+                results.append("cancelled")
+
+            async def patient() -> None:
+                results.append(await pool.execute("echo", "served"))
+
+            nursery.start_soon(cancelled_waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(patient)
+            await trio.testing.wait_all_tasks_blocked()
+            doomed.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats().queue_depth == 1
+        assert results == ["cancelled", "served"]

@@ -1,0 +1,112 @@
+"""Leaving the pool by any route stops every process, grandchildren included."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import trio
+
+import snakepit
+from tests.conftest import chaos_config, is_alive, started
+
+
+async def wait_gone(pid: int, timeout: float = 10) -> None:
+    """Wait, on a pidfd (no polling), until ``pid`` has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with trio.fail_after(timeout):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+async def test_normal_exit_stops_workers_cleanly() -> None:
+    async with snakepit.open_pool(chaos_config(size=2)) as pool:
+        workers = pool.workers()
+        pids = [w.pid for w in workers]
+    assert [w.process.returncode for w in workers] == [0, 0]  # exited on the shutdown frame
+    assert not any(is_alive(pid) for pid in pids)
+
+
+async def test_exit_by_exception_stops_workers() -> None:
+    with pytest.raises(KeyError):
+        async with snakepit.open_pool(chaos_config(size=2)) as pool:
+            pids = [w.pid for w in pool.workers()]
+            raise KeyError("boom")
+    assert not any(is_alive(pid) for pid in pids)
+
+
+async def test_exit_by_cancellation_stops_workers_even_mid_call() -> None:
+    with trio.move_on_after(0.5) as scope:
+        async with snakepit.open_pool(chaos_config(size=2)) as pool:
+            pids = [w.pid for w in pool.workers()]
+            await pool.execute("sleep", {"seconds": 60})
+    assert scope.cancelled_caught
+    assert not any(is_alive(pid) for pid in pids)
+
+
+async def test_ladder_escalates_to_sigterm_then_sigkill() -> None:
+    config = chaos_config(size=2, shutdown_grace=0.2, kill_timeout=0.3)
+    async with snakepit.open_pool(config) as pool:
+        workers = sorted(pool.workers(), key=lambda w: w.id)
+        stubborn = workers[0]
+        # the first ignores SIGTERM; both are stuck in a call when the pool closes
+        await pool.execute("ignore_term")
+        assert pool.workers()[0] is stubborn or pool.workers()[1] is stubborn
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                await started(pool, nursery, "sleep", {"seconds": 60})
+            nursery.cancel_scope.cancel()
+    codes = {w.id: w.process.returncode for w in workers}
+    # which worker ran ignore_term is up to the dispatcher: one died by SIGKILL,
+    # the other exited on SIGTERM (its handler turns SIGTERM into a clean exit)
+    assert sorted(codes.values()) == [-signal.SIGKILL, 0]
+
+
+async def test_grandchildren_die_with_the_pool() -> None:
+    async with snakepit.open_pool(chaos_config(size=2)) as pool:
+        grandchild = await pool.execute("spawn_child")
+        assert is_alive(grandchild)
+    await wait_gone(grandchild)
+    assert not is_alive(grandchild)
+
+
+async def test_grandchildren_die_when_their_worker_crashes() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        grandchild = await pool.execute("spawn_child")
+        with pytest.raises(snakepit.WorkerCrashed):
+            await pool.execute("crash")
+        await wait_gone(grandchild)
+        await pool.wait_ready()
+
+
+HOST = """
+import json, sys, trio, snakepit
+async def main():
+    async with snakepit.open_pool(size=3) as pool:
+        print(json.dumps([w.pid for w in pool.stats().workers]), flush=True)
+        await trio.sleep_forever()
+trio.run(main)
+"""
+
+
+async def test_sigkilled_host_takes_its_workers_along() -> None:
+    host = subprocess.Popen([sys.executable, "-c", HOST], stdout=subprocess.PIPE)
+    try:
+        assert host.stdout is not None
+        line = await trio.to_thread.run_sync(host.stdout.readline)
+        pids = json.loads(line)
+        assert len(pids) == 3 and all(is_alive(p) for p in pids)
+        host.kill()  # SIGKILL: no cleanup code runs in the host
+        host.wait()
+        for pid in pids:
+            await wait_gone(pid)  # parent-death signal
+    finally:
+        host.kill()
+        host.wait()

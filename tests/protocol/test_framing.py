@@ -1,0 +1,41 @@
+import itertools
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snakepit.errors import PayloadError, ProtocolError
+from snakepit.protocol.framing import FrameDecoder, encode_frame
+
+
+def test_frame_is_big_endian_length_then_payload() -> None:
+    assert encode_frame(b"abc", 100) == b"\x00\x00\x00\x03abc"
+
+
+def test_encode_refuses_oversized_payload() -> None:
+    with pytest.raises(PayloadError, match="exceeds max_frame_size"):
+        encode_frame(b"x" * 11, 10)
+
+
+def test_decoder_refuses_oversized_header_before_buffering_payload() -> None:
+    decoder = FrameDecoder(max_frame_size=1024)
+    with pytest.raises(ProtocolError, match="over max_frame_size"):
+        decoder.feed(struct.pack(">I", 1025))
+    assert decoder.buffered == 4  # the payload was never awaited
+
+
+@given(
+    payloads=st.lists(st.binary(max_size=300), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+)
+def test_any_split_of_the_stream_yields_the_same_frames(payloads: list[bytes],
+                                                       cuts: list[int]) -> None:
+    stream = b"".join(encode_frame(p, 1024) for p in payloads)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    decoder = FrameDecoder(1024)
+    out: list[bytes] = []
+    for start, stop in itertools.pairwise(points):
+        out.extend(decoder.feed(stream[start:stop]))
+    assert out == payloads
+    assert decoder.buffered == 0

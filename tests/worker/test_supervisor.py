@@ -1,0 +1,97 @@
+"""Crashes: exactly the calls in flight fail; slots restart with backoff, within limits."""
+
+import signal
+
+import pytest
+import trio
+import trio.testing
+
+import snakepit
+from snakepit.worker.supervisor import Slot
+from tests.conftest import chaos_config, support_env
+
+
+async def test_crash_fails_only_the_call_in_flight_and_slot_restarts() -> None:
+    async with snakepit.open_pool(chaos_config(size=2)) as pool:
+        results: list[float] = []
+        async with trio.open_nursery() as nursery:
+            async def long_call() -> None:
+                results.append(await pool.execute("nap", {"seconds": 1.0}))
+
+            nursery.start_soon(long_call)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(snakepit.WorkerCrashed) as info:
+                await pool.execute("crash", {"code": 3})
+        assert results == [1.0]  # the other worker's call was untouched
+        assert info.value.exit_code == 3
+        assert info.value.signal is None
+        assert info.value.retryable is False
+        await pool.wait_ready()
+        stats = pool.stats()
+        assert stats.crashes == 1
+        assert stats.restarts == 1
+        assert sorted(w.restarts for w in stats.workers) == [0, 1]
+        assert await pool.execute("echo", "alive") == "alive"
+
+
+async def test_signal_death_is_reported_with_the_signal() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        with pytest.raises(snakepit.WorkerCrashed, match="SIGKILL") as info:
+            await pool.execute("kill_self", {"signal": int(signal.SIGKILL)})
+        assert info.value.signal == signal.SIGKILL
+
+
+async def test_concurrent_worker_multiplexes_and_all_its_calls_fail_together() -> None:
+    config = chaos_config(size=1, handler="barrier_handler:ThreadedChaosHandler",
+                          env=support_env())
+    async with snakepit.open_pool(config) as pool:
+        worker = pool.workers()[0]
+        assert worker.capacity == 4
+        outcomes: list[str] = []
+        async with trio.open_nursery() as nursery:
+            async def nap() -> None:
+                try:
+                    await pool.execute("nap", {"seconds": 60})
+                except snakepit.WorkerCrashed:
+                    outcomes.append("crashed")
+
+            for _ in range(3):
+                nursery.start_soon(nap)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats().workers[0].in_flight == 3  # three calls on one pipe
+            assert await pool.execute("echo", "multiplexed") == "multiplexed"
+            with pytest.raises(snakepit.WorkerCrashed):
+                await pool.execute("crash")
+        assert outcomes == ["crashed"] * 3
+
+
+async def test_restart_intensity_marks_slot_failed_and_pool_broken() -> None:
+    policy = snakepit.RestartPolicy(max_restarts=2, period=60, backoff_initial=0.01,
+                                    backoff_max=0.02)
+    async with snakepit.open_pool(chaos_config(size=1, restart=policy)) as pool:
+        for _ in range(3):
+            await pool.wait_ready()
+            with pytest.raises(snakepit.WorkerCrashed):
+                await pool.execute("crash")
+        await pool.wait_ready()  # returns once the slot is failed
+        assert pool.stats().workers[0].state == "failed"
+        assert pool.stats().restarts == 2
+        with pytest.raises(snakepit.PoolBroken):
+            await pool.execute("ping")
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
+    policy = snakepit.RestartPolicy(backoff_initial=0.1, backoff_max=1.0, jitter=0.2)
+    slot = Slot(snakepit.PoolConfig(restart=policy), 0, release=print, on_ready=print,
+                on_failed=print)
+    for consecutive, base in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)]:
+        delays = [slot.backoff(consecutive) for _ in range(200)]
+        assert all(base * 0.8 <= d <= base * 1.2 for d in delays)
+        assert len(set(delays)) > 1  # jittered
+
+
+def test_no_jitter_means_exact_delays() -> None:
+    policy = snakepit.RestartPolicy(backoff_initial=0.5, backoff_max=10, jitter=0)
+    slot = Slot(snakepit.PoolConfig(restart=policy), 0, release=print, on_ready=print,
+                on_failed=print)
+    assert [slot.backoff(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
