@@ -139,5 +139,7 @@ async def test_calls_after_close_raise_pool_closed() -> None:
 
 async def test_invalid_timeout_is_rejected() -> None:
     async with snakepit.open_pool(size=1) as pool:
-        with pytest.raises(ValueError, match="timeout must be > 0"):
+        with pytest.raises(snakepit.ConfigError, match="timeout: must be a number > 0"):
             await pool.execute("ping", timeout=0)
+        with pytest.raises(snakepit.ConfigError):
+            await pool.execute("ping", timeout=float("nan"))

@@ -8,7 +8,7 @@ import sys
 import traceback
 
 from snakepit.bridge.handler import CommandHandler
-from snakepit.bridge.server import die_with_parent, install_signal_handlers, serve
+from snakepit.bridge.server import die_with_parent, serve
 
 DEFAULT_HANDLER = "snakepit.bridge:CommandHandler"
 
@@ -32,11 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="calls run at once (default: the handler's own)")
     options = parser.parse_args(argv)
-    install_signal_handlers()
-    die_with_parent()
+    die_with_parent()  # before a slow handler import: the host may die meanwhile
     try:
         handler = load_handler(options.handler)
-    except BaseException:
+    except Exception:
         sys.stderr.write(f"snakepit.bridge: cannot load handler {options.handler!r}\n")
         traceback.print_exc()
         return 3

@@ -98,6 +98,7 @@ class BridgeServer:
         self._decoder = FrameDecoder(self._max_frame_size)
         self._frames: collections.deque[bytes] = collections.deque()
         self._write_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._active: dict[int, CallContext] = {}
         self._eof = False
         self._stopping = False
@@ -164,7 +165,8 @@ class BridgeServer:
             frame["etype"] = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
                 "builtins.")
             frame["msg"] = str(exc)
-            frame["tb"] = "".join(traceback.format_exception(exc))
+            # the three-argument form: worker interpreters older than 3.10 lack the other
+            frame["tb"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.send(frame)
 
     # -- handshake -----------------------------------------------------------------
@@ -281,7 +283,8 @@ class BridgeServer:
                 self._send_error(ctx.id, wire.KIND_HANDLER, exc)
         finally:
             self._active.pop(ctx.id, None)
-            self.handler.calls_served += 1
+            with self._count_lock:  # threaded mode runs several calls at once
+                self.handler.calls_served += 1
 
     def _stream(self, ctx: CallContext, items: Iterator[Any]) -> None:
         """Send ``items`` as chunks, producing each only against credit, then the end."""
@@ -326,6 +329,7 @@ class BridgeServer:
                 self._fill(None)
                 self._route_pending()
         except ProtocolError as exc:
+            self._protocol_error = exc
             self._report_protocol_error(exc)
         except (_HostGone, OSError):
             pass
@@ -347,6 +351,8 @@ class BridgeServer:
                 self._serve_serial()
             else:
                 self._serve_threaded()
+                if self._protocol_error is not None:
+                    return 2
         except (_HostGone, _Terminated):
             return 0
         except ProtocolError as exc:
@@ -394,6 +400,8 @@ def serve(handler: CommandHandler, *, concurrency: int | None = None) -> int:
     Sets up the process as a snakepit worker: private wire fds, parent-death signal,
     clean exit on SIGTERM/SIGINT. Returns the process exit code.
     """
+    die_with_parent()
+    install_signal_handlers()
     read_fd, write_fd = _private_wire_fds()
     return BridgeServer(handler, read_fd=read_fd, write_fd=write_fd,
                         concurrency=concurrency).serve()

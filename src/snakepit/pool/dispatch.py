@@ -69,11 +69,13 @@ class Dispatcher:
             PoolBroken: every slot has failed.
             PoolSaturated: ``max_queue`` callers already wait.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise PoolClosed("the pool is closed")
         worker = self.try_acquire()
         if worker is not None:
-            await trio.lowlevel.checkpoint()
+            # the unit is ours now: yield without any chance of losing it to a cancel
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return worker
         if self._broken:
             raise PoolBroken("every worker slot has failed past its restart intensity")

@@ -21,6 +21,7 @@ import trio_util
 
 from snakepit.config import PoolConfig
 from snakepit.errors import (
+    ConfigError,
     PoolClosed,
     PoolSaturated,
     QueueTimeout,
@@ -127,7 +128,7 @@ class Pool:
         if timeout is None:
             return math.inf
         if not timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+            raise ConfigError([f"timeout: must be a number > 0 (got {timeout!r})"])
         return trio.current_time() + timeout
 
     async def _acquire(self, deadline: float) -> Worker:

@@ -14,7 +14,8 @@ class WorkerStats:
     pid: int | None
     """Pid of the current process, or ``None`` between processes."""
     state: str
-    """``starting``, ``ready``, ``stopping``, ``restarting``, ``failed`` or ``stopped``."""
+    """``starting``, ``ready``, ``stopping``, ``dead`` (gone, replacement not begun yet),
+    ``restarting`` (waiting out the backoff), ``failed`` or ``stopped``."""
     calls_served: int
     """Calls answered by this slot's workers, across restarts."""
     in_flight: int

@@ -248,7 +248,7 @@ class Worker:
             wall_deadline = time.time() + (deadline - trio.current_time())
         try:
             self._send(Call(call_id, command, args, session_id, wall_deadline, window))
-        except SnakepitError:  # PayloadError, or ProtocolError for an oversized frame
+        except SnakepitError:  # PayloadError: unencodable or oversized
             self._release(self)
             raise
         pending = Pending(call_id, command)
@@ -402,6 +402,8 @@ class Worker:
         if payloads is None:
             raise ProtocolError("the worker exited before its handshake")
         welcome = from_wire(JSON.decode(payloads[0]))
+        if isinstance(welcome, Error):
+            raise ProtocolError(f"the worker refused the handshake: {welcome.message}")
         if not isinstance(welcome, Welcome):
             raise ProtocolError(f"expected a welcome, got {type(welcome).__name__}")
         if welcome.codec not in self._offered_codecs():
