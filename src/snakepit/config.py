@@ -150,6 +150,10 @@ class PoolConfig:
     """Default ``timeout`` of calls that pass none (``None``: no limit)."""
     max_queue: int = 1024
     """Calls that may wait for a worker; the next one gets :class:`PoolSaturated`."""
+    pipeline_depth: int = 2
+    """Calls a worker may hold per unit of its concurrency: with 2, when every worker is
+    busy, one more call waits in each worker's pipe so it never idles between calls.
+    1 disables pipelining (a call then always goes to whichever worker frees first)."""
     cancel_grace: float = 0.5
     """Seconds a worker has to stop a cancelled or timed-out call before it is killed."""
     shutdown_grace: float = 5.0
@@ -178,6 +182,7 @@ class PoolConfig:
                 ("startup_timeout", _positive, "must be a number > 0"),
                 ("call_timeout", _optional(_positive), "must be a number > 0 or None"),
                 ("max_queue", _at_least(0, integer=True), "must be an integer >= 0"),
+                ("pipeline_depth", _at_least(1, integer=True), "must be an integer >= 1"),
                 ("cancel_grace", _at_least(0), "must be a number >= 0"),
                 ("shutdown_grace", _at_least(0), "must be a number >= 0"),
                 ("kill_timeout", _positive, "must be a number > 0"),

@@ -33,7 +33,7 @@ async def busy(pool: snakepit.Pool) -> AsyncIterator[None]:
 
 
 async def test_waiters_are_served_first_come_first_served() -> None:
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
         order: list[int] = []
         async with trio.open_nursery() as nursery, busy(pool):
             for i in range(5):
@@ -48,7 +48,7 @@ async def test_waiters_are_served_first_come_first_served() -> None:
 
 
 async def test_full_queue_fails_fast_with_retry_after() -> None:
-    async with snakepit.open_pool(chaos_config(size=1, max_queue=2)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, max_queue=2, pipeline_depth=1)) as pool:
         async with trio.open_nursery() as nursery, busy(pool):
             for i in range(2):
                 nursery.start_soon(pool.execute, "echo", i)
@@ -62,7 +62,7 @@ async def test_full_queue_fails_fast_with_retry_after() -> None:
 
 
 async def test_deadline_passing_in_the_queue_is_queue_timeout() -> None:
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
         pid = await pool.execute("pid")
         async with busy(pool):
             with pytest.raises(snakepit.QueueTimeout) as info:
@@ -74,7 +74,7 @@ async def test_deadline_passing_in_the_queue_is_queue_timeout() -> None:
 
 
 async def test_cancelled_waiter_leaves_the_queue_and_others_proceed() -> None:
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
         results: list[str] = []
         async with trio.open_nursery() as nursery, busy(pool):
             doomed = trio.CancelScope()
@@ -95,3 +95,32 @@ async def test_cancelled_waiter_leaves_the_queue_and_others_proceed() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert pool.stats().queue_depth == 1
         assert results == ["cancelled", "served"]
+
+
+async def test_idle_workers_are_preferred_to_pipelining() -> None:
+    async with snakepit.open_pool(chaos_config(size=2, pipeline_depth=2)) as pool:
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(pool.execute, "nap", {"seconds": 0.2})
+            await trio.testing.wait_all_tasks_blocked()
+            # one call per worker, not two in one pipe
+            assert [w.in_flight for w in pool.stats().workers] == [1, 1]
+
+
+async def test_when_all_workers_are_busy_one_call_waits_in_each_pipe() -> None:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=2)) as pool:
+        order: list[int] = []
+        async with trio.open_nursery() as nursery, busy(pool):
+            for i in range(3):
+                async def call(i: int = i) -> None:
+                    await pool.execute("echo", i)
+                    order.append(i)
+
+                nursery.start_soon(call)
+                await trio.testing.wait_all_tasks_blocked()
+            stats = pool.stats()
+            assert stats.workers[0].in_flight == 2  # the nap and one pipelined call
+            assert stats.queue_depth == 2
+        # the pipelined call ran first; the two waiters were handed units in FIFO order
+        # in the same scheduler tick, and trio runs a tick's tasks in random order
+        assert order[0] == 0 and sorted(order) == [0, 1, 2]

@@ -1,9 +1,11 @@
 """FIFO hand-out of worker capacity, with a bounded wait queue.
 
-A worker with concurrency *c* contributes *c* units to ``_idle``. A caller takes a
-unit without a task switch when one is free and nobody waits; otherwise it parks in
-FIFO order and a released unit is handed straight to the first waiter (no thundering
-herd, no re-check loop).
+A worker with concurrency *c* contributes *c* **primary** units (it runs that many
+calls at once) and ``c * (pipeline_depth - 1)`` **spare** units (calls queued in its
+pipe behind a running one, so it never idles waiting for the host's round trip --
+DESIGN.md measured pipelining as the big lever). A caller takes a primary unit when
+one is free, a spare one only when every worker is busy, and otherwise parks in FIFO
+order; a released unit is handed straight to the first waiter (no thundering herd).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ if TYPE_CHECKING:
 class Dispatcher:
     """Hands out units of worker capacity to callers, first come first served."""
 
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, pipeline_depth: int = 1) -> None:
         self.max_queue = max_queue
+        self.pipeline_depth = pipeline_depth
         self._idle: collections.deque[Worker] = collections.deque()
+        self._spare: collections.deque[Worker] = collections.deque()
         self._waiters: collections.deque[trio.lowlevel.Task] = collections.deque()
         self._closed = False
         self._broken = False
@@ -38,27 +42,33 @@ class Dispatcher:
 
     def add_worker(self, worker: Worker) -> None:
         """A new worker is ready: offer all of its capacity."""
-        for _ in range(worker.capacity):
+        worker.reserved = worker.capacity * self.pipeline_depth
+        for _ in range(worker.reserved):
             self.release(worker)
 
     def release(self, worker: Worker) -> None:
         """One unit of ``worker``'s capacity is free again."""
+        worker.reserved -= 1
         if not worker.accepting or self._closed:
             return
         if self._waiters:
+            worker.reserved += 1
             trio.lowlevel.reschedule(self._waiters.popleft(), outcome.Value(worker))
-        else:
+        elif worker.reserved < worker.capacity:
             self._idle.append(worker)
+        else:
+            self._spare.append(worker)
 
     def try_acquire(self) -> Worker | None:
         """A free unit, without waiting; ``None`` if none is free or others wait first."""
         if self._waiters:
             return None
-        idle = self._idle
-        while idle:
-            worker = idle.popleft()
-            if worker.accepting:
-                return worker
+        for units in (self._idle, self._spare):
+            while units:
+                worker = units.popleft()
+                if worker.accepting:
+                    worker.reserved += 1
+                    return worker
         return None
 
     async def acquire(self) -> Worker:
@@ -109,6 +119,7 @@ class Dispatcher:
         """Refuse new calls; waiting callers get PoolClosed."""
         self._closed = True
         self._idle.clear()
+        self._spare.clear()
         self._fail_waiters(PoolClosed("the pool closed while the call waited for a worker"))
 
     def record_service_time(self, seconds: float) -> None:

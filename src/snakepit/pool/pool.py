@@ -25,7 +25,6 @@ from snakepit.errors import (
     PoolClosed,
     PoolSaturated,
     QueueTimeout,
-    SnakepitError,
     WorkerCrashed,
     WorkerStartupError,
     WorkerTimeout,
@@ -46,7 +45,7 @@ class Pool:
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self._nursery = nursery
-        self._dispatcher = Dispatcher(config.max_queue)
+        self._dispatcher = Dispatcher(config.max_queue, config.pipeline_depth)
         self._slots = [
             Slot(config, index, release=self._dispatcher.release,
                  on_ready=self._worker_ready, on_failed=self._slot_failed)
@@ -137,6 +136,8 @@ class Pool:
         worker = self._dispatcher.try_acquire()
         if worker is not None:
             return worker
+        if math.isinf(deadline):
+            return await self._dispatcher.acquire()
         with trio.CancelScope(deadline=deadline):
             worker = await self._dispatcher.acquire()
             if trio.current_time() < deadline:
@@ -144,25 +145,25 @@ class Pool:
             self._dispatcher.release(worker)  # handed over just as the deadline passed
         raise QueueTimeout("the call's deadline passed while it waited for a worker")
 
+    def _count_failure(self, exc: BaseException) -> None:
+        counts = self._counts
+        counts["failed"] += 1
+        if isinstance(exc, WorkerTimeout | QueueTimeout):
+            counts["timeouts"] += 1
+        elif isinstance(exc, WorkerCrashed):
+            counts["crashes"] += 1
+        elif isinstance(exc, PoolSaturated):
+            counts["rejected"] += 1
+
     @contextmanager
     def _count(self) -> Iterator[None]:
-        counts = self._counts
-        counts["calls"] += 1
+        self._counts["calls"] += 1
         try:
             yield
-        except SnakepitError as exc:
-            counts["failed"] += 1
-            if isinstance(exc, WorkerTimeout | QueueTimeout):
-                counts["timeouts"] += 1
-            elif isinstance(exc, WorkerCrashed):
-                counts["crashes"] += 1
-            elif isinstance(exc, PoolSaturated):
-                counts["rejected"] += 1
+        except BaseException as exc:
+            self._count_failure(exc)
             raise
-        except BaseException:
-            counts["failed"] += 1
-            raise
-        counts["succeeded"] += 1
+        self._counts["succeeded"] += 1
 
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
                       on_progress: ProgressCallback | None = None) -> Any:
@@ -186,14 +187,21 @@ class Pool:
             PayloadError: the arguments or the result cannot travel.
             PoolClosed: the pool is closing.
         """
-        with self._count():
+        # The counting is inlined (not the _count context manager) on this hot path.
+        counts = self._counts
+        counts["calls"] += 1
+        try:
             deadline = self._deadline(timeout)
             worker = await self._acquire(deadline)
             started = trio.current_time()
             result = await worker.call(command, args, deadline=deadline,
                                        on_progress=on_progress)
-            self._dispatcher.record_service_time(trio.current_time() - started)
-            return result
+        except BaseException as exc:
+            self._count_failure(exc)
+            raise
+        counts["succeeded"] += 1
+        self._dispatcher.record_service_time(trio.current_time() - started)
+        return result
 
     @asynccontextmanager
     async def stream(self, command: str, args: Any = None, *, timeout: float | None = None,

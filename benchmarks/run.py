@@ -1,0 +1,218 @@
+"""Side-by-side benchmarks: snakepit against the pools a user would pick instead.
+
+One run measures, on the same trivial task and the same number of workers:
+
+- throughput of many concurrent trivial calls (calls/s);
+- sequential call latency, p50 and p99 (µs);
+
+for snakepit, concurrent.futures.ProcessPoolExecutor, trio-parallel, pebble (each when
+installed), and a raw baseline: a child answering length-prefixed msgpack over a pipe
+with blocking reads, the floor for any pipe-based pool. Results are printed as a table
+with ratios to snakepit and saved as JSON (benchmarks/results/latest.json).
+
+Usage: python benchmarks/run.py [--workers 2] [--calls 20000] [--seq 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+import snakepit
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def trivial(x: int) -> int:
+    return x
+
+
+def summarize(name: str, throughput: float, latencies: list[float]) -> dict[str, Any]:
+    latencies.sort()
+    return {
+        "name": name,
+        "calls_per_s": throughput,
+        "p50_us": statistics.median(latencies) * 1e6,
+        "p99_us": latencies[int(len(latencies) * 0.99) - 1] * 1e6,
+    }
+
+
+# -- snakepit ------------------------------------------------------------------------------
+async def bench_snakepit(workers: int, calls: int, seq: int) -> dict[str, Any]:
+    async with snakepit.open_pool(size=workers, max_queue=calls) as pool:
+        for _ in range(200):
+            await pool.execute("echo", 1)
+        concurrency = 64
+
+        async def run(n: int) -> None:
+            for _ in range(n):
+                await pool.execute("echo", 1)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(run, calls // concurrency)
+        throughput = (calls // concurrency * concurrency) / (time.perf_counter() - start)
+        latencies = []
+        for _ in range(seq):
+            t = time.perf_counter()
+            await pool.execute("echo", 1)
+            latencies.append(time.perf_counter() - t)
+    return summarize("snakepit", throughput, latencies)
+
+
+# -- concurrent.futures / pebble (Future-based executors) -----------------------------------
+def bench_executor(name: str, make: Callable[[], Any], submit: Callable[[Any, int], Any],
+                   calls: int, seq: int) -> dict[str, Any]:
+    with make() as executor:
+        for f in [submit(executor, i) for i in range(200)]:
+            f.result()
+        start = time.perf_counter()
+        futures = [submit(executor, i) for i in range(calls)]
+        for f in futures:
+            f.result()
+        throughput = calls / (time.perf_counter() - start)
+        latencies = []
+        for i in range(seq):
+            t = time.perf_counter()
+            submit(executor, i).result()
+            latencies.append(time.perf_counter() - t)
+    return summarize(name, throughput, latencies)
+
+
+# -- trio-parallel ---------------------------------------------------------------------------
+async def bench_trio_parallel(workers: int, calls: int, seq: int) -> dict[str, Any]:
+    import trio_parallel
+
+    limiter = trio.CapacityLimiter(workers)
+    async with trio_parallel.open_worker_context() as ctx:
+        for i in range(100):
+            await ctx.run_sync(trivial, i, limiter=limiter)
+
+        async def run(n: int) -> None:
+            for i in range(n):
+                await ctx.run_sync(trivial, i, limiter=limiter)
+
+        concurrency = 64
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(run, calls // concurrency)
+        throughput = (calls // concurrency * concurrency) / (time.perf_counter() - start)
+        latencies = []
+        for i in range(seq):
+            t = time.perf_counter()
+            await ctx.run_sync(trivial, i, limiter=limiter)
+            latencies.append(time.perf_counter() - t)
+    return summarize("trio-parallel", throughput, latencies)
+
+
+# -- the raw pipe floor ------------------------------------------------------------------------
+RAW_CHILD = r"""
+import os, struct, msgpack
+r, w = 0, 1
+buf = b""
+while True:
+    data = os.read(r, 1 << 16)
+    if not data:
+        break
+    buf += data
+    out = []
+    while len(buf) >= 4:
+        (n,) = struct.unpack(">I", buf[:4])
+        if len(buf) < 4 + n:
+            break
+        msg = msgpack.unpackb(buf[4:4 + n])
+        buf = buf[4 + n:]
+        payload = msgpack.packb({"id": msg["id"], "value": msg["args"]})
+        out.append(struct.pack(">I", len(payload)) + payload)
+    if out:
+        os.write(w, b"".join(out))
+"""
+
+
+def bench_raw(workers: int, calls: int, seq: int) -> dict[str, Any]:
+    """Blocking round trips on one child (the sequential floor); throughput with one
+    blocking client per child in threads would be GIL-bound, so the floor for throughput
+    is measured as sequential round trips times the number of workers."""
+    child = subprocess.Popen([sys.executable, "-c", RAW_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    wfd, rfd = child.stdin.fileno(), child.stdout.fileno()
+
+    def round_trip(i: int) -> None:
+        payload = msgpack.packb({"id": i, "cmd": "echo", "args": 1})
+        os.write(wfd, struct.pack(">I", len(payload)) + payload)
+        header = os.read(rfd, 4)
+        (n,) = struct.unpack(">I", header)
+        body = b""
+        while len(body) < n:
+            body += os.read(rfd, n - len(body))
+
+    for i in range(200):
+        round_trip(i)
+    latencies = []
+    for i in range(seq):
+        t = time.perf_counter()
+        round_trip(i)
+        latencies.append(time.perf_counter() - t)
+    child.stdin.close()
+    child.wait()
+    per_worker = 1 / statistics.mean(latencies)
+    return summarize("raw pipe (floor)", per_worker * workers, latencies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--seq", type=int, default=3000)
+    options = parser.parse_args()
+    w, calls, seq = options.workers, options.calls, options.seq
+    rows = [trio.run(bench_snakepit, w, calls, seq), bench_raw(w, calls, seq)]
+    rows.append(bench_executor(
+        "ProcessPoolExecutor", lambda: concurrent.futures.ProcessPoolExecutor(w),
+        lambda ex, i: ex.submit(trivial, i), calls, seq))
+    try:
+        rows.append(trio.run(bench_trio_parallel, w, calls // 4, seq // 3))
+    except ImportError:
+        print("trio-parallel not installed: skipped")
+    try:
+        import pebble
+
+        rows.append(bench_executor("pebble", lambda: pebble.ProcessPool(w),
+                                   lambda ex, i: ex.schedule(trivial, (i,)), calls, seq))
+    except ImportError:
+        print("pebble not installed: skipped")
+
+    ours = rows[0]
+    print(f"\n{w} workers, trivial task, {platform.python_version()}, {os.cpu_count()} CPUs\n")
+    print(f"{'pool':<22}{'calls/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'snakepit is':>22}")
+    for row in rows:
+        ratio = ours["calls_per_s"] / row["calls_per_s"]
+        print(f"{row['name']:<22}{row['calls_per_s']:>10,.0f}{row['p50_us']:>9.0f}"
+              f"{row['p99_us']:>9.0f}{ratio:>13.2f}x faster")
+    RESULTS.mkdir(exist_ok=True)
+    report = {"time": time.time(), "workers": w, "python": platform.python_version(),
+              "cpus": os.cpu_count(), "rows": rows}
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    print(f"\nsaved {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()
