@@ -176,6 +176,49 @@ def bench_raw(workers: int, calls: int, seq: int) -> dict[str, Any]:
     return summarize("raw pipe (floor)", per_worker * workers, latencies)
 
 
+# -- streams -------------------------------------------------------------------------------------
+async def bench_stream(chunks: int, size: int) -> dict[str, Any]:
+    config = snakepit.PoolConfig(size=1, handler="snakepit.testing:ChaosHandler")
+    async with snakepit.open_pool(config) as pool:
+        start = time.perf_counter()
+        count = 0
+        async with pool.stream("blobs", {"n": chunks, "size": size}) as stream:
+            async for chunk in stream:
+                count += len(chunk)
+        elapsed = time.perf_counter() - start
+    assert count == chunks * size
+    return {"name": f"snakepit stream {size} B", "chunks_per_s": chunks / elapsed,
+            "mb_per_s": count / elapsed / 1e6}
+
+
+RAW_STREAM_CHILD = r"""
+import os, struct, sys, msgpack
+n, size = int(sys.argv[1]), int(sys.argv[2])
+blob = b"x" * size
+for i in range(n):
+    payload = msgpack.packb({"t": "chunk", "id": 1, "value": blob})
+    os.write(1, struct.pack(">I", len(payload)) + payload)
+"""
+
+
+def bench_raw_stream(chunks: int, size: int) -> dict[str, Any]:
+    """The floor: a child writing frames as fast as it can, the host decoding them."""
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", RAW_STREAM_CHILD, str(chunks), str(size)],
+                             stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    fd, buf, count = child.stdout.fileno(), b"", 0
+    while data := os.read(fd, 1 << 20):
+        buf += data
+        while len(buf) >= 4 and len(buf) >= 4 + (n := struct.unpack(">I", buf[:4])[0]):
+            count += len(msgpack.unpackb(buf[4:4 + n])["value"])
+            buf = buf[4 + n:]
+    child.wait()
+    elapsed = time.perf_counter() - start
+    return {"name": f"raw pipe stream {size} B", "chunks_per_s": chunks / elapsed,
+            "mb_per_s": count / elapsed / 1e6}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,6 +243,11 @@ def main() -> None:
     except ImportError:
         print("pebble not installed: skipped")
 
+    streams = []
+    for chunks, size in ((20_000, 16), (2_000, 65_536)):
+        streams.append(trio.run(bench_stream, chunks, size))
+        streams.append(bench_raw_stream(chunks, size))
+
     ours = rows[0]
     print(f"\n{w} workers, trivial task, {platform.python_version()}, {os.cpu_count()} CPUs\n")
     print(f"{'pool':<22}{'calls/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'snakepit is':>22}")
@@ -207,9 +255,12 @@ def main() -> None:
         ratio = ours["calls_per_s"] / row["calls_per_s"]
         print(f"{row['name']:<22}{row['calls_per_s']:>10,.0f}{row['p50_us']:>9.0f}"
               f"{row['p99_us']:>9.0f}{ratio:>13.2f}x faster")
+    print(f"\n{'stream':<28}{'chunks/s':>10}{'MB/s':>9}")
+    for row in streams:
+        print(f"{row['name']:<28}{row['chunks_per_s']:>10,.0f}{row['mb_per_s']:>9.1f}")
     RESULTS.mkdir(exist_ok=True)
     report = {"time": time.time(), "workers": w, "python": platform.python_version(),
-              "cpus": os.cpu_count(), "rows": rows}
+              "cpus": os.cpu_count(), "rows": rows, "streams": streams}
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
     print(f"\nsaved {RESULTS / 'latest.json'}")
 

@@ -123,6 +123,13 @@ class ChaosHandler(CommandHandler):
                     f.write(str(os.getpid()))
 
     @command
+    def blobs(self, args: dict[str, Any]) -> Iterator[bytes]:
+        """Stream ``n`` chunks of ``size`` bytes (for throughput measurements)."""
+        blob = b"x" * int(args["size"])
+        for _ in range(int(args["n"])):
+            yield blob
+
+    @command
     def stream_then_crash(self, args: dict[str, Any]) -> Iterator[int]:
         """Stream ``n`` integers, then die."""
         yield from range(int(args["n"]))
