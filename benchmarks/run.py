@@ -25,7 +25,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,28 +51,43 @@ def summarize(name: str, throughput: float, latencies: list[float]) -> dict[str,
     }
 
 
-# -- snakepit ------------------------------------------------------------------------------
+# -- trio-based pools: the same driver for both -------------------------------------------------
+async def measure_trio(name: str, call: Callable[[int], Awaitable[Any]], calls: int,
+                       seq: int, concurrency: int = 64) -> dict[str, Any]:
+    """Warm up, then ``calls`` calls from ``concurrency`` tasks, then ``seq`` one by one."""
+    for i in range(100):
+        await call(i)
+
+    async def run(n: int) -> None:
+        for i in range(n):
+            await call(i)
+
+    per_task = calls // concurrency
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(run, per_task)
+    throughput = per_task * concurrency / (time.perf_counter() - start)
+    latencies = []
+    for i in range(seq):
+        t = time.perf_counter()
+        await call(i)
+        latencies.append(time.perf_counter() - t)
+    return summarize(name, throughput, latencies)
+
+
 async def bench_snakepit(workers: int, calls: int, seq: int) -> dict[str, Any]:
     async with snakepit.open_pool(size=workers, max_queue=calls) as pool:
-        for _ in range(200):
-            await pool.execute("echo", 1)
-        concurrency = 64
+        return await measure_trio("snakepit", lambda i: pool.execute("echo", i), calls, seq)
 
-        async def run(n: int) -> None:
-            for _ in range(n):
-                await pool.execute("echo", 1)
 
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(run, calls // concurrency)
-        throughput = (calls // concurrency * concurrency) / (time.perf_counter() - start)
-        latencies = []
-        for _ in range(seq):
-            t = time.perf_counter()
-            await pool.execute("echo", 1)
-            latencies.append(time.perf_counter() - t)
-    return summarize("snakepit", throughput, latencies)
+async def bench_trio_parallel(workers: int, calls: int, seq: int) -> dict[str, Any]:
+    import trio_parallel
+
+    limiter = trio.CapacityLimiter(workers)
+    async with trio_parallel.open_worker_context() as ctx:
+        return await measure_trio(
+            "trio-parallel", lambda i: ctx.run_sync(trivial, i, limiter=limiter), calls, seq)
 
 
 # -- concurrent.futures / pebble (Future-based executors) -----------------------------------
@@ -92,33 +107,6 @@ def bench_executor(name: str, make: Callable[[], Any], submit: Callable[[Any, in
             submit(executor, i).result()
             latencies.append(time.perf_counter() - t)
     return summarize(name, throughput, latencies)
-
-
-# -- trio-parallel ---------------------------------------------------------------------------
-async def bench_trio_parallel(workers: int, calls: int, seq: int) -> dict[str, Any]:
-    import trio_parallel
-
-    limiter = trio.CapacityLimiter(workers)
-    async with trio_parallel.open_worker_context() as ctx:
-        for i in range(100):
-            await ctx.run_sync(trivial, i, limiter=limiter)
-
-        async def run(n: int) -> None:
-            for i in range(n):
-                await ctx.run_sync(trivial, i, limiter=limiter)
-
-        concurrency = 64
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(run, calls // concurrency)
-        throughput = (calls // concurrency * concurrency) / (time.perf_counter() - start)
-        latencies = []
-        for i in range(seq):
-            t = time.perf_counter()
-            await ctx.run_sync(trivial, i, limiter=limiter)
-            latencies.append(time.perf_counter() - t)
-    return summarize("trio-parallel", throughput, latencies)
 
 
 # -- the raw pipe floor ------------------------------------------------------------------------
@@ -250,11 +238,12 @@ def main() -> None:
 
     ours = rows[0]
     print(f"\n{w} workers, trivial task, {platform.python_version()}, {os.cpu_count()} CPUs\n")
-    print(f"{'pool':<22}{'calls/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'snakepit is':>22}")
+    print(f"{'pool':<22}{'calls/s':>10}{'p50 µs':>9}{'p99 µs':>9}"
+          f"{'snakepit/this calls/s':>24}{'this/snakepit p50':>19}")
     for row in rows:
-        ratio = ours["calls_per_s"] / row["calls_per_s"]
         print(f"{row['name']:<22}{row['calls_per_s']:>10,.0f}{row['p50_us']:>9.0f}"
-              f"{row['p99_us']:>9.0f}{ratio:>13.2f}x faster")
+              f"{row['p99_us']:>9.0f}{ours['calls_per_s'] / row['calls_per_s']:>23.2f}x"
+              f"{row['p50_us'] / ours['p50_us']:>18.2f}x")
     print(f"\n{'stream':<28}{'chunks/s':>10}{'MB/s':>9}")
     for row in streams:
         print(f"{row['name']:<28}{row['chunks_per_s']:>10,.0f}{row['mb_per_s']:>9.1f}")
