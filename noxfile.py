@@ -38,3 +38,4 @@ def bench(session: nox.Session) -> None:
     """Run the side-by-side benchmarks; arguments after ``--`` go to the runner."""
     session.install(".", "pebble", "trio-parallel")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/sessions.py")

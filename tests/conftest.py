@@ -80,3 +80,25 @@ async def started(pool: snakepit.Pool, nursery: object, command: str, args: obje
 
     nursery.start_soon(call)  # type: ignore[attr-defined]
     await running.wait()
+
+
+async def kill_and_wait(pool: snakepit.Pool, pid: int) -> None:
+    """SIGKILL worker ``pid`` and return once the pool has seen it exit and replaced it."""
+    import signal
+
+    import trio
+
+    gone = trio.Event()
+
+    def on_exit(event: str, measurements: object, metadata: dict[str, object]) -> None:
+        if metadata.get("pid") == pid:
+            gone.set()
+
+    handler = snakepit.telemetry.attach("worker.exited", on_exit)  # type: ignore[arg-type]
+    try:
+        os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(10):
+            await gone.wait()
+            await pool.wait_ready()
+    finally:
+        snakepit.telemetry.detach(handler)

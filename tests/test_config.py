@@ -18,7 +18,8 @@ def test_every_bad_field_is_named_at_once() -> None:
                             handler="not-a-spec")
     fields = [error.split(":")[0] for error in info.value.errors]
     assert fields == ["size", "handler", "codec", "startup_timeout", "max_queue"]
-    assert "size: must be an integer >= 1 (got 0)" in info.value.errors
+    assert "size: must be an integer >= 1, or 'Nx' for N times the CPU count (got 0)" in (
+        info.value.errors)
     assert isinstance(info.value, snakepit.SnakepitError)
     assert isinstance(info.value, ValueError)
 
@@ -57,3 +58,8 @@ def test_from_dict_builds_a_config() -> None:
     )
     assert config.command == ("node", "worker.js")
     assert config.restart.max_restarts == 1
+
+
+def test_memory_limit_needs_health_checks() -> None:
+    with pytest.raises(snakepit.ConfigError, match=r"memory_limit: .*health_check_interval"):
+        snakepit.PoolConfig(memory_limit=10**9, health_check_interval=None)

@@ -21,6 +21,12 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "PoolConfig": "snakepit.config",
     "RestartPolicy": "snakepit.config",
+    "SnakepitConfig": "snakepit.config",
+    "Pools": "snakepit.pool.group",
+    "open_pools": "snakepit.pool.group",
+    "SessionHandle": "snakepit.pool.session",
+    "SessionStore": "snakepit.sessions.store",
+    "telemetry": "snakepit.telemetry",
     "Pool": "snakepit.pool.pool",
     "open_pool": "snakepit.pool.pool",
     "PoolStats": "snakepit.pool.stats",
@@ -34,6 +40,9 @@ _EXPORTS: dict[str, str] = {
     "ProtocolError": "snakepit.errors",
     "QueueTimeout": "snakepit.errors",
     "RemoteError": "snakepit.errors",
+    "RouteNotFound": "snakepit.errors",
+    "SessionNotFound": "snakepit.errors",
+    "SessionWorkerLost": "snakepit.errors",
     "SnakepitError": "snakepit.errors",
     "UnknownCommand": "snakepit.errors",
     "WorkerCrashed": "snakepit.errors",
@@ -44,8 +53,10 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getattr__
+    from snakepit import telemetry as telemetry
     from snakepit.config import PoolConfig as PoolConfig
     from snakepit.config import RestartPolicy as RestartPolicy
+    from snakepit.config import SnakepitConfig as SnakepitConfig
     from snakepit.errors import CallCancelled as CallCancelled
     from snakepit.errors import ConfigError as ConfigError
     from snakepit.errors import PayloadError as PayloadError
@@ -55,21 +66,30 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import ProtocolError as ProtocolError
     from snakepit.errors import QueueTimeout as QueueTimeout
     from snakepit.errors import RemoteError as RemoteError
+    from snakepit.errors import RouteNotFound as RouteNotFound
+    from snakepit.errors import SessionNotFound as SessionNotFound
+    from snakepit.errors import SessionWorkerLost as SessionWorkerLost
     from snakepit.errors import SnakepitError as SnakepitError
     from snakepit.errors import UnknownCommand as UnknownCommand
     from snakepit.errors import WorkerCrashed as WorkerCrashed
     from snakepit.errors import WorkerStartupError as WorkerStartupError
     from snakepit.errors import WorkerTimeout as WorkerTimeout
+    from snakepit.pool.group import Pools as Pools
+    from snakepit.pool.group import open_pools as open_pools
     from snakepit.pool.pool import Pool as Pool
     from snakepit.pool.pool import open_pool as open_pool
+    from snakepit.pool.session import SessionHandle as SessionHandle
     from snakepit.pool.stats import PoolStats as PoolStats
     from snakepit.pool.stats import WorkerStats as WorkerStats
+    from snakepit.sessions.store import SessionStore as SessionStore
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'snakepit' has no attribute {name!r}")
+    if module == f"snakepit.{name}":  # a public submodule (snakepit.telemetry)
+        return importlib.import_module(module)
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

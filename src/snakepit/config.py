@@ -9,7 +9,10 @@ keys are reported with their paths too.
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -27,7 +30,7 @@ from snakepit.errors import ConfigError
 from snakepit.protocol.codecs import CODEC_NAMES
 from snakepit.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
-__all__ = ["Codec", "PoolConfig", "RestartPolicy"]
+__all__ = ["Codec", "PoolConfig", "RestartPolicy", "SnakepitConfig"]
 
 Codec = Literal["msgpack", "json", "auto"]
 
@@ -52,14 +55,27 @@ def _positive(value: Any) -> bool:
     return _is_number(value) and value > 0
 
 
-def _run_checks(instance: Any, checks: list[_Check]) -> None:
-    errors = [
-        f"{name}: {must} (got {getattr(instance, name)!r})"
+def _check_errors(values: Mapping[str, Any], checks: list[_Check]) -> list[str]:
+    return [
+        f"{name}: {must} (got {values[name]!r})"
         for name, ok, must in checks
-        if not ok(getattr(instance, name))
+        if name in values and not ok(values[name])
     ]
+
+
+def _run_checks(instance: Any, checks: list[_Check]) -> None:
+    errors = _check_errors({name: getattr(instance, name) for name, _, _ in checks}, checks)
     if errors:
         raise ConfigError(errors)
+
+
+_RESTART_CHECKS: list[_Check] = [
+        ("max_restarts", _at_least(0, integer=True), "must be an integer >= 0"),
+        ("period", _positive, "must be a number > 0"),
+        ("backoff_initial", _at_least(0), "must be a number >= 0"),
+        ("backoff_max", _at_least(0), "must be a number >= 0"),
+        ("jitter", lambda v: _is_number(v) and 0 <= v <= 1, "must be between 0 and 1"),
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -79,16 +95,7 @@ class RestartPolicy:
     """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
 
     def __attrs_post_init__(self) -> None:
-        _run_checks(
-            self,
-            [
-                ("max_restarts", _at_least(0, integer=True), "must be an integer >= 0"),
-                ("period", _positive, "must be a number > 0"),
-                ("backoff_initial", _at_least(0), "must be a number >= 0"),
-                ("backoff_max", _at_least(0), "must be a number >= 0"),
-                ("jitter", lambda v: _is_number(v) and 0 <= v <= 1, "must be between 0 and 1"),
-            ],
-        )
+        _run_checks(self, _RESTART_CHECKS)
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -116,6 +123,45 @@ def _tuple_or_none(value: Any) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
 
+_CPU_MULTIPLE = re.compile(r"^\s*(\d+)\s*x\s*$")
+
+
+def resolve_size(value: Any) -> Any:
+    """``"2x"`` means twice the CPU count; anything else is left for validation."""
+    if isinstance(value, str) and (match := _CPU_MULTIPLE.match(value)):
+        return int(match.group(1)) * (os.cpu_count() or 1)
+    return value
+
+
+_POOL_CHECKS: list[_Check] = [
+        ("name", lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
+        ("size", _at_least(1, integer=True),
+         "must be an integer >= 1, or 'Nx' for N times the CPU count"),
+        ("handler", _handler_spec, "must look like 'module:Class'"),
+        ("python", lambda v: isinstance(v, str) and v != "", "must be a path"),
+        ("command", _optional(_str_tuple), "must be a non-empty list of strings"),
+        ("env", _str_mapping, "must map strings to strings"),
+        ("cwd", _optional(lambda v: isinstance(v, str)), "must be a path"),
+        ("codec", lambda v: v in (*CODEC_NAMES, "auto"), "must be msgpack, json or auto"),
+        ("max_frame_size", lambda v: _is_int(v) and 1024 <= v < 2**32,
+         "must be an integer in [1024, 2**32)"),
+        ("startup_timeout", _positive, "must be a number > 0"),
+        ("call_timeout", _optional(_positive), "must be a number > 0 or None"),
+        ("max_queue", _at_least(0, integer=True), "must be an integer >= 0"),
+        ("pipeline_depth", _at_least(1, integer=True), "must be an integer >= 1"),
+        ("cancel_grace", _at_least(0), "must be a number >= 0"),
+        ("shutdown_grace", _at_least(0), "must be a number >= 0"),
+        ("kill_timeout", _positive, "must be a number > 0"),
+        ("stream_window", _at_least(1, integer=True), "must be an integer >= 1"),
+        ("session_ttl", _optional(_positive), "must be a number > 0 or None"),
+        ("health_check_interval", _optional(_positive), "must be a number > 0 or None"),
+        ("health_check_timeout", _positive, "must be a number > 0"),
+        ("memory_limit", _optional(_at_least(1, integer=True)),
+         "must be a number of bytes >= 1 or None"),
+        ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
+]
+
+
 @attrs.frozen(kw_only=True)
 class PoolConfig:
     """Everything a pool needs to know; immutable once built.
@@ -126,8 +172,8 @@ class PoolConfig:
 
     name: str = "default"
     """The pool's name, used in worker ids, logs and stats."""
-    size: int = 4
-    """Number of worker processes."""
+    size: int = attrs.field(default=4, converter=resolve_size)
+    """Number of worker processes; ``"2x"`` means twice the CPU count."""
     handler: str = "snakepit.bridge:CommandHandler"
     """``module:Class`` of the :class:`snakepit.bridge.CommandHandler` the workers serve."""
     python: str = sys.executable
@@ -162,34 +208,23 @@ class PoolConfig:
     """Seconds between SIGTERM and SIGKILL in the shutdown ladder."""
     stream_window: int = 64
     """Chunks a stream may have in flight before the consumer grants more credit."""
+    session_ttl: float | None = 3600.0
+    """Default TTL of sessions: one unused this long expires (``None``: never)."""
+    health_check_interval: float | None = 30.0
+    """Seconds between health checks of idle workers (``None``: no health checks)."""
+    health_check_timeout: float = 5.0
+    """Seconds an idle worker has to answer a health-check ping before it is replaced."""
+    memory_limit: int | None = None
+    """Resident memory, in bytes, past which a worker is recycled: it finishes its
+    calls, exits and is replaced (sampled at each health check; ``None``: no limit)."""
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     """Restart policy of every worker slot."""
 
     def __attrs_post_init__(self) -> None:
-        _run_checks(
-            self,
-            [
-                ("name", lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
-                ("size", _at_least(1, integer=True), "must be an integer >= 1"),
-                ("handler", _handler_spec, "must look like 'module:Class'"),
-                ("python", lambda v: isinstance(v, str) and v != "", "must be a path"),
-                ("command", _optional(_str_tuple), "must be a non-empty list of strings"),
-                ("env", _str_mapping, "must map strings to strings"),
-                ("cwd", _optional(lambda v: isinstance(v, str)), "must be a path"),
-                ("codec", lambda v: v in (*CODEC_NAMES, "auto"), "must be msgpack, json or auto"),
-                ("max_frame_size", lambda v: _is_int(v) and 1024 <= v < 2**32,
-                 "must be an integer in [1024, 2**32)"),
-                ("startup_timeout", _positive, "must be a number > 0"),
-                ("call_timeout", _optional(_positive), "must be a number > 0 or None"),
-                ("max_queue", _at_least(0, integer=True), "must be an integer >= 0"),
-                ("pipeline_depth", _at_least(1, integer=True), "must be an integer >= 1"),
-                ("cancel_grace", _at_least(0), "must be a number >= 0"),
-                ("shutdown_grace", _at_least(0), "must be a number >= 0"),
-                ("kill_timeout", _positive, "must be a number > 0"),
-                ("stream_window", _at_least(1, integer=True), "must be an integer >= 1"),
-                ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
-            ],
-        )
+        _run_checks(self, _POOL_CHECKS)
+        if self.memory_limit is not None and self.health_check_interval is None:
+            raise ConfigError(["memory_limit: is sampled by the health check, so it needs "
+                               "health_check_interval to be set"])
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> PoolConfig:
@@ -202,10 +237,21 @@ class PoolConfig:
         Raises:
             ConfigError: every unknown key, mistyped and invalid value, with its path.
         """
+        data = dict(data)
+        if "size" in data:
+            data["size"] = resolve_size(data["size"])
         try:
-            return converter.structure(dict(data), cls)
+            return converter.structure(data, cls)
         except (ClassValidationError, ConfigError) as exc:
-            raise ConfigError(list(_config_errors(exc, path))) from None
+            errors = list(_config_errors(exc, path))
+        # Type errors stopped construction; report the value errors of the other fields
+        # too, so that one run shows every problem.
+        typed_wrong = {error.split(":")[0] for error in errors}
+        clean = {key: value for key, value in data.items()
+                 if _join(path, key) not in typed_wrong}
+        errors += [_join(path, error) for error in _check_errors(clean, _POOL_CHECKS)
+                   if not error.startswith("restart:")]
+        raise ConfigError(errors) from None
 
 
 def _join(path: str, name: str | int) -> str:
@@ -255,3 +301,95 @@ converter = cattrs.Converter(forbid_extra_keys=True)
 """Structures configuration data; no silent coercion of ``"4"`` into ``4``."""
 for _kind in (int, float, str):
     converter.register_structure_hook(_kind, _structure_strict(_kind))
+# The codec is checked with the other values, for one message style.
+converter.register_structure_hook_func(lambda t: t is Codec, _structure_strict(str))
+
+
+@attrs.frozen(kw_only=True)
+class SnakepitConfig:
+    """Several named pools and how commands are routed to them.
+
+    Raises:
+        ConfigError: every problem, each with its path (``pools.optimizer.size``).
+    """
+
+    pools: Mapping[str, PoolConfig]
+    """The pools, by name (each pool's ``name`` is its key)."""
+    routes: Mapping[str, str] = attrs.field(factory=dict)
+    """Command pattern (``fnmatch`` glob, first match wins) to pool name."""
+    default_pool: str | None = None
+    """The pool for commands no route matches (``None``: such commands are refused)."""
+
+    def __attrs_post_init__(self) -> None:
+        errors = []
+        if not self.pools:
+            errors.append("pools: must name at least one pool")
+        for name, pool in self.pools.items():
+            if pool.name != name:
+                errors.append(f"pools.{name}.name: must be {name!r} (the pool's key), "
+                              f"got {pool.name!r}")
+        errors += _route_errors(list(self.pools), self.routes, self.default_pool)
+        if errors:
+            raise ConfigError(errors)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SnakepitConfig:
+        """Build from plain data: ``{"pools": {name: {...}}, "routes": {...}, ...}``.
+
+        Every pool is validated and every error reported at once, with its path.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError([f"config: must be a table, got {type(data).__name__}"])
+        errors: list[str] = [f"{key}: unknown field" for key in data
+                             if key not in ("pools", "routes", "default_pool")]
+        pools: dict[str, PoolConfig] = {}
+        tables = data.get("pools", {})
+        if not isinstance(tables, Mapping):
+            errors.append("pools: must be a table of pool tables")
+            tables = {}
+        for name, table in tables.items():
+            if not isinstance(table, Mapping):
+                errors.append(f"pools.{name}: must be a table")
+                continue
+            try:
+                pools[name] = PoolConfig.from_dict({"name": name, **table},
+                                                   path=f"pools.{name}")
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+        routes = data.get("routes", {})
+        if not isinstance(routes, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in routes.items()
+        ):
+            errors.append("routes: must map command patterns to pool names")
+            routes = {}
+        default_pool = data.get("default_pool")
+        if default_pool is not None and not isinstance(default_pool, str):
+            errors.append(f"default_pool: must be a pool name (got {default_pool!r})")
+            default_pool = None
+        errors += _route_errors(list(tables), routes, default_pool)
+        if errors:
+            raise ConfigError(errors)
+        return cls(pools=pools, routes=dict(routes), default_pool=default_pool)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> SnakepitConfig:
+        """Load a TOML file; a ``pyproject.toml`` is read from its ``[tool.snakepit]``."""
+        with open(path, "rb") as file:
+            try:
+                data = tomllib.load(file)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError([f"{os.fspath(path)}: {exc}"]) from None
+        if os.path.basename(os.fspath(path)) == "pyproject.toml":
+            data = data.get("tool", {}).get("snakepit")
+            if data is None:
+                raise ConfigError([f"{os.fspath(path)}: no [tool.snakepit] table"])
+        return cls.from_dict(data)
+
+
+def _route_errors(pools: list[str], routes: Mapping[str, str],
+                  default_pool: str | None) -> list[str]:
+    errors = [f"routes.{pattern}: no pool named {target!r}"
+              for pattern, target in routes.items() if target not in pools]
+    if default_pool is not None and default_pool not in pools:
+        errors.append(f"default_pool: no pool named {default_pool!r}")
+    return errors

@@ -18,6 +18,9 @@ __all__ = [
     "ProtocolError",
     "QueueTimeout",
     "RemoteError",
+    "RouteNotFound",
+    "SessionNotFound",
+    "SessionWorkerLost",
     "SnakepitError",
     "UnknownCommand",
     "WorkerCrashed",
@@ -37,11 +40,12 @@ class SnakepitError(Exception):
 
 
 class ConfigError(SnakepitError, ValueError):
-    """A configuration value is invalid.
+    """A configuration value or an argument is invalid.
 
-    Raised when a :class:`~snakepit.PoolConfig` is built. ``errors`` lists every bad
-    field as ``"path.to.field: what is wrong"``, all at once. Fix the configuration;
-    retrying cannot help.
+    Raised when a :class:`~snakepit.PoolConfig` or :class:`~snakepit.SnakepitConfig` is
+    built or loaded, and for invalid arguments such as a ``timeout`` <= 0 or a session
+    ``ttl``. ``errors`` lists every problem as ``"path.to.field: what is wrong"``, all
+    at once. Fix the value; retrying cannot help.
     """
 
     def __init__(self, errors: Sequence[str]) -> None:
@@ -173,3 +177,23 @@ class ProtocolError(SnakepitError):
     The host never hangs or crashes on bad input: the offending worker is replaced and
     the calls in flight on it fail with this error.
     """
+
+
+class SessionNotFound(SnakepitError):
+    """No live session has that id: it never existed, was deleted, or expired.
+
+    Create a new session; the old one's worker-side state is gone.
+    """
+
+
+class SessionWorkerLost(SnakepitError):
+    """A strict-affinity session's worker died, and with it the session's state.
+
+    The call was not run. The session stays usable: its next call binds to another
+    worker with empty state, so rebuild the state (or use ``mode="prefer"`` where
+    running without it is acceptable).
+    """
+
+
+class RouteNotFound(SnakepitError):
+    """No pool of an ``open_pools`` group serves this command (no route, no default)."""

@@ -130,6 +130,24 @@ class ChaosHandler(CommandHandler):
             yield blob
 
     @command
+    def incr(self, args: Any, ctx: CallContext) -> int:
+        """Count calls in the session (state kept in the worker): 1, 2, 3..."""
+        ctx.session["n"] = ctx.session.get("n", 0) + 1
+        return int(ctx.session["n"])
+
+    @command
+    def session_ids(self) -> list[str]:
+        """Ids of the sessions this worker holds state for."""
+        return sorted(self.session_state)
+
+    @command
+    def session_counts(self, args: dict[str, Any], ctx: CallContext) -> Iterator[int]:
+        """Stream ``n`` increments of the session's counter."""
+        for _ in range(int(args["n"])):
+            ctx.session["n"] = ctx.session.get("n", 0) + 1
+            yield int(ctx.session["n"])
+
+    @command
     def stream_then_crash(self, args: dict[str, Any]) -> Iterator[int]:
         """Stream ``n`` integers, then die."""
         yield from range(int(args["n"]))

@@ -143,3 +143,24 @@ async def test_invalid_timeout_is_rejected() -> None:
             await pool.execute("ping", timeout=0)
         with pytest.raises(snakepit.ConfigError):
             await pool.execute("ping", timeout=float("nan"))
+
+
+async def test_stats_report_latency_percentiles() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        empty = pool.stats()
+        assert (empty.latency_p50, empty.latency_p95, empty.latency_p99) == (None, None, None)
+        for _ in range(20):
+            await pool.execute("echo", 1)
+        await pool.execute("sleep", {"seconds": 0.2})  # one slow call: the tail
+        stats = pool.stats()
+        assert stats.latency_p50 is not None and stats.latency_p99 is not None
+        assert 0 < stats.latency_p50 < 0.1 <= 0.2 <= stats.latency_p99
+        assert stats.latency_p50 <= stats.latency_p95 <= stats.latency_p99  # type: ignore[operator]
+
+
+def test_percentiles_nearest_rank() -> None:
+    from snakepit.pool.stats import percentiles
+
+    assert percentiles(range(101), (0.5, 0.95, 0.99)) == (50, 95, 99)
+    assert percentiles([3.0], (0.5, 0.99)) == (3.0, 3.0)
+    assert percentiles([], (0.5,)) == (None,)

@@ -8,7 +8,8 @@ import sys
 import traceback
 
 from snakepit.bridge.handler import CommandHandler
-from snakepit.bridge.server import die_with_parent, serve
+from snakepit.bridge.process import die_with_parent
+from snakepit.bridge.server import serve
 
 DEFAULT_HANDLER = "snakepit.bridge:CommandHandler"
 

@@ -32,12 +32,13 @@ class CallContext:
         deadline: Unix time after which the host no longer waits, or ``None``.
     """
 
-    __slots__ = ("_cancelled", "_channel", "_credit", "_report", "args", "command", "deadline",
-                 "id", "session_id", "window")
+    __slots__ = ("_cancelled", "_channel", "_credit", "_report", "_sessions", "args", "command",
+                 "deadline", "id", "session_id", "window")
 
     def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
                  deadline: float | None, window: int | None,
-                 report: Callable[[dict[str, Any]], None], channel: ControlChannel) -> None:
+                 report: Callable[[dict[str, Any]], None], channel: ControlChannel,
+                 sessions: dict[str, dict[str, Any]] | None = None) -> None:
         self.id = id
         self.command = command
         self.args = args
@@ -46,8 +47,23 @@ class CallContext:
         self.window = window
         self._report = report
         self._channel = channel
+        self._sessions = sessions if sessions is not None else {}
         self._cancelled = False
         self._credit = window or 0
+
+    @property
+    def session(self) -> dict[str, Any]:
+        """State this worker keeps for the call's session, across calls.
+
+        A plain dict, empty on the session's first call here. It is dropped when the
+        session is deleted or expires, and it is lost if the worker dies (in strict
+        mode the host tells the next caller with ``SessionWorkerLost``; in prefer mode
+        the call runs on another worker, with empty state). Raises RuntimeError for a
+        call without a session.
+        """
+        if self.session_id is None:
+            raise RuntimeError(f"call {self.command!r} has no session; use execute_in_session")
+        return self._sessions.setdefault(self.session_id, {})
 
     # -- deadline and cancellation -------------------------------------------------
     def time_left(self) -> float | None:

@@ -97,6 +97,8 @@ class CommandHandler:
     def __init__(self) -> None:
         self.started_at = time.monotonic()
         self.calls_served = 0
+        self.session_state: dict[str, dict[str, Any]] = {}
+        """Per-session state (``ctx.session``), by session id."""
         self._commands: dict[str, Command] = {}
         for klass in reversed(type(self).__mro__):
             for attr in vars(klass).values():
@@ -107,6 +109,13 @@ class CommandHandler:
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         """Serve ``fn`` as command ``name`` (replaces an earlier one of that name)."""
         self._commands[name] = Command(name, fn)
+
+    def end_session(self, session_id: str) -> None:
+        """The host ended session ``session_id``: drop its state.
+
+        Override to release resources the state holds (call ``super()`` to drop it).
+        """
+        self.session_state.pop(session_id, None)
 
     def lookup(self, name: str) -> Command | None:
         """The command called ``name``, or ``None``."""
@@ -140,6 +149,7 @@ class CommandHandler:
             "calls_served": self.calls_served,
             "concurrency": self.concurrency,
             "commands": self.command_names(),
+            "sessions": sorted(self.session_state),
         }
 
     @command

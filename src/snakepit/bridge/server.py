@@ -21,7 +21,6 @@ import collections
 import os
 import queue
 import select
-import signal
 import sys
 import threading
 import traceback
@@ -31,6 +30,12 @@ from typing import Any
 
 from snakepit.bridge.context import CallContext, ControlChannel
 from snakepit.bridge.handler import CommandHandler
+from snakepit.bridge.process import (
+    Terminated,
+    die_with_parent,
+    install_signal_handlers,
+    private_wire_fds,
+)
 from snakepit.errors import CallCancelled, PayloadError, ProtocolError
 from snakepit.protocol import wire
 from snakepit.protocol.codecs import JSON, Codec, available_codecs, get_codec
@@ -42,46 +47,6 @@ _STOP = object()
 
 class _HostGone(BaseException):
     """The wire is closed: the host exited or closed the pipe. Exit quietly."""
-
-
-class _Terminated(BaseException):
-    """SIGTERM or SIGINT arrived. Exit cleanly."""
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    raise _Terminated(signum)
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the host dies (PR_SET_PDEATHSIG).
-
-    The host passes its pid in ``SNAKEPIT_HOST_PID``; if we have already been
-    re-parented (the host died before we got here) we exit at once.
-    """
-    host_pid = os.environ.get("SNAKEPIT_HOST_PID")
-    if not sys.platform.startswith("linux") or not host_pid:
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc
-        return
-    if os.getppid() != int(host_pid):
-        os._exit(0)
-
-
-def _private_wire_fds() -> tuple[int, int]:
-    """Move the wire off fds 0/1 (see module docstring); returns (read_fd, write_fd)."""
-    wire_in = os.dup(0)
-    wire_out = os.dup(1)  # os.dup makes non-inheritable fds (PEP 446)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    os.dup2(2, 1)
-    return wire_in, wire_out
 
 
 class BridgeServer:
@@ -216,7 +181,8 @@ class BridgeServer:
                 raise ProtocolError(f"malformed call frame: {message!r:.200}")
             ctx = CallContext(call_id, name, message.get("args"), session_id=message.get("sid"),
                               deadline=message.get("dl"), window=message.get("window"),
-                              report=self.send, channel=self._channel)
+                              report=self.send, channel=self._channel,
+                              sessions=self.handler.session_state)
             if ctx.expired:
                 self._send_error(call_id, wire.KIND_EXPIRED, None,
                                  "the call's deadline passed before the worker received it")
@@ -236,6 +202,12 @@ class BridgeServer:
                     target._grant(n if type(n) is int else 0)
                 with self._changed:
                     self._changed.notify_all()
+        elif tag == wire.PING:
+            self.send({wire.TAG: wire.PONG, "id": message.get("id")})
+        elif tag == wire.DROP:
+            session_id = message.get("sid")
+            if isinstance(session_id, str):
+                self.handler.end_session(session_id)
         elif tag == wire.SHUTDOWN:
             self._stopping = True
         else:
@@ -353,7 +325,7 @@ class BridgeServer:
                 self._serve_threaded()
                 if self._protocol_error is not None:
                     return 2
-        except (_HostGone, _Terminated):
+        except (_HostGone, Terminated):
             return 0
         except ProtocolError as exc:
             self._report_protocol_error(exc)
@@ -402,12 +374,6 @@ def serve(handler: CommandHandler, *, concurrency: int | None = None) -> int:
     """
     die_with_parent()
     install_signal_handlers()
-    read_fd, write_fd = _private_wire_fds()
+    read_fd, write_fd = private_wire_fds()
     return BridgeServer(handler, read_fd=read_fd, write_fd=write_fd,
                         concurrency=concurrency).serve()
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT end the worker cleanly (no traceback)."""
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)

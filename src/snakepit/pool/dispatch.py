@@ -31,6 +31,8 @@ class Dispatcher:
         self._idle: collections.deque[Worker] = collections.deque()
         self._spare: collections.deque[Worker] = collections.deque()
         self._waiters: collections.deque[trio.lowlevel.Task] = collections.deque()
+        # callers that must have one particular worker (strict session affinity)
+        self._pinned: dict[Worker, collections.deque[trio.lowlevel.Task]] = {}
         self._closed = False
         self._broken = False
         self.mean_service_time = 0.001
@@ -38,7 +40,7 @@ class Dispatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiters)
+        return len(self._waiters) + sum(len(q) for q in self._pinned.values())
 
     def add_worker(self, worker: Worker) -> None:
         """A new worker is ready: offer all of its capacity."""
@@ -51,7 +53,11 @@ class Dispatcher:
         worker.reserved -= 1
         if not worker.accepting or self._closed:
             return
-        if self._waiters:
+        pinned = self._pinned.get(worker)
+        if pinned:
+            worker.reserved += 1
+            trio.lowlevel.reschedule(pinned.popleft(), outcome.Value(worker))
+        elif self._waiters:
             worker.reserved += 1
             trio.lowlevel.reschedule(self._waiters.popleft(), outcome.Value(worker))
         elif worker.reserved < worker.capacity:
@@ -71,6 +77,59 @@ class Dispatcher:
                     return worker
         return None
 
+    def try_acquire_worker(self, worker: Worker, *, primary_only: bool = False) -> bool:
+        """Take a free unit of this particular worker, without waiting.
+
+        ``primary_only`` refuses a pipelined unit (one that would queue behind a call
+        already running on the worker).
+        """
+        if not worker.accepting or self._pinned.get(worker):
+            return False
+        for units in (self._idle,) if primary_only else (self._idle, self._spare):
+            try:
+                units.remove(worker)
+            except ValueError:
+                continue
+            worker.reserved += 1
+            return True
+        return False
+
+    async def acquire_worker(self, worker: Worker) -> Worker:
+        """Wait, in FIFO order among its callers, for a unit of this particular worker.
+
+        Raises:
+            PoolClosed, PoolSaturated: as :meth:`acquire`.
+            SessionWorkerLost: the worker went away while the caller waited (the error
+                given to :meth:`worker_gone`).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        if self.try_acquire_worker(worker):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return worker
+        self._check_room()
+        task = trio.lowlevel.current_task()
+        queue = self._pinned.setdefault(worker, collections.deque())
+        queue.append(task)
+
+        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+            queue.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+
+    def worker_gone(self, worker: Worker, error: Exception) -> None:
+        """``worker`` will never free a unit again: fail the callers pinned to it."""
+        for task in self._pinned.pop(worker, ()):
+            trio.lowlevel.reschedule(task, outcome.Error(error))
+
+    def _check_room(self) -> None:
+        depth = self.queue_depth
+        if depth >= self.max_queue:
+            raise PoolSaturated(f"{depth} calls already wait for a worker (max_queue)",
+                                retry_after=self.mean_service_time * (depth + 1))
+
     async def acquire(self) -> Worker:
         """Wait, in FIFO order, for a unit of capacity.
 
@@ -89,12 +148,7 @@ class Dispatcher:
             return worker
         if self._broken:
             raise PoolBroken("every worker slot has failed past its restart intensity")
-        if len(self._waiters) >= self.max_queue:
-            retry_after = self.mean_service_time * (len(self._waiters) + 1)
-            raise PoolSaturated(
-                f"{len(self._waiters)} calls already wait for a worker (max_queue)",
-                retry_after=retry_after,
-            )
+        self._check_room()
         task = trio.lowlevel.current_task()
         self._waiters.append(task)
 
@@ -105,8 +159,12 @@ class Dispatcher:
         worker = await trio.lowlevel.wait_task_rescheduled(abort)
         return worker  # type: ignore[no-any-return]
 
-    def _fail_waiters(self, error: Exception) -> None:
+    def _fail_waiters(self, error: Exception, *, pinned_too: bool = False) -> None:
         waiters, self._waiters = self._waiters, collections.deque()
+        if pinned_too:
+            for queue in self._pinned.values():
+                waiters.extend(queue)
+            self._pinned.clear()
         for task in waiters:
             trio.lowlevel.reschedule(task, outcome.Error(error))
 
@@ -120,7 +178,8 @@ class Dispatcher:
         self._closed = True
         self._idle.clear()
         self._spare.clear()
-        self._fail_waiters(PoolClosed("the pool closed while the call waited for a worker"))
+        self._fail_waiters(PoolClosed("the pool closed while the call waited for a worker"),
+                           pinned_too=True)
 
     def record_service_time(self, seconds: float) -> None:
         self.mean_service_time += (seconds - self.mean_service_time) * 0.05

@@ -5,6 +5,8 @@
     open_pool() -- nursery: the pool
       +- Slot 0 .. Slot N-1 (supervise: restart with backoff, intensity limit)
       |     +- run_worker: OS process (own process group), reader, stderr pump
+      +- health monitor (pings idle workers, memory limit)
+      +- session sweeper (TTL)
       +- Dispatcher: FIFO hand-out of worker capacity, bounded wait queue
 """
 
@@ -19,19 +21,23 @@ import attrs
 import trio
 import trio_util
 
+from snakepit import telemetry
 from snakepit.config import PoolConfig
 from snakepit.errors import (
     ConfigError,
     PoolClosed,
-    PoolSaturated,
     QueueTimeout,
-    WorkerCrashed,
+    SessionWorkerLost,
     WorkerStartupError,
-    WorkerTimeout,
 )
+from snakepit.plugins import plugin_manager
 from snakepit.pool.dispatch import Dispatcher
-from snakepit.pool.stats import PoolStats, WorkerStats
+from snakepit.pool.health import monitor_health
+from snakepit.pool.nursery import unwrap_single_error
+from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
+from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats
 from snakepit.pool.stream import ChunkStream
+from snakepit.sessions.store import AffinityMode
 from snakepit.worker.calls import ProgressCallback
 from snakepit.worker.supervisor import Slot
 from snakepit.worker.worker import Worker
@@ -48,24 +54,32 @@ class Pool:
         self._dispatcher = Dispatcher(config.max_queue, config.pipeline_depth)
         self._slots = [
             Slot(config, index, release=self._dispatcher.release,
-                 on_ready=self._worker_ready, on_failed=self._slot_failed)
+                 on_ready=self._worker_ready, on_failed=self._slot_failed,
+                 on_exit=self._worker_exited)
             for index in range(config.size)
         ]
+        self._slots_by_id = {slot.id: slot for slot in self._slots}
         # Bumped whenever a worker becomes ready or a slot fails; wait_ready watches it.
         self._changes = trio_util.AsyncValue(0)
         self._closed = False
-        self._counts = dict.fromkeys(
-            ("calls", "succeeded", "failed", "timeouts", "crashes", "rejected"), 0
-        )
+        self._counters = CallCounters()
+        self._affinity = SessionAffinity(self)
+        self.sessions = self._affinity.store
+        """The pool's :class:`~snakepit.sessions.store.SessionStore`."""
 
     @property
     def name(self) -> str:
         return self.config.name
 
+    def _emit(self, event: str, measurements: dict[str, float], **metadata: Any) -> None:
+        if telemetry.enabled(event):
+            telemetry.emit(event, measurements, {"pool": self.config.name, **metadata})
+
     # -- life cycle ------------------------------------------------------------------
     async def _start(self) -> None:
         """Start every slot concurrently; the first startup error wins."""
         errors: list[WorkerStartupError] = []
+        started = trio.current_time()
 
         async def start(slot: Slot) -> None:
             try:
@@ -78,10 +92,25 @@ class Pool:
                 starters.start_soon(start, slot)
         if errors:
             raise errors[0]
+        self._nursery.start_soon(self._affinity.sweep)
+        if self.config.health_check_interval is not None:
+            self._nursery.start_soon(monitor_health, self)
+        self._emit("pool.started", {"size": self.config.size,
+                                    "duration": trio.current_time() - started})
 
     def _worker_ready(self, worker: Worker) -> None:
         self._dispatcher.add_worker(worker)
         self._changes.value += 1
+        self._emit("worker.ready", {"startup": trio.current_time() - worker.started_at},
+                   worker=worker.id, pid=worker.pid)
+
+    def _worker_exited(self, worker: Worker) -> None:
+        self._dispatcher.worker_gone(worker, SessionWorkerLost(
+            f"worker {worker.id} (pid {worker.pid}), which held the session, died"))
+        self.sessions.worker_lost(worker.id, worker.pid)
+        self._emit("worker.exited", {"uptime": trio.current_time() - worker.started_at},
+                   worker=worker.id, pid=worker.pid, exit_code=worker.process.returncode,
+                   on_purpose=worker.killed_on_purpose)
 
     def _slot_failed(self, slot: Slot) -> None:
         if all(s.state == "failed" for s in self._slots):
@@ -120,7 +149,7 @@ class Pool:
                 await slot.stopped.wait()
         self._nursery.cancel_scope.cancel()
 
-    # -- calls -------------------------------------------------------------------------
+    # -- acquiring a worker ----------------------------------------------------------------
     def _deadline(self, timeout: float | None) -> float:
         if timeout is None:
             timeout = self.config.call_timeout
@@ -130,40 +159,36 @@ class Pool:
             raise ConfigError([f"timeout: must be a number > 0 (got {timeout!r})"])
         return trio.current_time() + timeout
 
-    async def _acquire(self, deadline: float) -> Worker:
+    async def _acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
+        """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
         if self._closed:
             raise PoolClosed("the pool is closed")
-        worker = self._dispatcher.try_acquire()
-        if worker is not None:
-            return worker
+        dispatcher = self._dispatcher
+        if worker is None:
+            found = dispatcher.try_acquire()
+            if found is not None:
+                return found
         if math.isinf(deadline):
-            return await self._dispatcher.acquire()
+            return await (dispatcher.acquire() if worker is None
+                          else dispatcher.acquire_worker(worker))
         with trio.CancelScope(deadline=deadline):
-            worker = await self._dispatcher.acquire()
+            found = await (dispatcher.acquire() if worker is None
+                           else dispatcher.acquire_worker(worker))
             if trio.current_time() < deadline:
-                return worker
-            self._dispatcher.release(worker)  # handed over just as the deadline passed
+                return found
+            dispatcher.release(found)  # handed over just as the deadline passed
         raise QueueTimeout("the call's deadline passed while it waited for a worker")
 
-    def _count_failure(self, exc: BaseException) -> None:
-        counts = self._counts
-        counts["failed"] += 1
-        if isinstance(exc, WorkerTimeout | QueueTimeout):
-            counts["timeouts"] += 1
-        elif isinstance(exc, WorkerCrashed):
-            counts["crashes"] += 1
-        elif isinstance(exc, PoolSaturated):
-            counts["rejected"] += 1
-
+    # -- calls -------------------------------------------------------------------------
     @contextmanager
     def _count(self) -> Iterator[None]:
-        self._counts["calls"] += 1
+        self._counters.calls += 1
         try:
             yield
         except BaseException as exc:
-            self._count_failure(exc)
+            self._counters.failure(exc)
             raise
-        self._counts["succeeded"] += 1
+        self._counters.succeeded += 1
 
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
                       on_progress: ProgressCallback | None = None) -> Any:
@@ -187,25 +212,74 @@ class Pool:
             PayloadError: the arguments or the result cannot travel.
             PoolClosed: the pool is closing.
         """
-        # The counting is inlined (not the _count context manager) on this hot path.
-        counts = self._counts
-        counts["calls"] += 1
+        return await self._run(command, args, timeout, on_progress, None)
+
+    async def execute_in_session(self, session_id: str, command: str, args: Any = None, *,
+                                 timeout: float | None = None,
+                                 on_progress: ProgressCallback | None = None) -> Any:
+        """Run ``command`` in a session: on the worker holding the session's state.
+
+        The session's first call binds it to the worker that runs it. Later calls go
+        there: in ``prefer`` mode to another worker when that one is busy or gone, in
+        ``strict`` mode they wait for it.
+
+        Raises:
+            SessionNotFound: no live session ``session_id``.
+            SessionWorkerLost: strict mode, and the bound worker died (its state with
+                it); the session's next call binds afresh.
+            ...and everything :meth:`execute` raises.
+        """
+        return await self._run(command, args, timeout, on_progress, session_id)
+
+    async def _run(self, command: str, args: Any, timeout: float | None,
+                   on_progress: ProgressCallback | None, session_id: str | None) -> Any:
+        # Counting and telemetry are inlined (no context manager) on this hot path.
+        counters = self._counters
+        counters.calls += 1
+        submitted = trio.current_time()
+        self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
+                   command=command)
+        worker: Worker | None = None
+        started = submitted
         try:
             deadline = self._deadline(timeout)
-            worker = await self._acquire(deadline)
-            started = trio.current_time()
-            result = await worker.call(command, args, deadline=deadline,
-                                       on_progress=on_progress)
+            if session_id is None:
+                worker = await self._acquire(deadline)
+                started = trio.current_time()
+                result = await worker.call(command, args, deadline=deadline,
+                                           on_progress=on_progress)
+            else:
+                session = self.sessions.touch(session_id)
+                session.in_use += 1
+                try:
+                    worker = await self._affinity.acquire(session, deadline)
+                    started = trio.current_time()
+                    result = await worker.call(command, args, deadline=deadline,
+                                               session_id=session_id, on_progress=on_progress)
+                finally:
+                    session.in_use -= 1
+                    session.last_used = trio.current_time()  # its TTL counts from here
         except BaseException as exc:
-            self._count_failure(exc)
+            counters.failure(exc)
+            now = trio.current_time()
+            if worker is None:  # it failed while waiting for a worker
+                started = now
+            self._emit("call.exception", {"duration": now - submitted,
+                                          "queue_wait": started - submitted},
+                       command=command, worker=worker.id if worker else None,
+                       error=type(exc).__name__)
             raise
-        counts["succeeded"] += 1
-        self._dispatcher.record_service_time(trio.current_time() - started)
+        now = trio.current_time()
+        counters.success(now - submitted)
+        self._dispatcher.record_service_time(now - started)
+        self._emit("call.stop", {"duration": now - submitted, "queue_wait": started - submitted},
+                   command=command, worker=worker.id)
         return result
 
     @asynccontextmanager
     async def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
-                     window: int | None = None) -> AsyncIterator[ChunkStream]:
+                     window: int | None = None, session_id: str | None = None
+                     ) -> AsyncIterator[ChunkStream]:
         """Run a streaming command; iterate the context's value for its chunks.
 
         ::
@@ -217,16 +291,42 @@ class Pool:
         ``window`` (default ``config.stream_window``) bounds how many chunks may be in
         flight: the worker stops producing until the consumer takes some. Leaving the
         block early cancels the stream in the worker (its generator is closed).
+        ``session_id`` runs it in a session, as :meth:`execute_in_session` does.
         """
         with self._count():
             deadline = self._deadline(timeout)
-            worker = await self._acquire(deadline)
+            if session_id is None:
+                worker = await self._acquire(deadline)
+            else:
+                session = self.sessions.touch(session_id)
+                worker = await self._affinity.acquire(session, deadline)
             stream = ChunkStream(worker, command, args, deadline,
-                                 window or self.config.stream_window)
+                                 window or self.config.stream_window, session_id)
             try:
                 yield stream
             finally:
                 stream.close()
+
+    # -- sessions --------------------------------------------------------------------------
+    def slot_worker(self, slot_id: str) -> Worker | None:
+        """The current worker of slot ``slot_id`` (None between processes)."""
+        slot = self._slots_by_id.get(slot_id)
+        return slot.worker if slot is not None else None
+
+    def session(self, *, ttl: float | None = None, mode: AffinityMode = "prefer",
+                metadata: dict[str, Any] | None = None, session_id: str | None = None
+                ) -> Any:
+        """Open a session for the block: ``async with pool.session() as s:``.
+
+        Args:
+            ttl: seconds of disuse after which the session expires (default
+                ``config.session_ttl``).
+            mode: ``"prefer"`` or ``"strict"`` affinity (see :meth:`execute_in_session`).
+            metadata: free-form data kept with the session in the store.
+            session_id: the id to use (default: a fresh one).
+        """
+        return open_session(self, ttl=ttl, mode=mode, metadata=metadata,
+                            session_id=session_id)
 
     # -- introspection -------------------------------------------------------------------
     def stats(self) -> PoolStats:
@@ -248,7 +348,8 @@ class Pool:
             queue_depth=self._dispatcher.queue_depth,
             in_flight=sum(w.in_flight for w in workers),
             restarts=sum(w.restarts for w in workers),
-            **self._counts,
+            sessions=len(self.sessions),
+            **self._counters.snapshot(),
         )
 
     def workers(self) -> list[Worker]:
@@ -278,30 +379,23 @@ async def open_pool(config: PoolConfig | None = None, /, **overrides: Any
         config = PoolConfig(**overrides)
     elif overrides:
         config = attrs.evolve(config, **overrides)
-    with _single_errors():
-        async with trio.open_nursery() as nursery:
-            pool = Pool(config, nursery)
-            try:
-                await pool._start()
-                yield pool
-            finally:
-                with trio.CancelScope(shield=True):
-                    await pool.aclose()
-
-
-@contextmanager
-def _single_errors() -> Iterator[None]:
-    """Raise a lone exception out of the pool's nursery as itself, not in a group.
-
-    The nursery is an implementation detail; callers expect ``WorkerStartupError``
-    or their own exception from the block, as if no nursery were there.
-    """
+    plugin_manager()  # installed plugins (telemetry listeners among them) load once
+    stopping: float | None = None
     try:
-        yield
-    except BaseExceptionGroup as group:
-        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-            inner = group.exceptions[0]
-            if not isinstance(inner, BaseExceptionGroup):
-                raise inner from group.__cause__
-            group = inner
-        raise
+        with unwrap_single_error():
+            async with trio.open_nursery() as nursery:
+                pool = Pool(config, nursery)
+                try:
+                    await pool._start()
+                    stopping = math.inf  # started: pool.stopped will be emitted
+                    yield pool
+                finally:
+                    stopping = trio.current_time() if stopping is not None else None
+                    with trio.CancelScope(shield=True):
+                        await pool.aclose()
+    finally:
+        if stopping is not None:  # every worker has exited: the nursery is done
+            pool._emit("pool.stopped", {"duration": trio.current_time() - stopping})
+
+
+__all__ += ["SessionHandle"]

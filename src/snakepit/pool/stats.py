@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import attrs
+
+from snakepit.errors import PoolSaturated, QueueTimeout, WorkerCrashed, WorkerTimeout
+
+
+def percentiles(samples: Iterable[float], points: Sequence[float]) -> tuple[float | None, ...]:
+    """The nearest-rank percentiles of ``samples`` at ``points`` (None when empty)."""
+    ordered = sorted(samples)
+    if not ordered:
+        return tuple(None for _ in points)
+    last = len(ordered) - 1
+    return tuple(ordered[min(last, round(point * last))] for point in points)
 
 
 @attrs.frozen
@@ -50,3 +65,42 @@ class PoolStats:
     """Calls refused with PoolSaturated."""
     restarts: int
     """Worker restarts, all slots together."""
+    sessions: int = 0
+    """Live sessions in the pool's store."""
+    latency_p50: float | None = None
+    """Median duration of recent successful calls (queue wait included), in seconds."""
+    latency_p95: float | None = None
+    """95th percentile of the same."""
+    latency_p99: float | None = None
+    """99th percentile of the same (over the last 2048 calls)."""
+
+
+class CallCounters:
+    """A pool's running totals and its window of recent call durations."""
+
+    WINDOW = 2048
+
+    def __init__(self) -> None:
+        self.calls = self.succeeded = self.failed = 0
+        self.timeouts = self.crashes = self.rejected = 0
+        self.durations: collections.deque[float] = collections.deque(maxlen=self.WINDOW)
+
+    def success(self, duration: float) -> None:
+        self.succeeded += 1
+        self.durations.append(duration)
+
+    def failure(self, exc: BaseException) -> None:
+        self.failed += 1
+        if isinstance(exc, WorkerTimeout | QueueTimeout):
+            self.timeouts += 1
+        elif isinstance(exc, WorkerCrashed):
+            self.crashes += 1
+        elif isinstance(exc, PoolSaturated):
+            self.rejected += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The :class:`PoolStats` fields these counters own."""
+        p50, p95, p99 = percentiles(self.durations, (0.50, 0.95, 0.99))
+        return {"calls": self.calls, "succeeded": self.succeeded, "failed": self.failed,
+                "timeouts": self.timeouts, "crashes": self.crashes, "rejected": self.rejected,
+                "latency_p50": p50, "latency_p95": p95, "latency_p99": p99}

@@ -19,11 +19,12 @@ class ChunkStream:
     """
 
     def __init__(self, worker: Worker, command: str, args: Any, deadline: float,
-                 window: int) -> None:
+                 window: int, session_id: str | None = None) -> None:
         self.worker = worker
         self.deadline = deadline
         self.window = window
-        self._pending = worker.start_call(command, args, deadline=deadline, window=window)
+        self._pending = worker.start_call(command, args, deadline=deadline, window=window,
+                                          session_id=session_id)
         self._taken = 0
         self._batch = max(1, window // 2)
 

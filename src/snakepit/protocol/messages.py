@@ -22,10 +22,13 @@ __all__ = [
     "Cancel",
     "Chunk",
     "Credit",
+    "Drop",
     "End",
     "Error",
     "Hello",
     "Message",
+    "Ping",
+    "Pong",
     "Progress",
     "Result",
     "Shutdown",
@@ -88,6 +91,27 @@ class Credit:
 
 
 @attrs.frozen
+class Ping:
+    """Health check: answer with :class:`Pong` at once, even between calls."""
+
+    id: int
+
+
+@attrs.frozen
+class Pong:
+    """The answer to :class:`Ping` ``id``."""
+
+    id: int
+
+
+@attrs.frozen
+class Drop:
+    """The session ``session_id`` has ended: forget the state kept for it."""
+
+    session_id: str
+
+
+@attrs.frozen
 class Shutdown:
     """Finish what is running, take nothing new, exit."""
 
@@ -137,7 +161,8 @@ class Progress:
 
 
 Message = (
-    Hello | Welcome | Call | Cancel | Credit | Shutdown | Result | Error | Chunk | End | Progress
+    Hello | Welcome | Call | Cancel | Credit | Ping | Drop | Shutdown
+    | Result | Error | Chunk | End | Progress | Pong
 )
 
 _TAGS: dict[type[Any], str] = {
@@ -146,12 +171,15 @@ _TAGS: dict[type[Any], str] = {
     Call: wire.CALL,
     Cancel: wire.CANCEL,
     Credit: wire.CREDIT,
+    Ping: wire.PING,
+    Drop: wire.DROP,
     Shutdown: wire.SHUTDOWN,
     Result: wire.RESULT,
     Error: wire.ERROR,
     Chunk: wire.CHUNK,
     End: wire.END,
     Progress: wire.PROGRESS,
+    Pong: wire.PONG,
 }
 _CLASSES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 

@@ -10,6 +10,8 @@ Host to worker::
     call     {id, cmd, args, sid?, dl?, window?}
     cancel   {id}
     credit   {id, n}
+    ping     {id}                                     (health check; answered at once)
+    drop     {sid}                                    (forget a session's state)
     shutdown {}
 
 Worker to host::
@@ -20,6 +22,7 @@ Worker to host::
     chunk    {id, value}
     end      {id}
     progress {id, done, total?, msg?}
+    pong     {id}
 
 ``dl`` is the call's deadline as Unix time in seconds (host and worker share the clock
 on one machine). ``window`` marks a streaming call and is the initial number of chunks
@@ -39,6 +42,8 @@ HELLO = "hello"
 CALL = "call"
 CANCEL = "cancel"
 CREDIT = "credit"
+PING = "ping"
+DROP = "drop"
 SHUTDOWN = "shutdown"
 
 WELCOME = "welcome"
@@ -47,6 +52,7 @@ ERROR = "error"
 CHUNK = "chunk"
 END = "end"
 PROGRESS = "progress"
+PONG = "pong"
 
 # Values of ``error.kind``: what went wrong, so the host can pick the error class.
 KIND_HANDLER = "handler"  # the handler raised
@@ -57,4 +63,4 @@ KIND_PAYLOAD = "payload"  # the result could not be encoded or was too large
 KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 
 #: Capabilities a bridge of this version announces in its welcome.
-CAPABILITIES = ("streams", "cancel", "progress", "deadline")
+CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping")

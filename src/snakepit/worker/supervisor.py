@@ -16,9 +16,11 @@ from collections.abc import Callable
 
 import trio
 
+from snakepit import telemetry
 from snakepit.config import PoolConfig
 from snakepit.errors import WorkerStartupError
-from snakepit.worker.worker import Worker, WorkerState, run_worker
+from snakepit.worker.run import run_worker
+from snakepit.worker.worker import Worker, WorkerState
 
 log = logging.getLogger("snakepit.supervisor")
 
@@ -29,7 +31,8 @@ class Slot:
     def __init__(self, config: PoolConfig, index: int, *,
                  release: Callable[[Worker], None],
                  on_ready: Callable[[Worker], None],
-                 on_failed: Callable[[Slot], None]) -> None:
+                 on_failed: Callable[[Slot], None],
+                 on_exit: Callable[[Worker], None] | None = None) -> None:
         self.config = config
         self.id = f"{config.name}-{index}"
         self.worker: Worker | None = None
@@ -41,6 +44,7 @@ class Slot:
         self._release = release
         self._on_ready = on_ready
         self._on_failed = on_failed
+        self._on_exit = on_exit
         self._random = random.Random()
         self._recent_failures: collections.deque[float] = collections.deque()
 
@@ -110,6 +114,8 @@ class Slot:
                     self.calls_served_before += worker.calls_served
                     self.worker = None
                     deliberate = worker.killed_on_purpose
+                    if self._on_exit is not None:
+                        self._on_exit(worker)
                 first = False
                 if self.closing:
                     break
@@ -129,6 +135,10 @@ class Slot:
                     self.state = "restarting"
                     await trio.sleep(self.backoff(consecutive))
                 self.restarts += 1
+                if telemetry.enabled("worker.restarted"):
+                    telemetry.emit("worker.restarted", {"restarts": self.restarts},
+                                   {"pool": self.config.name, "worker": self.id,
+                                    "on_purpose": deliberate})
         finally:
             if self.state != "failed":
                 self.state = "stopped"

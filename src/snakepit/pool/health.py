@@ -1,0 +1,81 @@
+"""The health monitor: ping idle workers, enforce the memory limit, report pool health.
+
+Only idle workers are pinged: a serial worker reads control frames between calls, so
+pinging a busy one would measure its call, not its health. The ping uses no capacity
+unit, so it never delays a user call. A worker that stays idle and silent past
+``health_check_timeout`` is hung (stuck in native code, SIGSTOPped) and is killed; its
+slot restarts it like any failed worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import trio
+
+from snakepit import telemetry
+
+if TYPE_CHECKING:
+    from snakepit.pool.pool import Pool
+    from snakepit.worker.worker import Worker
+
+log = logging.getLogger("snakepit.health")
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_memory(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (Linux /proc), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def check_worker(pool: Pool, worker: Worker) -> None:
+    """Ping one idle worker; kill it if it stays idle and silent past the timeout."""
+    served = worker.calls_served
+    with trio.move_on_after(pool.config.health_check_timeout):
+        await worker.ping()
+        return
+    if worker.in_flight == 0 and worker.calls_served == served and worker.accepting:
+        pool._emit("worker.unhealthy", {"timeout": pool.config.health_check_timeout},
+                   worker=worker.id, pid=worker.pid, reason="missed health check")
+        worker.kill(f"no answer to a health check within {pool.config.health_check_timeout}s")
+    # else: a call arrived meanwhile and the pong waits behind it: inconclusive
+
+
+def check_memory(pool: Pool, worker: Worker) -> None:
+    limit = pool.config.memory_limit
+    if limit is None:
+        return
+    rss = resident_memory(worker.pid)
+    if rss is not None and rss > limit:
+        pool._emit("worker.unhealthy", {"rss": rss, "limit": limit},
+                   worker=worker.id, pid=worker.pid, reason="memory limit")
+        worker.retire(f"resident memory {rss} bytes exceeds memory_limit {limit}")
+
+
+async def monitor_health(pool: Pool) -> None:
+    """Every ``health_check_interval``: check idle workers and report pool health."""
+    interval = pool.config.health_check_interval
+    assert interval is not None
+    while True:
+        await trio.sleep(interval)
+        workers = pool.workers()
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                if not worker.accepting:
+                    continue
+                check_memory(pool, worker)
+                if worker.in_flight == 0 and worker.accepting:
+                    nursery.start_soon(check_worker, pool, worker)
+        if telemetry.enabled("pool.health"):
+            ready = [w for w in pool.workers() if w.accepting]
+            busy = sum(1 for w in ready if w.in_flight)
+            pool._emit("pool.health", {"available": len(ready) - busy, "busy": busy,
+                                       "total": pool.config.size,
+                                       "restarts": sum(s.restarts for s in pool._slots)})

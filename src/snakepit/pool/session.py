@@ -1,0 +1,132 @@
+"""Session affinity: which worker a session's calls go to, and the handle users hold."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from snakepit.errors import SessionNotFound, SessionWorkerLost
+from snakepit.sessions.store import AffinityMode, Session, SessionStore
+from snakepit.worker.calls import ProgressCallback
+
+if TYPE_CHECKING:
+    from snakepit.pool.pool import Pool
+    from snakepit.worker.worker import Worker
+
+
+class SessionAffinity:
+    """A pool's sessions: the store, routing calls to the bound worker, TTL sweeping."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self._sweeper_lot = trio.lowlevel.ParkingLot()
+        self.store = SessionStore(trio.current_time, default_ttl=pool.config.session_ttl,
+                                  on_end=self._ended, on_create=self._created)
+
+    def bound_worker(self, session: Session) -> Worker | None:
+        """The live worker holding ``session``'s state, or None."""
+        if session.worker is None:
+            return None
+        worker = self.pool.slot_worker(session.worker)
+        if worker is None or worker.pid != session.worker_pid or not worker.accepting:
+            return None
+        return worker
+
+    async def acquire(self, session: Session, deadline: float) -> Worker:
+        """Affinity: the session's worker when it has one (per its mode), else any."""
+        if session.worker is not None and self.bound_worker(session) is None:
+            # bound to a worker that is going away: its state for the session is lost
+            self.store.worker_lost(session.worker, session.worker_pid or 0)
+        if session.lost and session.mode == "strict":
+            session.lost = False  # said once; the next call starts afresh elsewhere
+            raise SessionWorkerLost(
+                f"the worker holding session {session.id!r} died with its state")
+        bound = self.bound_worker(session)
+        if bound is None:
+            worker = await self.pool._acquire(deadline)
+            self.store.bind(session, worker.id, worker.pid)
+            return worker
+        if session.mode == "prefer":
+            # only a primary unit: a pipelined one would queue behind a running call
+            if self.pool._dispatcher.try_acquire_worker(bound, primary_only=True):
+                return bound
+            return await self.pool._acquire(deadline)  # busy: any worker will do
+        try:
+            return await self.pool._acquire(deadline, bound)
+        except SessionWorkerLost:
+            session.lost = False  # this caller has been told; the next call starts afresh
+            raise
+
+    def _created(self, session: Session) -> None:
+        if session.ttl is not None:
+            self._sweeper_lot.unpark_all()  # it may expire before the sweeper's next look
+        self.pool._emit("session.created", {"ttl": session.ttl or 0.0}, session=session.id,
+                   mode=session.mode)
+
+    def _ended(self, session: Session, reason: str) -> None:
+        # Every worker, not only the bound one: prefer-mode calls that fell back to
+        # another worker may have left state there too. Sessions end rarely; workers
+        # are few.
+        for worker in self.pool.workers():
+            worker.drop_session(session.id)
+        self.pool._emit(f"session.{reason}", {"age": trio.current_time() - session.created_at},
+                   session=session.id, worker=session.worker)
+
+    async def sweep(self) -> None:
+        """Expire idle sessions as their TTLs pass (woken early when one is created)."""
+        store = self.store
+        while True:
+            store.expire_due()
+            next_expiry = store.next_expiry()
+            with trio.move_on_at(math.inf if next_expiry is None else next_expiry):
+                await self._sweeper_lot.park()
+
+
+
+class SessionHandle:
+    """A session of one pool: calls through it share the worker-side state.
+
+    Obtained from ``async with pool.session() as s``; the session is deleted (and its
+    worker-side state dropped) when the block ends.
+    """
+
+    def __init__(self, pool: Pool, session: Session) -> None:
+        self.pool = pool
+        self.id = session.id
+
+    @property
+    def record(self) -> Session:
+        """The store's record (binding, metadata, last use)."""
+        return self.pool.sessions.get(self.id)
+
+    async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
+                      on_progress: ProgressCallback | None = None) -> Any:
+        """``pool.execute_in_session(self.id, ...)``."""
+        return await self.pool.execute_in_session(self.id, command, args, timeout=timeout,
+                                                  on_progress=on_progress)
+
+    def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
+               window: int | None = None) -> Any:
+        """``pool.stream(...)`` within this session (an async context manager)."""
+        return self.pool.stream(command, args, timeout=timeout, window=window,
+                                session_id=self.id)
+
+
+@asynccontextmanager
+async def open_session(pool: Pool, *, ttl: float | None, mode: AffinityMode,
+                       metadata: dict[str, Any] | None, session_id: str | None
+                       ) -> AsyncIterator[SessionHandle]:
+    session = pool.sessions.create(session_id, ttl=ttl, mode=mode, metadata=metadata)
+    try:
+        yield SessionHandle(pool, session)
+    finally:
+        with contextlib.suppress(SessionNotFound):  # it may have expired meanwhile
+            pool.sessions.delete(session.id)
+
+
+__all__ = ["SessionAffinity", "SessionHandle", "open_session"]

@@ -1,0 +1,1 @@
+"""Sessions: state that lives across calls, and the worker that holds it."""

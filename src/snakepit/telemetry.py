@@ -1,0 +1,114 @@
+"""Telemetry: named events with measurements and metadata, for anyone who listens.
+
+Modelled on Erlang's ``:telemetry``, which the system snakepit rebuilds used: the pool
+*emits* events; handlers *attach* to the names they care about. With nobody attached
+an event costs one dictionary lookup, so events sit on the hot path freely.
+
+::
+
+    def log_slow_calls(event, measurements, metadata):
+        if measurements["duration"] > 1.0:
+            print(metadata["pool"], metadata["command"], measurements["duration"])
+
+    snakepit.telemetry.attach("call.stop", log_slow_calls)
+
+A handler runs synchronously in the task that emitted the event, so it must be quick
+and must not block. A handler that raises is detached and logged: telemetry never
+breaks a call. Plugins can listen too, through the ``snakepit_telemetry_event`` hook
+(:mod:`snakepit.hookspecs`). Every event is documented in ``docs/telemetry.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = ["EVENTS", "Handler", "Telemetry", "attach", "detach", "emit", "enabled", "telemetry"]
+
+log = logging.getLogger("snakepit.telemetry")
+
+Handler = Callable[[str, Mapping[str, float], Mapping[str, Any]], None]
+
+#: Every event snakepit emits, with what it means.
+EVENTS: dict[str, str] = {
+    "pool.started": "a pool finished starting all its workers",
+    "pool.stopped": "a pool has shut down and every worker has exited",
+    "pool.health": "periodic pool health: available, busy, total workers and restarts",
+    "worker.started": "a worker process was spawned",
+    "worker.ready": "a worker completed its handshake and takes calls",
+    "worker.exited": "a worker process exited (for any reason)",
+    "worker.restarted": "a slot is starting a replacement worker",
+    "worker.unhealthy": "a worker missed a health check or its memory limit",
+    "call.start": "a call was submitted",
+    "call.stop": "a call returned a result",
+    "call.exception": "a call raised",
+    "call.progress": "a handler reported progress for a call",
+    "session.created": "a session was created",
+    "session.expired": "a session passed its TTL unused and was removed",
+    "session.deleted": "a session was deleted by the application",
+}
+
+
+class Telemetry:
+    """A registry of handlers by event name (``"*"`` attaches to every event)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, dict[int, Handler]] = {}
+        self._ids = itertools.count(1)
+
+    def attach(self, events: str | Iterable[str], handler: Handler) -> int:
+        """Call ``handler(event, measurements, metadata)`` for each of ``events``.
+
+        Returns an id for :meth:`detach`.
+
+        Raises:
+            ValueError: an event name snakepit never emits (a typo would otherwise
+                silently attach to nothing).
+        """
+        names = [events] if isinstance(events, str) else list(events)
+        unknown = [name for name in names if name != "*" and name not in EVENTS]
+        if unknown:
+            raise ValueError(f"unknown telemetry events {unknown}; see snakepit.telemetry.EVENTS")
+        handler_id = next(self._ids)
+        for name in names:
+            self._handlers.setdefault(name, {})[handler_id] = handler
+        return handler_id
+
+    def detach(self, handler_id: int) -> None:
+        """Stop calling the handler attached under ``handler_id`` (no error if gone)."""
+        for name in list(self._handlers):
+            self._handlers[name].pop(handler_id, None)
+            if not self._handlers[name]:
+                del self._handlers[name]
+
+    def handler_ids(self) -> set[int]:
+        """Ids of every attached handler."""
+        return {handler_id for handlers in self._handlers.values() for handler_id in handlers}
+
+    def enabled(self, event: str) -> bool:
+        """Whether anyone listens to ``event``: skip building its payload otherwise."""
+        handlers = self._handlers
+        return event in handlers or "*" in handlers
+
+    def emit(self, event: str, measurements: Mapping[str, float],
+             metadata: Mapping[str, Any]) -> None:
+        """Deliver an event to its handlers; a handler that raises is detached."""
+        handlers = self._handlers
+        targets = [*handlers.get(event, {}).items(), *handlers.get("*", {}).items()]
+        for handler_id, handler in targets:
+            try:
+                handler(event, measurements, metadata)
+            except Exception:
+                log.exception("telemetry handler %r raised on %s; detached", handler, event)
+                self.detach(handler_id)
+
+
+telemetry = Telemetry()
+"""The process-wide registry every pool emits to."""
+
+attach = telemetry.attach
+detach = telemetry.detach
+emit = telemetry.emit
+enabled = telemetry.enabled

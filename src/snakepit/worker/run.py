@@ -1,0 +1,175 @@
+"""A worker's life from spawn to reaped exit: the node under a supervisor slot.
+
+``run_worker`` spawns the process, runs the handshake, reports the ready
+:class:`~snakepit.worker.worker.Worker`, routes its frames until the process goes away,
+and in its ``finally`` runs the shutdown ladder shielded, so leaving it by any route
+leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import trio
+
+from snakepit import telemetry
+from snakepit.config import PoolConfig
+from snakepit.errors import PoolClosed, ProtocolError, WorkerCrashed, WorkerStartupError
+from snakepit.process.launch import bridge_pythonpath, host_environment, python_argv, spawn
+from snakepit.process.shutdown import shutdown_ladder
+from snakepit.protocol import wire
+from snakepit.protocol.codecs import JSON, available_codecs, get_codec
+from snakepit.protocol.messages import Error, Hello, Welcome, from_wire
+from snakepit.worker.worker import Worker, WorkerState
+
+log = logging.getLogger("snakepit.worker")
+
+
+def worker_argv(config: PoolConfig) -> list[str]:
+    """The command line that starts one worker of ``config``."""
+    if config.command is not None:
+        return list(config.command)
+    return python_argv(config.python, config.handler)
+
+
+def worker_environment(config: PoolConfig) -> dict[str, str]:
+    """The environment of one worker of ``config``."""
+    env = host_environment(config.env)
+    if config.command is None:
+        extra = bridge_pythonpath(config.python)
+        if extra is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def offered_codecs(config: PoolConfig) -> list[str]:
+    """The codecs the host offers in its hello, most preferred first."""
+    return available_codecs() if config.codec == "auto" else [config.codec]
+
+
+async def handshake(worker: Worker) -> None:
+    """Hello (JSON) out, welcome (JSON) in; then both sides switch to the chosen codec.
+
+    Raises:
+        ProtocolError: the worker exited, refused, or answered out of protocol.
+    """
+    config, connection = worker.config, worker.connection
+    offered = offered_codecs(config)
+    connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id))
+    payloads = await connection.read_payloads()
+    if payloads is None:
+        raise ProtocolError("the worker exited before its handshake")
+    welcome = from_wire(JSON.decode(payloads[0]))
+    if isinstance(welcome, Error):
+        raise ProtocolError(f"the worker refused the handshake: {welcome.message}")
+    if not isinstance(welcome, Welcome):
+        raise ProtocolError(f"expected a welcome, got {type(welcome).__name__}")
+    if welcome.codec not in offered:
+        raise ProtocolError(f"worker chose codec {welcome.codec!r}, which was not offered")
+    if welcome.version != wire.PROTOCOL_VERSION:
+        raise ProtocolError(f"worker speaks protocol {welcome.version}, "
+                            f"host speaks {wire.PROTOCOL_VERSION}")
+    if len(payloads) > 1:
+        raise ProtocolError("worker sent frames before the handshake completed")
+    worker.welcome = welcome
+    connection.codec = get_codec(welcome.codec)
+    worker.capacity = max(1, welcome.concurrency)
+    worker.state = WorkerState.READY
+
+
+async def start(worker: Worker) -> None:
+    """The handshake within ``startup_timeout``; failures carry the stderr tail.
+
+    Raises:
+        WorkerStartupError: no (valid) handshake in time.
+    """
+    config, process = worker.config, worker.process
+    try:
+        with trio.fail_after(config.startup_timeout):
+            await handshake(worker)
+    except (ProtocolError, trio.TooSlowError) as exc:
+        if isinstance(exc, trio.TooSlowError):
+            reason = f"no handshake within startup_timeout ({config.startup_timeout}s)"
+            process.signal_group(signal.SIGKILL)
+        else:
+            reason = str(exc)
+        with trio.move_on_after(1.0):  # let a dying worker finish writing its traceback
+            await process.wait_exit()
+        raise WorkerStartupError(f"worker {worker.id} failed to start: {reason}",
+                                 worker.stderr.drain()) from None
+
+
+async def serve(worker: Worker) -> None:
+    """Route the worker's frames until it goes away, then fail what is left in flight."""
+    config, process = worker.config, worker.process
+    try:
+        await worker.connection.read_forever(worker.on_message)
+    except ProtocolError as exc:
+        worker.kill(f"protocol error: {exc}")
+        worker.end_reason = exc
+    if worker.state is WorkerState.READY:
+        worker.state = WorkerState.STOPPING
+    with trio.move_on_after(config.kill_timeout):
+        await process.wait_exit()  # EOF usually comes a moment before the exit
+    code = await shutdown_ladder(process, request_shutdown=None, grace=0,
+                                 kill_timeout=config.kill_timeout)
+    worker.state = WorkerState.DEAD
+    worker.fail_all(worker.end_reason or WorkerCrashed(
+        f"worker {worker.id} (pid {worker.pid}) died", exit_code=code))
+
+
+async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Worker], None],
+                     on_ready: Callable[[Worker], None]) -> Worker:
+    """Run one worker from spawn to reaped exit.
+
+    Calls ``on_ready`` with the :class:`Worker` once its handshake is done; returns it
+    once its process has exited and every call in flight on it has been answered or
+    failed. (A callback rather than ``task_status``: the slot runs workers one after
+    another in its own task, so no nursery -- and no exception group -- sits between.)
+
+    Raises:
+        WorkerStartupError: the process could not be started or did not handshake.
+    """
+    process = spawn(worker_argv(config), env=worker_environment(config), cwd=config.cwd)
+    worker = Worker(worker_id, process, config, release)
+    if telemetry.enabled("worker.started"):
+        telemetry.emit("worker.started", {}, {"pool": config.name, "worker": worker_id,
+                                              "pid": process.pid})
+    startup_error: WorkerStartupError | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            worker._nursery = nursery
+            nursery.start_soon(worker.stderr.pump)
+            nursery.start_soon(worker.connection.flush_forever)
+            try:
+                await start(worker)
+            except WorkerStartupError as exc:
+                startup_error = exc
+                nursery.cancel_scope.cancel()
+            else:
+                log.debug("worker %s ready (pid %d)", worker_id, process.pid)
+                on_ready(worker)
+                await serve(worker)
+                nursery.cancel_scope.cancel()
+        if startup_error is not None:
+            raise startup_error
+    finally:
+        with trio.CancelScope(shield=True):
+            if worker.state is not WorkerState.DEAD:
+                # a worker that never completed its handshake gets no shutdown frame
+                polite = worker.state is not WorkerState.STARTING and not worker.shutdown_sent
+                worker.state = WorkerState.STOPPING
+                await shutdown_ladder(
+                    process,
+                    request_shutdown=worker.request_shutdown if polite else None,
+                    grace=config.shutdown_grace,
+                    kill_timeout=config.kill_timeout,
+                )
+                worker.state = WorkerState.DEAD
+                worker.fail_all(worker.end_reason or PoolClosed("the pool is shutting down"))
+            worker.stderr.drain()
+            process.close_pipes()
+    return worker
