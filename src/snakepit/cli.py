@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the demo: calls, a timeout, a crash, stats")
     demo.add_argument("--workers", type=int, default=4)
     demo.add_argument("--calls", type=int, default=2000)
+    cleanup = commands.add_parser(
+        "cleanup", help="kill worker processes left behind by dead snakepit hosts")
+    cleanup.add_argument("--state-dir", default=None,
+                         help="registry directory (default: as the pools use)")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if options.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -26,7 +30,24 @@ def main(argv: list[str] | None = None) -> int:
         from snakepit.demo import run_demo
 
         return trio.run(run_demo, options.workers, options.calls)
+    if options.command == "cleanup":
+        return run_cleanup(options.state_dir)
     return 2  # pragma: no cover - argparse enforces a command
+
+
+def run_cleanup(state_dir: str | None) -> int:
+    """``snakepit cleanup``: reap what dead runs left, and say what was killed."""
+    from pathlib import Path
+
+    from snakepit.process.registry import default_state_dir, reap_orphans
+
+    directory = Path(state_dir) if state_dir else default_state_dir()
+    reaped = reap_orphans(directory)
+    for item in reaped:
+        print(f"killed pid {item.pid} ({item.why}) of dead run {item.run_id}")
+    print(f"{len(reaped)} orphaned process{'es' if len(reaped) != 1 else ''} killed "
+          f"(registry: {directory})")
+    return 0
 
 
 if __name__ == "__main__":

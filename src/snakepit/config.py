@@ -159,6 +159,7 @@ _POOL_CHECKS: list[_Check] = [
         ("memory_limit", _optional(_at_least(1, integer=True)),
          "must be a number of bytes >= 1 or None"),
         ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
+    ("state_dir", _optional(lambda v: isinstance(v, str) and v != ""), "must be a path"),
 ]
 
 
@@ -219,6 +220,9 @@ class PoolConfig:
     calls, exits and is replaced (sampled at each health check; ``None``: no limit)."""
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     """Restart policy of every worker slot."""
+    state_dir: str | None = None
+    """Directory of the run registry (``None``: ``$SNAKEPIT_STATE_DIR``, else
+    ``$XDG_RUNTIME_DIR/snakepit``, else a per-user directory under the temp dir)."""
 
     def __attrs_post_init__(self) -> None:
         _run_checks(self, _POOL_CHECKS)

@@ -83,6 +83,18 @@ class ChaosHandler(CommandHandler):
         return child.pid
 
     @command
+    def outlive_host(self, args: dict[str, Any], ctx: CallContext) -> None:
+        """Give up the parent-death signal, then block for ``seconds``: an orphan-to-be.
+
+        Reports progress once it has done so.
+        """
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG, 0: none
+        ctx.progress(0, None, "no longer dies with the host")
+        time.sleep(args["seconds"])
+
+    @command
     def ignore_term(self) -> bool:
         """From now on ignore SIGTERM (a worker only SIGKILL can stop)."""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -37,8 +37,10 @@ from snakepit.pool.nursery import unwrap_single_error
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats
 from snakepit.pool.stream import ChunkStream
+from snakepit.process.registry import reap_orphans
 from snakepit.sessions.store import AffinityMode
 from snakepit.worker.calls import ProgressCallback
+from snakepit.worker.run import registry
 from snakepit.worker.supervisor import Slot
 from snakepit.worker.worker import Worker
 
@@ -80,6 +82,7 @@ class Pool:
         """Start every slot concurrently; the first startup error wins."""
         errors: list[WorkerStartupError] = []
         started = trio.current_time()
+        await trio.to_thread.run_sync(reap_orphans, registry(self.config).state_dir)
 
         async def start(slot: Slot) -> None:
             try:

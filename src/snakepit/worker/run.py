@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -19,6 +20,12 @@ from snakepit import telemetry
 from snakepit.config import PoolConfig
 from snakepit.errors import PoolClosed, ProtocolError, WorkerCrashed, WorkerStartupError
 from snakepit.process.launch import bridge_pythonpath, host_environment, python_argv, spawn
+from snakepit.process.registry import (
+    RUN_ID_ENV,
+    RunRegistry,
+    default_state_dir,
+    registry_for,
+)
 from snakepit.process.shutdown import shutdown_ladder
 from snakepit.protocol import wire
 from snakepit.protocol.codecs import JSON, available_codecs, get_codec
@@ -35,9 +42,15 @@ def worker_argv(config: PoolConfig) -> list[str]:
     return python_argv(config.python, config.handler)
 
 
+def registry(config: PoolConfig) -> RunRegistry:
+    """The run registry this pool's workers are recorded in."""
+    return registry_for(Path(config.state_dir) if config.state_dir else default_state_dir())
+
+
 def worker_environment(config: PoolConfig) -> dict[str, str]:
     """The environment of one worker of ``config``."""
     env = host_environment(config.env)
+    env[RUN_ID_ENV] = registry(config).run_id  # inherited by all it starts
     if config.command is None:
         extra = bridge_pythonpath(config.python)
         if extra is not None:
@@ -134,6 +147,7 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
         WorkerStartupError: the process could not be started or did not handshake.
     """
     process = spawn(worker_argv(config), env=worker_environment(config), cwd=config.cwd)
+    registry(config).add(process.pid)
     worker = Worker(worker_id, process, config, release)
     if telemetry.enabled("worker.started"):
         telemetry.emit("worker.started", {}, {"pool": config.name, "worker": worker_id,
@@ -172,4 +186,5 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
                 worker.fail_all(worker.end_reason or PoolClosed("the pool is shutting down"))
             worker.stderr.drain()
             process.close_pipes()
+            registry(config).remove(process.pid)
     return worker

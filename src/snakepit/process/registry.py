@@ -1,0 +1,168 @@
+"""The run registry: every worker process of every run, so none is ever orphaned.
+
+Each host process is a *run*, with an id made of its pid and its start time. The run
+writes ``<state_dir>/runs/<run id>.json`` listing its workers (pid and start time, so a
+reused pid is never mistaken for one of them), and every worker -- and everything a
+worker starts -- carries ``SNAKEPIT_RUN_ID`` in its environment.
+
+Normally workers die with their host (parent-death signal, stdin EOF) and the run
+removes its file on exit. When the host is SIGKILLed, a worker that ignored the
+parent's death, or a grandchild (which never had a parent-death signal), would live on.
+The next run on the machine -- or ``snakepit cleanup`` -- finds the file of the dead
+run and kills what is left: the recorded workers whose pid *and* start time still
+match, and any process of this user whose environment names the dead run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+log = logging.getLogger("snakepit.registry")
+
+RUN_ID_ENV = "SNAKEPIT_RUN_ID"
+
+
+def default_state_dir() -> Path:
+    """``$SNAKEPIT_STATE_DIR``, else ``$XDG_RUNTIME_DIR/snakepit``, else a per-user temp dir."""
+    if explicit := os.environ.get("SNAKEPIT_STATE_DIR"):
+        return Path(explicit)
+    if runtime := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(runtime) / "snakepit"
+    return Path(tempfile.gettempdir()) / f"snakepit-{os.getuid()}"
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie is as good as gone
+        return None
+    return int(fields[19])
+
+
+def process_environment_has(pid: int, entry: bytes) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return entry in environ.split(b"\0")
+
+
+@attrs.frozen
+class Reaped:
+    """A process the registry killed."""
+
+    pid: int
+    run_id: str
+    why: str
+    """``"recorded worker"`` or ``"carries the run id"``."""
+
+
+class RunRegistry:
+    """This host's entry in the registry (one per process, shared by its pools)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.runs_dir = state_dir / "runs"
+        self.host_pid = os.getpid()
+        self.host_start = start_time(self.host_pid) or 0
+        self.run_id = f"{self.host_pid}-{self.host_start}"
+        self.path = self.runs_dir / f"{self.run_id}.json"
+        self._workers: dict[int, int] = {}
+
+    def add(self, pid: int) -> None:
+        """Record a worker (call right after spawning it)."""
+        self._workers[pid] = start_time(pid) or 0
+        self._write()
+
+    def remove(self, pid: int) -> None:
+        """Forget a worker that has been reaped."""
+        if self._workers.pop(pid, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
+        if not self._workers:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return
+        self.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = {"run_id": self.run_id, "host_pid": self.host_pid,
+                  "host_start": self.host_start,
+                  "workers": [{"pid": pid, "start": start}
+                              for pid, start in self._workers.items()]}
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record))
+        temporary.replace(self.path)  # atomic: a reader never sees half a file
+
+
+def _dead_runs(runs_dir: Path) -> Iterator[tuple[Path, dict[str, object]]]:
+    for path in sorted(runs_dir.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            host_pid, host_start = int(record["host_pid"]), int(record["host_start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable registry file %s", path)
+            continue
+        if start_time(host_pid) == host_start:
+            continue  # the host is alive: its workers are its own business
+        yield path, record
+
+
+def reap_orphans(state_dir: Path) -> list[Reaped]:
+    """Kill what dead runs left behind; remove their files. Returns what was killed."""
+    runs_dir = state_dir / "runs"
+    if not runs_dir.is_dir():
+        return []
+    reaped: list[Reaped] = []
+    for path, record in _dead_runs(runs_dir):
+        run_id = str(record.get("run_id", path.stem))
+        for worker in record.get("workers", []):  # type: ignore[attr-defined]
+            pid, started = int(worker["pid"]), int(worker["start"])
+            if start_time(pid) == started:  # the very process, not a reused pid
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                    reaped.append(Reaped(pid, run_id, "recorded worker"))
+        entry = f"{RUN_ID_ENV}={run_id}".encode()
+        for pid in _pids_of_this_user():
+            if pid not in {r.pid for r in reaped} and process_environment_has(pid, entry):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                    reaped.append(Reaped(pid, run_id, "carries the run id"))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    for item in reaped:
+        log.warning("reaped pid %d left by dead run %s (%s)", item.pid, item.run_id, item.why)
+    return reaped
+
+
+def _pids_of_this_user() -> Iterator[int]:
+    uid = os.getuid()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid and int(entry.name) != os.getpid():
+                    yield int(entry.name)
+            except OSError:
+                continue
+
+
+_registries: dict[Path, RunRegistry] = {}
+
+
+def registry_for(state_dir: Path) -> RunRegistry:
+    """The process-wide registry entry for ``state_dir`` (created on first use)."""
+    if state_dir not in _registries:
+        _registries[state_dir] = RunRegistry(state_dir)
+    return _registries[state_dir]
