@@ -156,6 +156,8 @@ _POOL_CHECKS: list[_Check] = [
         ("session_ttl", _optional(_positive), "must be a number > 0 or None"),
         ("health_check_interval", _optional(_positive), "must be a number > 0 or None"),
         ("health_check_timeout", _positive, "must be a number > 0"),
+    ("heartbeat_interval", _optional(_positive), "must be a number > 0 or None"),
+    ("heartbeat_timeout", _positive, "must be a number > 0"),
         ("memory_limit", _optional(_at_least(1, integer=True)),
          "must be a number of bytes >= 1 or None"),
         ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
@@ -215,6 +217,12 @@ class PoolConfig:
     """Seconds between health checks of idle workers (``None``: no health checks)."""
     health_check_timeout: float = 5.0
     """Seconds an idle worker has to answer a health-check ping before it is replaced."""
+    heartbeat_interval: float | None = 1.0
+    """Seconds between a worker's heartbeat frames, sent by a bridge thread even while
+    a call runs (``None``: no heartbeat)."""
+    heartbeat_timeout: float = 10.0
+    """A worker silent this long -- SIGSTOPped, or stuck in native code holding the
+    GIL -- is killed and replaced, whether busy or idle."""
     memory_limit: int | None = None
     """Resident memory, in bytes, past which a worker is recycled: it finishes its
     calls, exits and is replaced (sampled at each health check; ``None``: no limit)."""
@@ -226,9 +234,16 @@ class PoolConfig:
 
     def __attrs_post_init__(self) -> None:
         _run_checks(self, _POOL_CHECKS)
+        errors = []
         if self.memory_limit is not None and self.health_check_interval is None:
-            raise ConfigError(["memory_limit: is sampled by the health check, so it needs "
-                               "health_check_interval to be set"])
+            errors.append("memory_limit: is sampled by the health check, so it needs "
+                          "health_check_interval to be set")
+        if (self.heartbeat_interval is not None
+                and self.heartbeat_timeout <= self.heartbeat_interval):
+            errors.append(f"heartbeat_timeout: must exceed heartbeat_interval "
+                          f"({self.heartbeat_interval})")
+        if errors:
+            raise ConfigError(errors)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> PoolConfig:

@@ -51,6 +51,15 @@ class ChaosHandler(CommandHandler):
         return float(args["seconds"])
 
     @command
+    def hold_gil(self, args: dict[str, Any], ctx: CallContext) -> None:
+        """Block in native code for ``seconds`` *holding the GIL*, as a stuck extension
+        would: no Python thread of this process runs meanwhile."""
+        import ctypes
+
+        ctx.progress(0, args["seconds"], "stuck in native code")
+        ctypes.PyDLL(None).sleep(int(args["seconds"]))  # PyDLL keeps the GIL
+
+    @command
     def crash(self, args: dict[str, Any] | None) -> None:
         """Exit at once with ``code`` (default 1), as a segfaulting extension would."""
         os._exit((args or {}).get("code", 1))

@@ -97,3 +97,52 @@ async def test_memory_limit_recycles_after_the_call_in_flight() -> None:
             assert exited["on_purpose"] is True and exited["exit_code"] == 0
     finally:
         recorder.close()
+
+
+def heartbeat_config(**overrides: Any) -> snakepit.PoolConfig:
+    return chaos_config(size=1, heartbeat_interval=0.1, heartbeat_timeout=0.6,
+                        health_check_interval=None, **overrides)
+
+
+async def test_stopped_busy_worker_is_detected_by_its_silence() -> None:
+    async with snakepit.open_pool(heartbeat_config()) as pool:
+        worker = pool.workers()[0]
+        async with trio.open_nursery() as nursery:
+            outcome: list[BaseException] = []
+
+            async def long_call() -> None:
+                try:
+                    await pool.execute("sleep", {"seconds": 60},
+                                       on_progress=lambda *_: running.set())
+                except snakepit.SnakepitError as exc:
+                    outcome.append(exc)
+
+            running = trio.Event()
+            nursery.start_soon(long_call)
+            await running.wait()
+            os.kill(worker.pid, signal.SIGSTOP)
+        assert [type(e) for e in outcome] == [snakepit.WorkerCrashed]
+        assert "no heartbeat" in str(outcome[0])
+        await pool.wait_ready()
+        assert await pool.execute("pid") != worker.pid
+
+
+async def test_worker_stuck_in_native_code_holding_the_gil_is_replaced() -> None:
+    async with snakepit.open_pool(heartbeat_config()) as pool:
+        pid = pool.workers()[0].pid
+        with trio.fail_after(10):
+            try:
+                await pool.execute("hold_gil", {"seconds": 30})
+            except snakepit.WorkerCrashed as exc:
+                assert "no heartbeat" in str(exc)
+            else:
+                raise AssertionError("the stuck call returned")
+            await pool.wait_ready()
+        assert await pool.execute("pid") != pid
+
+
+async def test_long_call_that_releases_the_gil_keeps_beating() -> None:
+    async with snakepit.open_pool(heartbeat_config()) as pool:
+        # twice the heartbeat timeout, in time.sleep (the GIL is released): alive
+        assert await pool.execute("sleep", {"seconds": 1.2}) == 1.2
+        assert pool.stats().restarts == 0

@@ -26,7 +26,8 @@ numbers = st.floats(allow_nan=False, allow_infinity=False)
 
 any_message = st.one_of(
     st.builds(m.Hello, st.integers(0, 10), st.lists(texts, max_size=3), st.integers(1, 2**31),
-              texts),
+              texts, st.none() | st.floats(0.01, 100)),
+    st.builds(m.Beat),
     st.builds(m.Welcome, st.integers(0, 10), st.integers(1, 2**22), texts, st.integers(1, 64),
               st.lists(texts, max_size=3), texts, texts),
     st.builds(m.Call, ids, texts, json_values, opt_texts, st.none() | numbers,

@@ -23,6 +23,7 @@ import queue
 import select
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,7 @@ class BridgeServer:
         self._eof = False
         self._stopping = False
         self._protocol_error: ProtocolError | None = None
+        self._heartbeat: float | None = None
         # serial mode: calls read while another ran; threaded mode: the hand-off queue
         self._backlog: collections.deque[CallContext] = collections.deque()
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -153,6 +155,9 @@ class BridgeServer:
         if type(max_frame) is int and max_frame > 0:
             self._max_frame_size = max_frame
             self._decoder = FrameDecoder(max_frame)
+        heartbeat = hello.get("heartbeat")
+        if isinstance(heartbeat, int | float) and heartbeat > 0:
+            self._heartbeat = float(heartbeat)
         handler_type = type(self.handler)
         self._write(encode_frame(JSON.encode({
             wire.TAG: wire.WELCOME,
@@ -319,6 +324,9 @@ class BridgeServer:
         """Handshake, then serve calls until shutdown, EOF or a signal. Returns the exit code."""
         try:
             self.handshake()
+            if self._heartbeat is not None:
+                threading.Thread(target=self._beat, name="snakepit-heartbeat",
+                                 daemon=True).start()
             if self.concurrency == 1:
                 self._serve_serial()
             else:
@@ -331,6 +339,21 @@ class BridgeServer:
             self._report_protocol_error(exc)
             return 2
         return 0
+
+    def _beat(self) -> None:
+        """Heartbeat thread: proves the process is alive even while a call runs.
+
+        It needs the GIL, so a handler stuck in native code that holds it (or a
+        SIGSTOPped process) goes silent, and the host replaces the worker.
+        """
+        assert self._heartbeat is not None
+        frame = encode_frame(self._codec.encode({wire.TAG: wire.BEAT}), self._max_frame_size)
+        while True:
+            time.sleep(self._heartbeat)
+            try:
+                self._write(frame)
+            except _HostGone:
+                return
 
     def _run_guarded(self, ctx: CallContext) -> None:
         try:

@@ -79,3 +79,24 @@ async def monitor_health(pool: Pool) -> None:
             pool._emit("pool.health", {"available": len(ready) - busy, "busy": busy,
                                        "total": pool.config.size,
                                        "restarts": sum(s.restarts for s in pool._slots)})
+
+
+async def watch_heartbeats(pool: Pool) -> None:
+    """Kill any worker that has sent nothing for ``heartbeat_timeout`` seconds.
+
+    The bridge's heartbeat thread writes a frame every ``heartbeat_interval``, even
+    during a call, so silence means the process is stopped or stuck in native code
+    holding the GIL: its state is unknown and it will not recover by itself.
+    """
+    interval, timeout = pool.config.heartbeat_interval, pool.config.heartbeat_timeout
+    assert interval is not None
+    while True:
+        await trio.sleep(interval)
+        now = trio.current_time()
+        for worker in pool.workers():
+            silent = now - worker.connection.last_heard
+            if worker.accepting and silent > timeout:
+                pool._emit("worker.unhealthy", {"silent": silent}, worker=worker.id,
+                           pid=worker.pid, reason="no heartbeat")
+                worker.kill(f"no heartbeat for {silent:.1f}s (stopped, or stuck holding "
+                            "the GIL)")

@@ -32,7 +32,7 @@ from snakepit.errors import (
 )
 from snakepit.plugins import plugin_manager
 from snakepit.pool.dispatch import Dispatcher
-from snakepit.pool.health import monitor_health
+from snakepit.pool.health import monitor_health, watch_heartbeats
 from snakepit.pool.nursery import unwrap_single_error
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats
@@ -98,6 +98,8 @@ class Pool:
         self._nursery.start_soon(self._affinity.sweep)
         if self.config.health_check_interval is not None:
             self._nursery.start_soon(monitor_health, self)
+        if self.config.heartbeat_interval is not None:
+            self._nursery.start_soon(watch_heartbeats, self)
         self._emit("pool.started", {"size": self.config.size,
                                     "duration": trio.current_time() - started})
 

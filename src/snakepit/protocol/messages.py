@@ -18,6 +18,7 @@ from snakepit.errors import ProtocolError
 from snakepit.protocol import wire
 
 __all__ = [
+    "Beat",
     "Call",
     "Cancel",
     "Chunk",
@@ -47,6 +48,8 @@ class Hello:
     codecs: list[str]
     max_frame_size: int
     worker_id: str
+    heartbeat: float | None = None
+    """Seconds between the worker's heartbeat frames (``None``: no heartbeat)."""
 
 
 @attrs.frozen
@@ -102,6 +105,11 @@ class Pong:
     """The answer to :class:`Ping` ``id``."""
 
     id: int
+
+
+@attrs.frozen
+class Beat:
+    """The worker is alive (sent by a bridge thread, even while a call runs)."""
 
 
 @attrs.frozen
@@ -162,7 +170,7 @@ class Progress:
 
 Message = (
     Hello | Welcome | Call | Cancel | Credit | Ping | Drop | Shutdown
-    | Result | Error | Chunk | End | Progress | Pong
+    | Result | Error | Chunk | End | Progress | Pong | Beat
 )
 
 _TAGS: dict[type[Any], str] = {
@@ -180,6 +188,7 @@ _TAGS: dict[type[Any], str] = {
     End: wire.END,
     Progress: wire.PROGRESS,
     Pong: wire.PONG,
+    Beat: wire.BEAT,
 }
 _CLASSES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 

@@ -6,7 +6,7 @@ must run where attrs is not installed, builds the maps directly from these const
 
 Host to worker::
 
-    hello    {version, codecs, max_frame_size, worker_id}        (always JSON)
+    hello    {version, codecs, max_frame_size, worker_id, heartbeat?}  (always JSON)
     call     {id, cmd, args, sid?, dl?, window?}
     cancel   {id}
     credit   {id, n}
@@ -23,6 +23,7 @@ Worker to host::
     end      {id}
     progress {id, done, total?, msg?}
     pong     {id}
+    beat     {}                       (every ``heartbeat`` seconds, even during a call)
 
 ``dl`` is the call's deadline as Unix time in seconds (host and worker share the clock
 on one machine). ``window`` marks a streaming call and is the initial number of chunks
@@ -53,6 +54,7 @@ CHUNK = "chunk"
 END = "end"
 PROGRESS = "progress"
 PONG = "pong"
+BEAT = "beat"
 
 # Values of ``error.kind``: what went wrong, so the host can pick the error class.
 KIND_HANDLER = "handler"  # the handler raised
@@ -63,4 +65,4 @@ KIND_PAYLOAD = "payload"  # the result could not be encoded or was too large
 KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 
 #: Capabilities a bridge of this version announces in its welcome.
-CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping")
+CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat")

@@ -37,6 +37,8 @@ class Connection:
         self._decoder = FrameDecoder(max_frame_size)
         self._unsent = bytearray()
         self._unsent_lot = trio.lowlevel.ParkingLot()
+        self.last_heard = trio.current_time()
+        """When the worker last sent anything (the heartbeat watchdog reads it)."""
 
     def send(self, message: Message) -> None:
         """Write one frame now, or queue it behind bytes the pipe has not taken yet.
@@ -108,6 +110,7 @@ class Connection:
                 continue
             if not data:
                 return
+            self.last_heard = trio.current_time()
             for payload in decoder.feed(data):
                 deliver(from_wire(decode(payload)))
             reads += 1

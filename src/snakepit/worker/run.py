@@ -71,7 +71,8 @@ async def handshake(worker: Worker) -> None:
     """
     config, connection = worker.config, worker.connection
     offered = offered_codecs(config)
-    connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id))
+    connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id,
+                          config.heartbeat_interval))
     payloads = await connection.read_payloads()
     if payloads is None:
         raise ProtocolError("the worker exited before its handshake")

@@ -30,6 +30,7 @@ from snakepit.errors import (
 )
 from snakepit.process.launch import OsProcess
 from snakepit.protocol.messages import (
+    Beat,
     Call,
     Cancel,
     Chunk,
@@ -121,6 +122,8 @@ class Worker:
                 pending.stream.push(message.value)
         elif isinstance(message, End):
             self._finish(message.id, outcome.Value(None))
+        elif isinstance(message, Beat):
+            pass  # the connection noted the time it arrived
         elif isinstance(message, Pong):
             event = self._pings.pop(message.id, None)
             if event is not None:
