@@ -158,6 +158,8 @@ _POOL_CHECKS: list[_Check] = [
         ("health_check_timeout", _positive, "must be a number > 0"),
     ("heartbeat_interval", _optional(_positive), "must be a number > 0 or None"),
     ("heartbeat_timeout", _positive, "must be a number > 0"),
+    ("max_calls", _optional(_at_least(1, integer=True)), "must be an integer >= 1 or None"),
+    ("worker_ttl", _optional(_positive), "must be a number > 0 or None"),
         ("memory_limit", _optional(_at_least(1, integer=True)),
          "must be a number of bytes >= 1 or None"),
         ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
@@ -223,6 +225,10 @@ class PoolConfig:
     heartbeat_timeout: float = 10.0
     """A worker silent this long -- SIGSTOPped, or stuck in native code holding the
     GIL -- is killed and replaced, whether busy or idle."""
+    max_calls: int | None = None
+    """Recycle a worker after it has served this many calls (``None``: never)."""
+    worker_ttl: float | None = None
+    """Recycle a worker this many seconds after it started (``None``: never)."""
     memory_limit: int | None = None
     """Resident memory, in bytes, past which a worker is recycled: it finishes its
     calls, exits and is replaced (sampled at each health check; ``None``: no limit)."""

@@ -69,6 +69,9 @@ class Dispatcher:
         """A free unit, without waiting; ``None`` if none is free or others wait first."""
         if self._waiters:
             return None
+        return self._take_unit()
+
+    def _take_unit(self) -> Worker | None:
         for units in (self._idle, self._spare):
             while units:
                 worker = units.popleft()
@@ -156,8 +159,19 @@ class Dispatcher:
             self._waiters.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        worker = await trio.lowlevel.wait_task_rescheduled(abort)
-        return worker  # type: ignore[no-any-return]
+        while True:
+            worker = await trio.lowlevel.wait_task_rescheduled(abort)
+            if worker.accepting:
+                return worker  # type: ignore[no-any-return]
+            # It stopped taking calls (retiring) between the hand-over and now: give the
+            # unit back and take another, or wait again -- first in line.
+            self.release(worker)
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            other = self._take_unit()
+            if other is not None:
+                return other
+            self._waiters.appendleft(task)
 
     def _fail_waiters(self, error: Exception, *, pinned_too: bool = False) -> None:
         waiters, self._waiters = self._waiters, collections.deque()

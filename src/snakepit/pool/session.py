@@ -57,7 +57,13 @@ class SessionAffinity:
                 return bound
             return await self.pool._acquire(deadline)  # busy: any worker will do
         try:
-            return await self.pool._acquire(deadline, bound)
+            worker = await self.pool._acquire(deadline, bound)
+            if not worker.accepting:  # retiring since the hand-over: its state will go
+                self.pool._dispatcher.release(worker)
+                self.store.worker_lost(worker.id, worker.pid)
+                raise SessionWorkerLost(f"the worker holding session {session.id!r} is "
+                                        "being recycled; its state goes with it")
+            return worker
         except SessionWorkerLost:
             session.lost = False  # this caller has been told; the next call starts afresh
             raise

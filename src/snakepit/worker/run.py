@@ -135,6 +135,12 @@ async def serve(worker: Worker) -> None:
         f"worker {worker.id} (pid {worker.pid}) died", exit_code=code))
 
 
+async def retire_after(worker: Worker, seconds: float) -> None:
+    """Recycle ``worker`` once it has lived ``seconds`` (``worker_ttl``)."""
+    await trio.sleep(seconds)
+    worker.retire(f"reached worker_ttl ({seconds}s)")
+
+
 async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Worker], None],
                      on_ready: Callable[[Worker], None]) -> Worker:
     """Run one worker from spawn to reaped exit.
@@ -167,6 +173,8 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
             else:
                 log.debug("worker %s ready (pid %d)", worker_id, process.pid)
                 on_ready(worker)
+                if config.worker_ttl is not None:
+                    nursery.start_soon(retire_after, worker, config.worker_ttl)
                 await serve(worker)
                 nursery.cancel_scope.cancel()
         if startup_error is not None:

@@ -10,15 +10,19 @@ after its deadline) is replaced at once and does not count as a failure.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import math
 import random
 from collections.abc import Callable
+from typing import cast
 
 import trio
 
 from snakepit import telemetry
 from snakepit.config import PoolConfig
 from snakepit.errors import WorkerStartupError
+from snakepit.pool.nursery import unwrap_single_error
 from snakepit.worker.run import run_worker
 from snakepit.worker.worker import Worker, WorkerState
 
@@ -92,65 +96,90 @@ class Slot:
                         ) -> None:
         """Run workers in this slot until the pool closes or the slot fails.
 
-        The first worker's startup error propagates (the pool fails to open); later
-        ones count as failures of the slot.
+        Each worker runs as its own task (an *incarnation*), so that a retiring worker
+        can finish its calls while its replacement is already starting. The first
+        worker's startup error propagates (the pool fails to open); later ones count as
+        failures of the slot.
         """
+        send, receive = trio.open_memory_channel[tuple[int, str, object]](math.inf)
         consecutive = 0
-        first = True
         try:
-            while not self.closing:
-                self.state = "starting"
-                started_at = trio.current_time()
-                try:
-                    worker = await run_worker(self.config, self.id, self._release,
-                                              self._first_ready(task_status) if first
-                                              else self._ready)
-                except WorkerStartupError as exc:
-                    if first:
-                        raise
-                    log.error("slot %s: replacement worker failed to start: %s", self.id, exc)
-                    deliberate = False
-                else:
-                    self.calls_served_before += worker.calls_served
-                    self.worker = None
-                    deliberate = worker.killed_on_purpose
-                    if self._on_exit is not None:
-                        self._on_exit(worker)
-                first = False
-                if self.closing:
-                    break
-                if deliberate:
-                    consecutive = 0
-                else:
-                    if trio.current_time() - started_at > self.config.restart.backoff_max:
-                        consecutive = 0  # it ran healthily for a while: restart quickly
-                    consecutive += 1
-                    if self._over_intensity():
-                        log.error("slot %s failed: more than %d restarts within %.0fs",
-                                  self.id, self.config.restart.max_restarts,
-                                  self.config.restart.period)
-                        self.state = "failed"
-                        self._on_failed(self)
-                        return
-                    self.state = "restarting"
-                    await trio.sleep(self.backoff(consecutive))
-                self.restarts += 1
-                if telemetry.enabled("worker.restarted"):
-                    telemetry.emit("worker.restarted", {"restarts": self.restarts},
-                                   {"pool": self.config.name, "worker": self.id,
-                                    "on_purpose": deliberate})
+            with unwrap_single_error():
+                async with trio.open_nursery() as incarnations:
+                    for number in itertools.count():
+                        if self.closing:
+                            break
+                        self.state = "starting"
+                        started_at = trio.current_time()
+                        incarnations.start_soon(self._incarnation, number, send)
+                        event, value = await self._next_event(receive, number, task_status)
+                        if event == "error":
+                            if number == 0:
+                                raise value  # type: ignore[misc]
+                            log.error("slot %s: replacement failed to start: %s", self.id, value)
+                            deliberate = False
+                        else:  # "ended", or "retired": it drains while the next one starts
+                            deliberate = cast(Worker, value).killed_on_purpose
+                        if self.closing:
+                            break
+                        if deliberate:
+                            consecutive = 0
+                        else:
+                            if trio.current_time() - started_at > self.config.restart.backoff_max:
+                                consecutive = 0  # it ran healthily a while: restart quickly
+                            consecutive += 1
+                            if self._over_intensity():
+                                log.error("slot %s failed: more than %d restarts within %.0fs",
+                                          self.id, self.config.restart.max_restarts,
+                                          self.config.restart.period)
+                                self.state = "failed"
+                                self._on_failed(self)
+                                return
+                            self.state = "restarting"
+                            await trio.sleep(self.backoff(consecutive))
+                        self.restarts += 1
+                        if telemetry.enabled("worker.restarted"):
+                            telemetry.emit("worker.restarted", {"restarts": self.restarts},
+                                           {"pool": self.config.name, "worker": self.id,
+                                            "on_purpose": deliberate})
         finally:
             if self.state != "failed":
                 self.state = "stopped"
             self.worker = None
             self.stopped.set()
 
-    def _first_ready(self, task_status: trio.TaskStatus[None]) -> Callable[[Worker], None]:
-        def ready(worker: Worker) -> None:
-            self._ready(worker)
-            task_status.started()
+    async def _next_event(self, receive: trio.MemoryReceiveChannel[tuple[int, str, object]],
+                          number: int, task_status: trio.TaskStatus[None]
+                          ) -> tuple[str, object]:
+        """Wait for incarnation ``number`` to fail, end or retire (older ones are past)."""
+        while True:
+            sender, event, value = await receive.receive()
+            if sender != number:
+                continue
+            if event == "ready":
+                if number == 0:
+                    task_status.started()
+                continue
+            return event, value
 
-        return ready
+    async def _incarnation(self, number: int,
+                           send: trio.MemorySendChannel[tuple[int, str, object]]) -> None:
+        def ready(worker: Worker) -> None:
+            worker.on_retire = lambda: send.send_nowait((number, "retired", worker))
+            self._ready(worker)
+            send.send_nowait((number, "ready", worker))
+
+        try:
+            worker = await run_worker(self.config, self.id, self._release, ready)
+        except WorkerStartupError as exc:
+            send.send_nowait((number, "error", exc))
+            return
+        self.calls_served_before += worker.calls_served
+        if self.worker is worker:
+            self.worker = None
+        if self._on_exit is not None:
+            self._on_exit(worker)
+        send.send_nowait((number, "ended", worker))
 
 
 __all__ = ["Slot", "WorkerState"]

@@ -93,6 +93,8 @@ class Worker:
         self.shutdown_sent = False
         self._pings: dict[int, trio.Event] = {}
         self.started_at = trio.current_time()
+        self.on_retire: Callable[[], None] | None = None
+        """Called when the worker retires, so its slot starts the replacement at once."""
         self.killed_on_purpose = False
         """Set when the host killed the worker over a call (timeout, cancel), not a fault."""
 
@@ -155,6 +157,8 @@ class Worker:
         self.calls_served += 1
         pending.settle(answer)
         self._release(self)
+        if self.config.max_calls is not None and self.calls_served >= self.config.max_calls:
+            self.retire(f"served max_calls ({self.config.max_calls})")
         if self.killed_on_purpose and not self._inflight and not self.shutdown_sent:
             self.request_shutdown()  # a retiring worker's last call is done
 
@@ -271,6 +275,8 @@ class Worker:
         self.state = WorkerState.STOPPING
         if not self._inflight:
             self.request_shutdown()
+        if self.on_retire is not None:
+            self.on_retire()
 
     def drop_session(self, session_id: str) -> None:
         """Tell the worker to forget the state it keeps for ``session_id``."""
