@@ -32,6 +32,9 @@ _EXPORTS: dict[str, str] = {
     "PoolStats": "snakepit.pool.stats",
     "WorkerStats": "snakepit.pool.stats",
     "CallCancelled": "snakepit.errors",
+    "CircuitOpen": "snakepit.errors",
+    "RetryPolicy": "snakepit.config",
+    "CircuitBreakerPolicy": "snakepit.config",
     "ConfigError": "snakepit.errors",
     "PayloadError": "snakepit.errors",
     "PoolBroken": "snakepit.errors",
@@ -54,10 +57,13 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getattr__
     from snakepit import telemetry as telemetry
+    from snakepit.config import CircuitBreakerPolicy as CircuitBreakerPolicy
     from snakepit.config import PoolConfig as PoolConfig
     from snakepit.config import RestartPolicy as RestartPolicy
+    from snakepit.config import RetryPolicy as RetryPolicy
     from snakepit.config import SnakepitConfig as SnakepitConfig
     from snakepit.errors import CallCancelled as CallCancelled
+    from snakepit.errors import CircuitOpen as CircuitOpen
     from snakepit.errors import ConfigError as ConfigError
     from snakepit.errors import PayloadError as PayloadError
     from snakepit.errors import PoolBroken as PoolBroken

@@ -30,7 +30,8 @@ from snakepit.errors import ConfigError
 from snakepit.protocol.codecs import CODEC_NAMES
 from snakepit.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
-__all__ = ["Codec", "PoolConfig", "RestartPolicy", "SnakepitConfig"]
+__all__ = ["CircuitBreakerPolicy", "Codec", "PoolConfig", "RestartPolicy", "RetryPolicy",
+           "SnakepitConfig"]
 
 Codec = Literal["msgpack", "json", "auto"]
 
@@ -96,6 +97,72 @@ class RestartPolicy:
 
     def __attrs_post_init__(self) -> None:
         _run_checks(self, _RESTART_CHECKS)
+
+
+_RETRY_CHECKS: list[_Check] = [
+    ("max_attempts", _at_least(1, integer=True), "must be an integer >= 1"),
+    ("backoff_initial", _at_least(0), "must be a number >= 0"),
+    ("backoff_max", _at_least(0), "must be a number >= 0"),
+    ("multiplier", _at_least(1), "must be a number >= 1"),
+    ("jitter", lambda v: _is_number(v) and 0 <= v <= 1, "must be between 0 and 1"),
+]
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """Automatic retries of failed calls, within the call's one deadline.
+
+    Only errors marked ``retryable`` are retried (``PoolSaturated``: after at least its
+    ``retry_after``), and ``WorkerCrashed`` only for calls made with
+    ``idempotent=True``. ``CircuitOpen`` is never retried automatically.
+    """
+
+    max_attempts: int = 3
+    """Attempts in all, the first included (1: no retries)."""
+    backoff_initial: float = 0.05
+    """Delay before the second attempt, in seconds."""
+    backoff_max: float = 2.0
+    """Ceiling of the delay."""
+    multiplier: float = 2.0
+    """Each further delay is this many times the previous one."""
+    jitter: float = 0.2
+    """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
+
+    def __attrs_post_init__(self) -> None:
+        _run_checks(self, _RETRY_CHECKS)
+
+
+_BREAKER_CHECKS: list[_Check] = [
+    ("failure_threshold", _at_least(1, integer=True), "must be an integer >= 1"),
+    ("window", _positive, "must be a number > 0"),
+    ("reset_timeout", _positive, "must be a number > 0"),
+    ("per_command", lambda v: isinstance(v, bool), "must be true or false"),
+    ("failures", lambda v: isinstance(v, tuple) and all(isinstance(n, str) for n in v),
+     "must be a list of error class names"),
+]
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreakerPolicy:
+    """Fail fast while workers keep failing, instead of queueing calls into the fire."""
+
+    failure_threshold: int = 5
+    """Failures within ``window`` that open the circuit."""
+    window: float = 10.0
+    """Seconds over which failures are counted."""
+    reset_timeout: float = 5.0
+    """Seconds the circuit stays open before one probe call may go through."""
+    per_command: bool = False
+    """One circuit per command name instead of one for the whole pool."""
+    failures: tuple[str, ...] = attrs.field(
+        default=("WorkerCrashed", "WorkerTimeout", "ProtocolError", "WorkerStartupError"),
+        converter=tuple)
+    """Names of the error classes that count as failures (subclasses count too). A
+    handler's own exception (``RemoteError``) and load (``PoolSaturated``,
+    ``QueueTimeout``) do not, by default."""
+
+    def __attrs_post_init__(self) -> None:
+        _run_checks(self, _BREAKER_CHECKS)
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -164,6 +231,9 @@ _POOL_CHECKS: list[_Check] = [
          "must be a number of bytes >= 1 or None"),
         ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
     ("state_dir", _optional(lambda v: isinstance(v, str) and v != ""), "must be a path"),
+    ("retry", _optional(lambda v: isinstance(v, RetryPolicy)), "must be a RetryPolicy"),
+    ("circuit_breaker", _optional(lambda v: isinstance(v, CircuitBreakerPolicy)),
+     "must be a CircuitBreakerPolicy"),
 ]
 
 
@@ -234,6 +304,10 @@ class PoolConfig:
     calls, exits and is replaced (sampled at each health check; ``None``: no limit)."""
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     """Restart policy of every worker slot."""
+    retry: RetryPolicy | None = None
+    """Automatic retries (``None``: none); see :class:`RetryPolicy`."""
+    circuit_breaker: CircuitBreakerPolicy | None = None
+    """The pool's circuit breaker (``None``: none); see :class:`CircuitBreakerPolicy`."""
     state_dir: str | None = None
     """Directory of the run registry (``None``: ``$SNAKEPIT_STATE_DIR``, else
     ``$XDG_RUNTIME_DIR/snakepit``, else a per-user directory under the temp dir)."""
@@ -272,10 +346,9 @@ class PoolConfig:
         # Type errors stopped construction; report the value errors of the other fields
         # too, so that one run shows every problem.
         typed_wrong = {error.split(":")[0] for error in errors}
-        clean = {key: value for key, value in data.items()
-                 if _join(path, key) not in typed_wrong}
-        errors += [_join(path, error) for error in _check_errors(clean, _POOL_CHECKS)
-                   if not error.startswith("restart:")]
+        clean = {key: value for key, value in data.items()  # nested tables checked above
+                 if _join(path, key) not in typed_wrong and not isinstance(value, Mapping)}
+        errors += [_join(path, error) for error in _check_errors(clean, _POOL_CHECKS)]
         raise ConfigError(errors) from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "CallCancelled",
+    "CircuitOpen",
     "ConfigError",
     "PayloadError",
     "PoolBroken",
@@ -197,3 +198,17 @@ class SessionWorkerLost(SnakepitError):
 
 class RouteNotFound(SnakepitError):
     """No pool of an ``open_pools`` group serves this command (no route, no default)."""
+
+
+class CircuitOpen(SnakepitError):
+    """The pool's (or the command's) circuit breaker is open; the call was not run.
+
+    Workers failed repeatedly; calls fail fast until ``retry_after`` seconds have
+    passed, when one probe call may go through. Retry after that, or degrade.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

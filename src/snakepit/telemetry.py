@@ -45,6 +45,8 @@ EVENTS: dict[str, str] = {
     "call.stop": "a call returned a result",
     "call.exception": "a call raised",
     "call.progress": "a handler reported progress for a call",
+    "call.retry": "a failed attempt of a call will be retried after a delay",
+    "circuit.changed": "a circuit breaker changed state (closed, open, half_open)",
     "session.created": "a session was created",
     "session.expired": "a session passed its TTL unused and was removed",
     "session.deleted": "a session was deleted by the application",

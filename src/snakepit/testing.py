@@ -65,6 +65,22 @@ class ChaosHandler(CommandHandler):
         os._exit((args or {}).get("code", 1))
 
     @command
+    def flaky(self, args: dict[str, Any]) -> int:
+        """Crash the first ``failures`` times (counted in the file ``path``), then return
+        how many crashes it took."""
+        path = args["path"]
+        try:
+            with open(path) as f:
+                crashes = int(f.read())
+        except FileNotFoundError:
+            crashes = 0
+        if crashes < int(args["failures"]):
+            with open(path, "w") as f:
+                f.write(str(crashes + 1))
+            os._exit(1)
+        return crashes
+
+    @command
     def kill_self(self, args: dict[str, Any] | None) -> None:
         """Kill this process with ``signal`` (default SIGKILL)."""
         os.kill(os.getpid(), (args or {}).get("signal", signal.SIGKILL))

@@ -28,6 +28,7 @@ from snakepit.errors import (
     PoolClosed,
     QueueTimeout,
     SessionWorkerLost,
+    SnakepitError,
     WorkerStartupError,
 )
 from snakepit.plugins import plugin_manager
@@ -38,6 +39,8 @@ from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats
 from snakepit.pool.stream import ChunkStream
 from snakepit.process.registry import reap_orphans
+from snakepit.resilience.breaker import CircuitBreaker
+from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.sessions.store import AffinityMode
 from snakepit.worker.calls import ProgressCallback
 from snakepit.worker.run import registry
@@ -65,6 +68,10 @@ class Pool:
         self._changes = trio_util.AsyncValue(0)
         self._closed = False
         self._counters = CallCounters()
+        self._breaker = (None if config.circuit_breaker is None else CircuitBreaker(
+            config.circuit_breaker, trio.current_time,
+            lambda circuit, state: self._emit("circuit.changed", {}, circuit=circuit,
+                                              state=state)))
         self._affinity = SessionAffinity(self)
         self.sessions = self._affinity.store
         """The pool's :class:`~snakepit.sessions.store.SessionStore`."""
@@ -196,7 +203,8 @@ class Pool:
         self._counters.succeeded += 1
 
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
-                      on_progress: ProgressCallback | None = None) -> Any:
+                      on_progress: ProgressCallback | None = None,
+                      idempotent: bool = False) -> Any:
         """Run ``command`` with ``args`` on a free worker and return its result.
 
         Args:
@@ -207,6 +215,8 @@ class Pool:
                 applies too; the tighter one wins.
             on_progress: called as ``on_progress(done, total, message)`` when the
                 handler reports progress.
+            idempotent: running the call twice is harmless, so with a ``retry`` policy
+                a ``WorkerCrashed`` may be retried too.
 
         Raises:
             QueueTimeout: the deadline passed before a worker was free.
@@ -217,11 +227,12 @@ class Pool:
             PayloadError: the arguments or the result cannot travel.
             PoolClosed: the pool is closing.
         """
-        return await self._run(command, args, timeout, on_progress, None)
+        return await self._run(command, args, timeout, on_progress, None, idempotent)
 
     async def execute_in_session(self, session_id: str, command: str, args: Any = None, *,
                                  timeout: float | None = None,
-                                 on_progress: ProgressCallback | None = None) -> Any:
+                                 on_progress: ProgressCallback | None = None,
+                                 idempotent: bool = False) -> Any:
         """Run ``command`` in a session: on the worker holding the session's state.
 
         The session's first call binds it to the worker that runs it. Later calls go
@@ -234,52 +245,99 @@ class Pool:
                 it); the session's next call binds afresh.
             ...and everything :meth:`execute` raises.
         """
-        return await self._run(command, args, timeout, on_progress, session_id)
+        return await self._run(command, args, timeout, on_progress, session_id, idempotent)
 
     async def _run(self, command: str, args: Any, timeout: float | None,
-                   on_progress: ProgressCallback | None, session_id: str | None) -> Any:
+                   on_progress: ProgressCallback | None, session_id: str | None,
+                   idempotent: bool = False) -> Any:
         # Counting and telemetry are inlined (no context manager) on this hot path.
         counters = self._counters
         counters.calls += 1
         submitted = trio.current_time()
         self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
                    command=command)
-        worker: Worker | None = None
-        started = submitted
+        attempt: list[Any] = [None, submitted]  # the worker and the start of the last try
+        tries = 1
         try:
             deadline = self._deadline(timeout)
+            while True:
+                try:
+                    result = await self._attempt(command, args, deadline, on_progress,
+                                                 session_id, attempt)
+                    break
+                except SnakepitError as exc:
+                    delay = self._retry_delay(exc, tries, deadline, idempotent)
+                    if delay is None:
+                        raise
+                    self._emit("call.retry", {"attempt": tries, "delay": delay},
+                               command=command, error=type(exc).__name__)
+                    await trio.sleep(delay)
+                    tries += 1
+        except BaseException as exc:
+            counters.failure(exc)
+            worker, started = attempt
+            now = trio.current_time()
+            self._emit("call.exception", {"duration": now - submitted,
+                                          "queue_wait": started - submitted,
+                                          "attempts": tries},
+                       command=command, worker=worker.id if worker else None,
+                       error=type(exc).__name__)
+            raise
+        worker, started = attempt
+        now = trio.current_time()
+        counters.success(now - submitted)
+        self._dispatcher.record_service_time(now - started)
+        self._emit("call.stop", {"duration": now - submitted, "queue_wait": started - submitted,
+                                 "attempts": tries},
+                   command=command, worker=worker.id)
+        return result
+
+    async def _attempt(self, command: str, args: Any, deadline: float,
+                       on_progress: ProgressCallback | None, session_id: str | None,
+                       attempt: list[Any]) -> Any:
+        """One try: through the breaker, to a worker, and back. Records the worker and
+        when it started in ``attempt`` (for telemetry)."""
+        breaker = self._breaker
+        if breaker is not None:
+            breaker.before(command)
+        try:
             if session_id is None:
-                worker = await self._acquire(deadline)
-                started = trio.current_time()
+                worker = attempt[0] = await self._acquire(deadline)
+                attempt[1] = trio.current_time()
                 result = await worker.call(command, args, deadline=deadline,
                                            on_progress=on_progress)
             else:
                 session = self.sessions.touch(session_id)
                 session.in_use += 1
                 try:
-                    worker = await self._affinity.acquire(session, deadline)
-                    started = trio.current_time()
+                    worker = attempt[0] = await self._affinity.acquire(session, deadline)
+                    attempt[1] = trio.current_time()
                     result = await worker.call(command, args, deadline=deadline,
                                                session_id=session_id, on_progress=on_progress)
                 finally:
                     session.in_use -= 1
                     session.last_used = trio.current_time()  # its TTL counts from here
-        except BaseException as exc:
-            counters.failure(exc)
-            now = trio.current_time()
-            if worker is None:  # it failed while waiting for a worker
-                started = now
-            self._emit("call.exception", {"duration": now - submitted,
-                                          "queue_wait": started - submitted},
-                       command=command, worker=worker.id if worker else None,
-                       error=type(exc).__name__)
+        except SnakepitError as exc:
+            if attempt[0] is None:  # it failed while waiting for a worker
+                attempt[1] = trio.current_time()
+            if breaker is not None:
+                breaker.after(command, exc)
             raise
-        now = trio.current_time()
-        counters.success(now - submitted)
-        self._dispatcher.record_service_time(now - started)
-        self._emit("call.stop", {"duration": now - submitted, "queue_wait": started - submitted},
-                   command=command, worker=worker.id)
+        if breaker is not None:
+            breaker.after(command, None)
         return result
+
+    def _retry_delay(self, error: SnakepitError, tries: int, deadline: float,
+                     idempotent: bool) -> float | None:
+        """Seconds to wait before retrying, or None when the call must fail now."""
+        policy = self.config.retry
+        if (policy is None or tries >= policy.max_attempts
+                or not is_retryable(error, idempotent=idempotent)):
+            return None
+        delay = retry_delay(policy, tries, error)
+        if trio.current_time() + delay >= deadline:
+            return None  # no time left for another attempt within the one deadline
+        return delay
 
     @asynccontextmanager
     async def stream(self, command: str, args: Any = None, *, timeout: float | None = None,

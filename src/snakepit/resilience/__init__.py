@@ -1,0 +1,1 @@
+"""Retry with backoff, and the circuit breaker."""
