@@ -20,6 +20,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def chaos(session: nox.Session) -> None:
+    """The chaos state machine with many randomized examples (CI runs a few, fixed)."""
+    session.install(".[test]")
+    session.run("pytest", "tests/chaos", *session.posargs,
+                env={"HYPOTHESIS_PROFILE": "chaos", "SNAKEPIT_CHAOS_EXAMPLES": "200"})
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install("ruff")

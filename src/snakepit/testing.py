@@ -133,6 +133,14 @@ class ChaosHandler(CommandHandler):
         return "ok"
 
     @command
+    def corrupt_wire(self) -> str:
+        """Write bytes that are no frame at all onto the wire (the host must replace
+        this worker with a ProtocolError, never hang)."""
+        with self.bridge._write_lock:
+            os.write(self.bridge._write_fd, b"\x00\x00\x00\x08\xc1garbage")
+        return "corrupted"
+
+    @command
     def time_left(self, args: Any, ctx: CallContext) -> float | None:
         """Seconds left until the call's deadline, as the worker sees it."""
         return ctx.time_left()

@@ -99,6 +99,8 @@ class CommandHandler:
         self.calls_served = 0
         self.session_state: dict[str, dict[str, Any]] = {}
         """Per-session state (``ctx.session``), by session id."""
+        self.bridge: Any = None
+        """The :class:`~snakepit.bridge.BridgeServer` serving this handler, once serving."""
         self._commands: dict[str, Command] = {}
         for klass in reversed(type(self).__mro__):
             for attr in vars(klass).values():

@@ -56,6 +56,7 @@ class BridgeServer:
     def __init__(self, handler: CommandHandler, *, read_fd: int, write_fd: int,
                  concurrency: int | None = None) -> None:
         self.handler = handler
+        handler.bridge = self  # for handlers that need the wire itself (rarely: chaos tests)
         self.concurrency = max(1, concurrency or handler.concurrency)
         self._read_fd = read_fd
         self._write_fd = write_fd
