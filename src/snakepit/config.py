@@ -99,12 +99,18 @@ class RestartPolicy:
         _run_checks(self, _RESTART_CHECKS)
 
 
+def _tuple_or_none(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
 _RETRY_CHECKS: list[_Check] = [
     ("max_attempts", _at_least(1, integer=True), "must be an integer >= 1"),
     ("backoff_initial", _at_least(0), "must be a number >= 0"),
     ("backoff_max", _at_least(0), "must be a number >= 0"),
     ("multiplier", _at_least(1), "must be a number >= 1"),
     ("jitter", lambda v: _is_number(v) and 0 <= v <= 1, "must be between 0 and 1"),
+    ("only", lambda v: v is None or all(isinstance(n, str) for n in v),
+     "must be a list of error class names or None"),
 ]
 
 
@@ -127,6 +133,8 @@ class RetryPolicy:
     """Each further delay is this many times the previous one."""
     jitter: float = 0.2
     """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
+    only: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
+    """Error class names to retry, narrowing the rule above (``None``: all it allows)."""
 
     def __attrs_post_init__(self) -> None:
         _run_checks(self, _RETRY_CHECKS)
@@ -184,10 +192,6 @@ def _handler_spec(value: Any) -> bool:
         return False
     module, sep, attr = value.partition(":")
     return bool(sep and module and attr)
-
-
-def _tuple_or_none(value: Any) -> tuple[str, ...] | None:
-    return None if value is None else tuple(value)
 
 
 _CPU_MULTIPLE = re.compile(r"^\s*(\d+)\s*x\s*$")

@@ -332,7 +332,7 @@ class Pool:
         """Seconds to wait before retrying, or None when the call must fail now."""
         policy = self.config.retry
         if (policy is None or tries >= policy.max_attempts
-                or not is_retryable(error, idempotent=idempotent)):
+                or not is_retryable(error, idempotent=idempotent, only=policy.only)):
             return None
         delay = retry_delay(policy, tries, error)
         if trio.current_time() + delay >= deadline:

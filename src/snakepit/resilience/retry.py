@@ -10,14 +10,18 @@ from snakepit.errors import CircuitOpen, PoolSaturated, SnakepitError, WorkerCra
 _random = random.Random()
 
 
-def is_retryable(error: SnakepitError, *, idempotent: bool) -> bool:
+def is_retryable(error: SnakepitError, *, idempotent: bool,
+                 only: tuple[str, ...] | None = None) -> bool:
     """Whether ``error`` may be retried automatically.
 
     Errors marked ``retryable`` (the call never ran), and ``WorkerCrashed`` when the
-    caller declared the call idempotent (running it twice is harmless). Never
-    ``CircuitOpen``: retrying it would only hammer the open circuit.
+    caller declared the call idempotent (running it twice is harmless); narrowed to the
+    class names in ``only`` when given. Never ``CircuitOpen``: retrying it would only
+    hammer the open circuit.
     """
     if isinstance(error, CircuitOpen):
+        return False
+    if only is not None and not any(cls.__name__ in only for cls in type(error).__mro__):
         return False
     return error.retryable or (idempotent and isinstance(error, WorkerCrashed))
 
