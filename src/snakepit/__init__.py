@@ -43,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "ProtocolError": "snakepit.errors",
     "QueueTimeout": "snakepit.errors",
     "RemoteError": "snakepit.errors",
+    "RefLost": "snakepit.errors",
+    "Ref": "snakepit.refs",
     "RouteNotFound": "snakepit.errors",
     "SessionNotFound": "snakepit.errors",
     "SessionWorkerLost": "snakepit.errors",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import PoolSaturated as PoolSaturated
     from snakepit.errors import ProtocolError as ProtocolError
     from snakepit.errors import QueueTimeout as QueueTimeout
+    from snakepit.errors import RefLost as RefLost
     from snakepit.errors import RemoteError as RemoteError
     from snakepit.errors import RouteNotFound as RouteNotFound
     from snakepit.errors import SessionNotFound as SessionNotFound
@@ -87,6 +90,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.pool.session import SessionHandle as SessionHandle
     from snakepit.pool.stats import PoolStats as PoolStats
     from snakepit.pool.stats import WorkerStats as WorkerStats
+    from snakepit.refs import Ref as Ref
     from snakepit.sessions.store import SessionStore as SessionStore
 
 

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         "cleanup", help="kill worker processes left behind by dead snakepit hosts")
     cleanup.add_argument("--state-dir", default=None,
                          help="registry directory (default: as the pools use)")
+    commands.add_parser("plugins", help="list installed plugins, their distributions "
+                        "and the hooks they implement")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if options.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -32,7 +34,26 @@ def main(argv: list[str] | None = None) -> int:
         return trio.run(run_demo, options.workers, options.calls)
     if options.command == "cleanup":
         return run_cleanup(options.state_dir)
+    if options.command == "plugins":
+        return list_plugins()
     return 2  # pragma: no cover - argparse enforces a command
+
+
+def list_plugins() -> int:
+    """``snakepit plugins``: what is installed, from where, implementing what."""
+    from snakepit.plugins import installed_plugins
+
+    plugins = installed_plugins()
+    if not plugins:
+        print("no snakepit plugins installed")
+    for info in plugins:
+        print(f"{info.name}  [{info.group}]  from {info.distribution} {info.version}  "
+              f"({info.value})")
+        if info.error:
+            print(f"    FAILED TO LOAD: {info.error}")
+        else:
+            print(f"    hooks: {', '.join(info.hooks) or '(none)'}")
+    return 1 if any(info.error for info in plugins) else 0
 
 
 def run_cleanup(state_dir: str | None) -> int:

@@ -204,6 +204,12 @@ def resolve_size(value: Any) -> Any:
     return value
 
 
+DEFAULT_ALLOWED_TARGETS = ("json", "math", "statistics", "operator", "functools", "itertools",
+                           "collections", "datetime", "decimal", "fractions", "string",
+                           "textwrap", "difflib", "unicodedata")
+"""Standard-library modules that compute on their arguments (no files, no processes)."""
+
+
 _POOL_CHECKS: list[_Check] = [
         ("name", lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
         ("size", _at_least(1, integer=True),
@@ -234,6 +240,8 @@ _POOL_CHECKS: list[_Check] = [
         ("memory_limit", _optional(_at_least(1, integer=True)),
          "must be a number of bytes >= 1 or None"),
         ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
+    ("allowed_targets", lambda v: all(isinstance(p, str) and p for p in v),
+     "must be a list of module prefixes"),
     ("state_dir", _optional(lambda v: isinstance(v, str) and v != ""), "must be a path"),
     ("retry", _optional(lambda v: isinstance(v, RetryPolicy)), "must be a RetryPolicy"),
     ("circuit_breaker", _optional(lambda v: isinstance(v, CircuitBreakerPolicy)),
@@ -308,6 +316,11 @@ class PoolConfig:
     calls, exits and is replaced (sampled at each health check; ``None``: no limit)."""
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     """Restart policy of every worker slot."""
+    allowed_targets: tuple[str, ...] = attrs.field(default=DEFAULT_ALLOWED_TARGETS,
+                                                   converter=tuple)
+    """Module prefixes whose callables the enhanced bridge may call (``pool.call``):
+    calling arbitrary code is a security decision, so frameworks (``"dspy"``,
+    ``"pandas"``) must be added explicitly."""
     retry: RetryPolicy | None = None
     """Automatic retries (``None``: none); see :class:`RetryPolicy`."""
     circuit_breaker: CircuitBreakerPolicy | None = None

@@ -18,6 +18,7 @@ __all__ = [
     "PoolSaturated",
     "ProtocolError",
     "QueueTimeout",
+    "RefLost",
     "RemoteError",
     "RouteNotFound",
     "SessionNotFound",
@@ -212,3 +213,10 @@ class CircuitOpen(SnakepitError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RefLost(SnakepitError):
+    """The worker that held a :class:`~snakepit.Ref`'s object died (or was recycled).
+
+    The object is gone with it; the call was not run. Recreate the object.
+    """

@@ -1,13 +1,16 @@
 """Hook specifications for snakepit plugins (pluggy; project name ``"snakepit"``).
 
 A plugin is a module or object with functions marked ``@snakepit.hookspecs.hookimpl``,
-registered through the ``snakepit`` entry-point group of its distribution::
+registered through an entry point of its distribution in the ``snakepit`` (or
+``snakepit.telemetry``) group::
 
     [project.entry-points.snakepit]
     my_metrics = "my_metrics.plugin"
 
-The plugins issue adds adapter, serializer and pool-kind hooks here; this module starts
-with the telemetry hook.
+Serializer plugins use the ``snakepit.serializers`` group instead, because workers load
+them too, without pluggy (see :mod:`snakepit.bridge.hookspecs`); the host presents each
+to pluggy as an implementation of :func:`snakepit_serializers`. The worker-side hooks
+are documented in :mod:`snakepit.bridge.hookspecs`.
 """
 
 from __future__ import annotations
@@ -35,3 +38,15 @@ def snakepit_telemetry_event(event: str, measurements: Mapping[str, float],
     that raises is detached from telemetry (that one alone) and logged. Every
     implementation is called; return values are ignored.
     """
+
+
+@hookspec
+def snakepit_serializers() -> list[Any]:
+    """Called when a pool encodes arguments for, or decodes results of, ``pool.call``.
+
+    Return a list of serializer objects (see
+    :class:`snakepit.bridge.hookspecs.Serializer`): the host side of the framework
+    objects the plugin carries. Every implementation's lists are concatenated; the
+    first serializer that claims a value encodes it.
+    """
+    raise NotImplementedError  # a specification: plugins implement it

@@ -1,7 +1,16 @@
-"""The plugin manager: pluggy, with plugins found through the ``snakepit`` entry points.
+"""The plugin manager: pluggy, with plugins found through ``snakepit.*`` entry points.
+
+Groups (each an ``[project.entry-points."<group>"]`` table in a plugin's pyproject):
+
+- ``snakepit``, ``snakepit.telemetry``: pluggy plugins implementing any hook of
+  :mod:`snakepit.hookspecs` (telemetry listeners, for one);
+- ``snakepit.serializers``: a module (or object) with a ``SERIALIZERS`` sequence (see
+  :mod:`snakepit.bridge.hookspecs`); it is loaded in workers too, without pluggy, so the
+  host wraps it in a plugin that implements ``snakepit_serializers``.
 
 Plugins are loaded once per process, on first use. A plugin that fails to import is
-logged and skipped: a broken plugin never takes a pool down.
+logged, listed by ``snakepit plugins`` with its error, and skipped: a broken plugin
+never takes a pool down.
 """
 
 from __future__ import annotations
@@ -11,13 +20,42 @@ import importlib.metadata
 import logging
 from typing import Any
 
+import attrs
 import pluggy
 
 from snakepit import hookspecs
 
 log = logging.getLogger("snakepit.plugins")
 
-ENTRY_POINT_GROUP = "snakepit"
+PLUGIN_GROUPS = ("snakepit", "snakepit.telemetry")
+SERIALIZER_GROUP = "snakepit.serializers"
+
+
+@attrs.frozen
+class PluginInfo:
+    """One entry point, as ``snakepit plugins`` shows it."""
+
+    name: str
+    group: str
+    distribution: str
+    version: str
+    value: str
+    hooks: tuple[str, ...] = ()
+    error: str | None = None
+
+
+class _SerializerPlugin:
+    """Presents a ``snakepit.serializers`` module to pluggy."""
+
+    def __init__(self, provided: Any) -> None:
+        self.serializers = list(getattr(provided, "SERIALIZERS", provided))
+
+    @hookspecs.hookimpl
+    def snakepit_serializers(self) -> list[Any]:
+        return self.serializers
+
+
+_infos: list[PluginInfo] = []
 
 
 @functools.cache
@@ -25,15 +63,34 @@ def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with every installed plugin registered."""
     manager = pluggy.PluginManager("snakepit")
     manager.add_hookspecs(hookspecs)
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            plugin = entry_point.load()
-            manager.register(plugin, name=entry_point.name)
-        except Exception:
-            log.exception("snakepit plugin %r (%s) failed to load; skipped",
-                          entry_point.name, entry_point.value)
+    for group in (*PLUGIN_GROUPS, SERIALIZER_GROUP):
+        for entry_point in importlib.metadata.entry_points(group=group):
+            dist = entry_point.dist
+            distribution = dist.name if dist else "?"
+            version = dist.version if dist else "?"
+            try:
+                plugin = entry_point.load()
+                if group == SERIALIZER_GROUP:
+                    plugin = _SerializerPlugin(plugin)
+                manager.register(plugin, name=f"{group}:{entry_point.name}")
+            except Exception as exc:
+                log.exception("snakepit plugin %r (%s) failed to load; skipped",
+                              entry_point.name, entry_point.value)
+                _infos.append(PluginInfo(entry_point.name, group, distribution, version,
+                                         entry_point.value, error=repr(exc)))
+                continue
+            hooks = tuple(sorted(caller.name for caller in manager.get_hookcallers(plugin)
+                                 or ()))
+            _infos.append(PluginInfo(entry_point.name, group, distribution, version,
+                                     entry_point.value, hooks=hooks))
     _connect_telemetry(manager)
     return manager
+
+
+def installed_plugins() -> list[PluginInfo]:
+    """Every plugin entry point found (those that failed to load included)."""
+    plugin_manager()
+    return list(_infos)
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:
@@ -75,3 +132,12 @@ def _connect_telemetry(manager: pluggy.PluginManager) -> None:
             function(event=event, measurements=measurements, metadata=metadata)
 
         _connected[id(impl)] = telemetry.attach("*", deliver)
+
+
+def host_serializers() -> list[Any]:
+    """Serializers from the ``snakepit.serializers`` entry points and the
+    ``snakepit_serializers`` hook, for values crossing the wire on the host side."""
+    found: list[Any] = []
+    for provided in plugin_manager().hook.snakepit_serializers():
+        found.extend(provided)
+    return found

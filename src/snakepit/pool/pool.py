@@ -33,6 +33,7 @@ from snakepit.errors import (
 )
 from snakepit.plugins import plugin_manager
 from snakepit.pool.dispatch import Dispatcher
+from snakepit.pool.dynamic import DynamicCalls, acquire_pinned
 from snakepit.pool.health import monitor_health, watch_heartbeats
 from snakepit.pool.nursery import unwrap_single_error
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
@@ -50,7 +51,7 @@ from snakepit.worker.worker import Worker
 __all__ = ["Pool", "open_pool"]
 
 
-class Pool:
+class Pool(DynamicCalls):
     """A running pool of workers. Create it with :func:`open_pool`."""
 
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
@@ -249,21 +250,24 @@ class Pool:
 
     async def _run(self, command: str, args: Any, timeout: float | None,
                    on_progress: ProgressCallback | None, session_id: str | None,
-                   idempotent: bool = False) -> Any:
+                   idempotent: bool = False, pinned: Worker | None = None,
+                   attempt: list[Any] | None = None) -> Any:
         # Counting and telemetry are inlined (no context manager) on this hot path.
         counters = self._counters
         counters.calls += 1
         submitted = trio.current_time()
         self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
                    command=command)
-        attempt: list[Any] = [None, submitted]  # the worker and the start of the last try
+        # the worker and the start of the last try (the caller may want to know who served)
+        attempt = [None, submitted] if attempt is None else attempt
+        attempt[:] = [None, submitted]
         tries = 1
         try:
             deadline = self._deadline(timeout)
             while True:
                 try:
                     result = await self._attempt(command, args, deadline, on_progress,
-                                                 session_id, attempt)
+                                                 session_id, attempt, pinned)
                     break
                 except SnakepitError as exc:
                     delay = self._retry_delay(exc, tries, deadline, idempotent)
@@ -294,14 +298,20 @@ class Pool:
 
     async def _attempt(self, command: str, args: Any, deadline: float,
                        on_progress: ProgressCallback | None, session_id: str | None,
-                       attempt: list[Any]) -> Any:
+                       attempt: list[Any], pinned: Worker | None = None) -> Any:
         """One try: through the breaker, to a worker, and back. Records the worker and
-        when it started in ``attempt`` (for telemetry)."""
+        when it started in ``attempt`` (for telemetry). ``pinned``: only that worker
+        (it holds an object the call uses)."""
         breaker = self._breaker
         if breaker is not None:
             breaker.before(command)
         try:
-            if session_id is None:
+            if pinned is not None:
+                worker = attempt[0] = await acquire_pinned(self, pinned, deadline)
+                attempt[1] = trio.current_time()
+                result = await worker.call(command, args, deadline=deadline,
+                                           session_id=session_id, on_progress=on_progress)
+            elif session_id is None:
                 worker = attempt[0] = await self._acquire(deadline)
                 attempt[1] = trio.current_time()
                 result = await worker.call(command, args, deadline=deadline,

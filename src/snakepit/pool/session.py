@@ -116,6 +116,11 @@ class SessionHandle:
         return await self.pool.execute_in_session(self.id, command, args, timeout=timeout,
                                                   on_progress=on_progress)
 
+    async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+        """``pool.call`` within this session: refs it returns belong to the session
+        and are freed with it."""
+        return await self.pool.invoke(target, args, kwargs, session_id=self.id)
+
     def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
                window: int | None = None) -> Any:
         """``pool.stream(...)`` within this session (an async context manager)."""

@@ -66,3 +66,6 @@ KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 
 #: Capabilities a bridge of this version announces in its welcome.
 CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat")
+
+#: Environment variable carrying the pool's ``allowed_targets`` to enhanced workers.
+ALLOWED_TARGETS_ENV = "SNAKEPIT_ALLOWED_TARGETS"

@@ -51,6 +51,7 @@ def worker_environment(config: PoolConfig) -> dict[str, str]:
     """The environment of one worker of ``config``."""
     env = host_environment(config.env)
     env[RUN_ID_ENV] = registry(config).run_id  # inherited by all it starts
+    env[wire.ALLOWED_TARGETS_ENV] = ",".join(config.allowed_targets)
     if config.command is None:
         extra = bridge_pythonpath(config.python)
         if extra is not None:

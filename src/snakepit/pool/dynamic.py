@@ -1,0 +1,98 @@
+"""``pool.call``: dynamic calls through the enhanced bridge, and routing by refs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from snakepit.errors import PayloadError, RefLost, SessionWorkerLost
+from snakepit.plugins import host_serializers
+from snakepit.refs import Ref, from_wire, refs_in, to_wire
+
+if TYPE_CHECKING:
+    from snakepit.pool.pool import Pool
+    from snakepit.worker.worker import Worker
+
+
+async def acquire_pinned(pool: Pool, worker: Worker, deadline: float) -> Worker:
+    """A unit of the one worker that holds an object; RefLost if it is gone."""
+    if not worker.accepting:
+        raise RefLost(f"worker {worker.id} (pid {worker.pid}), which held the object, "
+                      "is gone")
+    try:
+        acquired = await pool._acquire(deadline, worker)
+    except SessionWorkerLost as exc:
+        raise RefLost(f"worker {worker.id} (pid {worker.pid}) died while the call waited "
+                      "for it; the object is gone") from exc
+    if not acquired.accepting:
+        pool._dispatcher.release(acquired)
+        raise RefLost(f"worker {worker.id} (pid {worker.pid}) is being recycled; the "
+                      "object goes with it")
+    return acquired
+
+
+class DynamicCalls:
+    """The enhanced bridge's host API, mixed into :class:`~snakepit.Pool`.
+
+    The pool's workers must serve ``snakepit.bridge.enhanced:EnhancedHandler`` (or a
+    subclass), and targets must be under ``PoolConfig.allowed_targets``.
+    """
+
+    async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the dotted callable ``target`` in a worker: ``await pool.call("json.dumps",
+        [1, 2])``. Returns the result, or a :class:`~snakepit.Ref` when it cannot travel.
+        Refs among the arguments route the call to the worker that holds them."""
+        return await self.invoke(target, args, kwargs)
+
+    async def invoke(self, target: str, args: Sequence[Any] = (),
+                     kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
+                     store_as: str | None = None, session_id: str | None = None) -> Any:
+        """:meth:`call` with every option: a timeout, a name to keep the result under
+        in the worker, a session whose object store to use."""
+        payload: dict[str, Any] = {"target": target, "args": list(args),
+                                   "kwargs": dict(kwargs or {})}
+        if store_as is not None:
+            payload["store_as"] = store_as
+        return await self._dynamic("call", payload, refs_in((args, kwargs)), timeout,
+                                   session_id)
+
+    async def pipeline(self, steps: Sequence[dict[str, Any]], *, timeout: float | None = None,
+                       session_id: str | None = None) -> list[Any]:
+        """Run steps in one worker, in order; each ``{"target": ...}`` or ``{"ref": Ref,
+        "name": method}``, with ``args``, ``kwargs`` and ``store_as``. A later step uses
+        an earlier result with ``{"$stored": name}``. Returns every step's result."""
+        prepared, refs = [], []
+        for step in steps:
+            step = dict(step)
+            if isinstance(step.get("ref"), Ref):
+                refs.append(step["ref"])
+                step["ref"] = step["ref"].id
+            refs.extend(refs_in((step.get("args"), step.get("kwargs"))))
+            prepared.append(step)
+        result: list[Any] = await self._dynamic("pipeline", {"steps": prepared}, refs,
+                                                timeout, session_id)
+        return result
+
+    async def invoke_on(self, ref: Ref, command: str, payload: dict[str, Any],
+                        timeout: float | None = None) -> Any:
+        """Run an enhanced-bridge ``command`` on the worker holding ``ref``."""
+        return await self._dynamic(command, payload, [ref], timeout, ref.session_id)
+
+    async def _dynamic(self, command: str, payload: dict[str, Any], refs: list[Ref],
+                       timeout: float | None, session_id: str | None) -> Any:
+        pool: Pool = self  # type: ignore[assignment]
+        serializers = host_serializers()
+        pinned = None
+        owners = {(ref.worker, ref.pid) for ref in refs}
+        if len(owners) > 1:
+            raise PayloadError("refs held by different workers cannot meet in one call")
+        if refs:
+            session_id = refs[0].session_id if session_id is None else session_id
+            pinned = pool.slot_worker(refs[0].worker)
+            if pinned is None or pinned.pid != refs[0].pid:
+                raise RefLost(f"the worker that held {refs[0]!r} died; the object is gone")
+        attempt: list[Any] = []
+        data = await pool._run(command, to_wire(payload, serializers), timeout, None,
+                               session_id, pinned=pinned, attempt=attempt)
+        worker = attempt[0]
+        return from_wire(data, serializers, pool, worker.id, worker.pid, session_id)
