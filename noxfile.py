@@ -19,6 +19,18 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+PLUGINS = ("pandas", "dspy", "transformers")
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS)
+def plugin(session: nox.Session, plugin: str) -> None:
+    """One plugin distribution's tests, installed through its own pyproject."""
+    extra = ["torch==2.13.0"] if plugin == "transformers" else []
+    session.install("-e", ".[test]", "-e", f"plugins/snakepit-{plugin}", *extra)
+    session.run("pytest", f"plugins/snakepit-{plugin}", *session.posargs)
+
+
 @nox.session
 def chaos(session: nox.Session) -> None:
     """The chaos state machine with many randomized examples (CI runs a few, fixed)."""
@@ -31,7 +43,7 @@ def chaos(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "plugins", "noxfile.py")
 
 
 @nox.session

@@ -87,15 +87,16 @@ def to_wire(value: Any, serializers: Sequence[Serializer]) -> Any:
     """Host values to wire data: refs become markers, plugin objects tagged maps."""
     if isinstance(value, Ref):
         return {REF_KEY: value.id}
+    if isinstance(value, str | int | float | bool | bytes | type(None)):
+        return value
+    if type(value) not in (list, tuple, dict):  # plugin forms first, subclasses included
+        for serializer in serializers:
+            if serializer.claims(value):
+                return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
     if isinstance(value, list | tuple):
         return [to_wire(item, serializers) for item in value]
     if isinstance(value, dict):
         return {key: to_wire(item, serializers) for key, item in value.items()}
-    if isinstance(value, str | int | float | bool | bytes | type(None)):
-        return value
-    for serializer in serializers:
-        if serializer.claims(value):
-            return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
     raise PayloadError(f"{type(value).__qualname__} has no wire form (no serializer "
                        "plugin claims it)")
 

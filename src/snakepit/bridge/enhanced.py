@@ -29,7 +29,7 @@ from typing import Any
 
 from snakepit.bridge.context import CallContext
 from snakepit.bridge.handler import CommandHandler, command
-from snakepit.bridge.hookspecs import REF_KEY
+from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY
 from snakepit.bridge.plugins import Unencodable, decode_value, encode_value, load_serializers
 from snakepit.protocol import wire
 
@@ -89,7 +89,7 @@ class EnhancedHandler(CommandHandler):
             return self._lookup(ctx, data[STORED_KEY])
         if isinstance(data, list):
             return [self.unwire(item, ctx) for item in data]
-        if isinstance(data, dict) and REF_KEY not in data:
+        if isinstance(data, dict) and REF_KEY not in data and TAG_KEY not in data:
             return {key: self.unwire(item, ctx) for key, item in data.items()}
         return decode_value(data, self.serializers, lambda ref: self._lookup(ctx, ref))
 

@@ -45,6 +45,10 @@ def encode_value(value: Any, serializers: Sequence[Serializer], depth: int = 0) 
         return value
     if depth > 64:
         raise Unencodable("value nested too deeply")
+    if type(value) not in (list, tuple, dict):  # subclasses (a ModelOutput is a dict)
+        for serializer in serializers:         # get their plugin's form first
+            if serializer.claims(value):
+                return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
     if isinstance(value, list | tuple):
         return [encode_value(item, serializers, depth + 1) for item in value]
     if isinstance(value, dict):
@@ -52,9 +56,6 @@ def encode_value(value: Any, serializers: Sequence[Serializer], depth: int = 0) 
             return {key: encode_value(item, serializers, depth + 1)
                     for key, item in value.items()}
         raise Unencodable("dict keys must be str or int")
-    for serializer in serializers:
-        if serializer.claims(value):
-            return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
     raise Unencodable(f"{type(value).__module__}.{type(value).__qualname__} has no "
                       "wire form")
 

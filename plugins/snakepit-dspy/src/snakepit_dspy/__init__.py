@@ -1,0 +1,114 @@
+"""DSPy objects across the snakepit wire.
+
+Loaded by workers (without pluggy) and by the host through the
+``snakepit.serializers`` entry point; DSPy is imported only when a value needs it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["SERIALIZERS", "lm_history"]
+
+
+def _dspy_class(path: str) -> Any:
+    module_name, _, name = path.rpartition(".")
+    module = sys.modules.get(module_name)
+    return getattr(module, name, None) if module is not None else None
+
+
+def _plain(value: Any) -> Any:
+    """Field values as plain data (nested predictions and examples included)."""
+    for serializer in SERIALIZERS:
+        if serializer.claims(value):
+            return {"__snakepit__": serializer.name, "data": serializer.encode(value)}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, str | int | float | bool | bytes | type(None)):
+        return value
+    return repr(value)
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__snakepit__", "data"}:
+        for serializer in SERIALIZERS:
+            if serializer.name == value["__snakepit__"]:
+                return serializer.decode(value["data"])
+    if isinstance(value, list):
+        return [_restore(item) for item in value]
+    return value
+
+
+class PredictionSerializer:
+    name = "dspy.Prediction"
+
+    def claims(self, value: Any) -> bool:
+        cls = _dspy_class("dspy.primitives.prediction.Prediction")
+        return cls is not None and isinstance(value, cls)
+
+    def encode(self, prediction: Any) -> dict[str, Any]:
+        return {"fields": _plain(dict(prediction.items()))}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        import dspy
+
+        return dspy.Prediction(**{k: _restore(v) for k, v in data["fields"].items()})
+
+
+class ExampleSerializer:
+    name = "dspy.Example"
+
+    def claims(self, value: Any) -> bool:
+        example = _dspy_class("dspy.primitives.example.Example")
+        prediction = _dspy_class("dspy.primitives.prediction.Prediction")
+        return (example is not None and isinstance(value, example)
+                and not (prediction is not None and isinstance(value, prediction)))
+
+    def encode(self, example: Any) -> dict[str, Any]:
+        inputs = getattr(example, "_input_keys", None)
+        return {"fields": _plain(dict(example.items())),
+                "inputs": sorted(inputs) if inputs is not None else None}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        import dspy
+
+        example = dspy.Example(**{k: _restore(v) for k, v in data["fields"].items()})
+        return example.with_inputs(*data["inputs"]) if data["inputs"] is not None else example
+
+
+class SignatureSerializer:
+    name = "dspy.Signature"
+
+    def claims(self, value: Any) -> bool:
+        signature = _dspy_class("dspy.signatures.signature.Signature")
+        return signature is not None and isinstance(value, type) and issubclass(value, signature)
+
+    def encode(self, signature: Any) -> dict[str, Any]:
+        def fields(group: dict[str, Any]) -> dict[str, Any]:
+            return {name: {"desc": field.json_schema_extra.get("desc", ""),
+                           "prefix": field.json_schema_extra.get("prefix", "")}
+                    for name, field in group.items()}
+
+        return {"signature": signature.signature, "instructions": signature.instructions,
+                "inputs": fields(signature.input_fields),
+                "outputs": fields(signature.output_fields)}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        import dspy
+
+        return dspy.Signature(data["signature"], data["instructions"])
+
+
+def lm_history(lm: Any, last: int | None = None) -> list[dict[str, Any]]:
+    """An LM's history as plain entries (call it through the enhanced bridge:
+    ``await pool.call("snakepit_dspy.lm_history", lm_ref)``; allow ``snakepit_dspy``)."""
+    keep = ("prompt", "messages", "outputs", "kwargs", "usage", "cost", "timestamp", "uuid",
+            "model", "model_type")
+    entries = lm.history if last is None else lm.history[-last:]
+    return [{key: _plain(entry.get(key)) for key in keep if key in entry} for entry in entries]
+
+
+SERIALIZERS = [PredictionSerializer(), ExampleSerializer(), SignatureSerializer()]

@@ -1,0 +1,49 @@
+"""snakepit-dspy through real pools: real DSPy in the workers, DSPy's offline DummyLM."""
+
+import dspy
+
+import snakepit
+from snakepit.plugins import installed_plugins
+
+CONFIG = snakepit.PoolConfig(size=2, handler="snakepit.bridge.enhanced:EnhancedHandler",
+                             allowed_targets=("dspy", "snakepit_dspy"))
+
+
+def test_found_through_its_entry_point() -> None:
+    assert any(p.distribution == "snakepit-dspy" and p.error is None
+               for p in installed_plugins())
+
+
+async def test_configure_predict_and_chain_of_thought_with_refs_between_calls() -> None:
+    async with snakepit.open_pool(CONFIG) as pool, pool.session(mode="strict") as s:
+        lm = await s.call("dspy.utils.DummyLM", [
+            {"answer": "42"},
+            {"reasoning": "six times seven", "answer": "42"},
+        ])
+        assert isinstance(lm, snakepit.Ref)  # an LM cannot travel: it stays in the worker
+        await s.call("dspy.configure", lm=lm)
+        predict = await s.call("dspy.Predict", "question -> answer")
+        assert isinstance(predict, snakepit.Ref) and predict.type.endswith("Predict")
+
+        answer = await predict.call(question="What is six times seven?")
+        assert isinstance(answer, dspy.Prediction)  # decoded on the host
+        assert answer.answer == "42"
+
+        think = await s.call("dspy.ChainOfThought", "question -> answer")
+        reasoned = await think.call(question="Why?")
+        assert (reasoned.reasoning, reasoned.answer) == ("six times seven", "42")
+
+        history = await s.call("snakepit_dspy.lm_history", lm)
+        assert len(history) == 2 and all("messages" in entry for entry in history)
+
+        signature = await predict.getattr("signature")
+        assert signature.signature == "question -> answer"  # a Signature class, rebuilt
+
+
+async def test_examples_travel_with_their_inputs() -> None:
+    example = dspy.Example(question="q?", answer="a!").with_inputs("question")
+    async with snakepit.open_pool(CONFIG) as pool:
+        back = await pool.call("dspy.Example", example)  # Example(example) copies it
+    assert isinstance(back, dspy.Example)
+    assert back.toDict() == {"question": "q?", "answer": "a!"}
+    assert set(back.inputs().keys()) == {"question"}

@@ -1,0 +1,137 @@
+"""Tensors, arrays, BatchEncoding and model outputs across the snakepit wire.
+
+Loaded by workers (without pluggy) and by the host through the
+``snakepit.serializers`` entry point; torch and transformers are imported only when a
+value needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+__all__ = ["SERIALIZERS"]
+
+
+def _loaded(module: str, name: str) -> Any:
+    found = sys.modules.get(module)
+    return getattr(found, name, None) if found is not None else None
+
+
+def _nested(value: Any) -> Any:
+    for serializer in SERIALIZERS:
+        if serializer.claims(value):
+            return {"__snakepit__": serializer.name, "data": serializer.encode(value)}
+    if isinstance(value, list | tuple):
+        return [_nested(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _nested(item) for key, item in value.items()}
+    return value
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__snakepit__", "data"}:
+        for serializer in SERIALIZERS:
+            if serializer.name == value["__snakepit__"]:
+                return serializer.decode(value["data"])
+    if isinstance(value, list):
+        return [_restore(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _restore(item) for key, item in value.items()}
+    return value
+
+
+class TensorSerializer:
+    name = "torch.Tensor"
+
+    def claims(self, value: Any) -> bool:
+        tensor = _loaded("torch", "Tensor")
+        return tensor is not None and isinstance(value, tensor)
+
+    def encode(self, tensor: Any) -> dict[str, Any]:
+        import torch
+
+        tensor = tensor.detach().cpu().contiguous()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
+        return {"dtype": dtype, "shape": list(tensor.shape), "bytes": raw.numpy().tobytes()}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        import numpy
+        import torch
+
+        if data["dtype"] == "bfloat16":
+            bits = numpy.frombuffer(data["bytes"], dtype=numpy.int16).copy()
+            return torch.from_numpy(bits).view(torch.bfloat16).reshape(data["shape"])
+        dtype = getattr(torch, data["dtype"])
+        array = numpy.frombuffer(data["bytes"], dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+        return torch.from_numpy(array.copy()).reshape(data["shape"])
+
+
+class ArraySerializer:
+    name = "numpy.ndarray"
+
+    def claims(self, value: Any) -> bool:
+        ndarray, generic = _loaded("numpy", "ndarray"), _loaded("numpy", "generic")
+        return ndarray is not None and isinstance(value, ndarray | generic)
+
+    def encode(self, array: Any) -> dict[str, Any]:
+        import numpy
+
+        scalar = isinstance(array, numpy.generic)
+        array = numpy.ascontiguousarray(array)
+        if array.dtype.kind not in "biufc":
+            return {"scalar": scalar, "list": array.tolist()}
+        return {"scalar": scalar, "dtype": array.dtype.str, "shape": list(array.shape),
+                "bytes": array.tobytes()}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        import numpy
+
+        if "list" in data:
+            return numpy.array(data["list"])
+        array = numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"]))
+        array = array.copy().reshape(data["shape"])
+        return array[()] if data["scalar"] else array
+
+
+class BatchEncodingSerializer:
+    name = "transformers.BatchEncoding"
+
+    def claims(self, value: Any) -> bool:
+        batch = _loaded("transformers.tokenization_utils_base", "BatchEncoding")
+        return batch is not None and isinstance(value, batch)
+
+    def encode(self, batch: Any) -> dict[str, Any]:
+        return {"data": _nested(dict(batch.data))}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        from transformers import BatchEncoding
+
+        return BatchEncoding(_restore(data["data"]))
+
+
+class ModelOutputSerializer:
+    name = "transformers.ModelOutput"
+
+    def claims(self, value: Any) -> bool:
+        output = _loaded("transformers.utils.generic", "ModelOutput")
+        return output is not None and isinstance(value, output)
+
+    def encode(self, output: Any) -> dict[str, Any]:
+        cls = type(output)
+        return {"class": f"{cls.__module__}:{cls.__qualname__}",
+                "fields": _nested(dict(output.items()))}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        module, _, name = data["class"].partition(":")
+        fields = _restore(data["fields"])
+        try:
+            return getattr(importlib.import_module(module), name)(**fields)
+        except (ImportError, AttributeError, TypeError):
+            return fields
+
+
+SERIALIZERS = [TensorSerializer(), ArraySerializer(), BatchEncodingSerializer(),
+               ModelOutputSerializer()]

@@ -1,0 +1,65 @@
+"""snakepit-transformers through real pools: a tiny model built locally, run in a worker."""
+
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+import transformers
+
+import snakepit
+from snakepit.plugins import installed_plugins
+from snakepit_transformers import ArraySerializer, TensorSerializer
+
+CONFIG = snakepit.PoolConfig(size=1, handler="snakepit.bridge.enhanced:EnhancedHandler",
+                             allowed_targets=("transformers", "torch"), startup_timeout=60)
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "snake", "pit"]
+
+
+def test_found_through_its_entry_point() -> None:
+    assert any(p.distribution == "snakepit-transformers" and p.error is None
+               for p in installed_plugins())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16,
+                                   torch.int64, torch.bool])
+def test_tensors_round_trip_as_bytes(dtype: torch.dtype) -> None:
+    tensor = (torch.arange(12).reshape(3, 4) % 3).to(dtype)
+    encoded = TensorSerializer().encode(tensor)
+    assert isinstance(encoded["bytes"], bytes) and encoded["shape"] == [3, 4]
+    assert torch.equal(TensorSerializer().decode(encoded), tensor)
+
+
+def test_arrays_and_scalars_round_trip() -> None:
+    array = numpy.linspace(0, 1, 7, dtype="float32").reshape(7, 1)
+    assert numpy.array_equal(ArraySerializer().decode(ArraySerializer().encode(array)), array)
+    score = numpy.float32(0.25)
+    back = ArraySerializer().decode(ArraySerializer().encode(score))
+    assert back == score and back.dtype == numpy.float32
+
+
+async def test_a_tiny_bert_runs_in_a_worker(tmp_path: Path) -> None:
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    async with snakepit.open_pool(CONFIG) as pool, pool.session(mode="strict") as s:
+        tokenizer = await s.call("transformers.BertTokenizerFast", vocab=str(vocab))
+        batch = await tokenizer.call("hello world snake", return_tensors="pt")
+        assert isinstance(batch, transformers.BatchEncoding)
+        assert batch["input_ids"].tolist() == [[2, 5, 6, 7, 3]]
+
+        config = await s.call("transformers.BertConfig", vocab_size=len(VOCAB),
+                              hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32)
+        await s.call("torch.manual_seed", 0)
+        model = await s.call("transformers.BertModel", config)
+        assert isinstance(model, snakepit.Ref)  # the model stays in the worker
+        await model.method("eval")
+        output = await model.call(**batch)  # host tensors go back in as arguments
+        assert type(output).__name__ == "BaseModelOutputWithPoolingAndCrossAttentions"
+        assert output.last_hidden_state.shape == (1, 5, 16)
+        assert output.pooler_output.dtype == torch.float32
+
+        extract = await s.call("transformers.pipeline", "feature-extraction", model=model,
+                               tokenizer=tokenizer)
+        features = await extract.call("hello pit")
+        assert numpy.asarray(features).shape == (1, 4, 16)
