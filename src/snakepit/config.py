@@ -216,7 +216,11 @@ _POOL_CHECKS: list[_Check] = [
          "must be an integer >= 1, or 'Nx' for N times the CPU count"),
         ("handler", _handler_spec, "must look like 'module:Class'"),
         ("python", lambda v: isinstance(v, str) and v != "", "must be a path"),
-        ("command", _optional(_str_tuple), "must be a non-empty list of strings"),
+        ("adapter", lambda v: isinstance(v, str) and v != "", "must be an adapter name"),
+    ("kind", lambda v: isinstance(v, str) and v != "", "must be a pool kind name"),
+    ("options", lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+     "must be a table with string keys"),
+    ("command", _optional(_str_tuple), "must be a non-empty list of strings"),
         ("env", _str_mapping, "must map strings to strings"),
         ("cwd", _optional(lambda v: isinstance(v, str)), "must be a path"),
         ("codec", lambda v: v in (*CODEC_NAMES, "auto"), "must be msgpack, json or auto"),
@@ -266,6 +270,13 @@ class PoolConfig:
     python: str = sys.executable
     """Python interpreter the workers run (its environment needs only msgpack, or nothing
     with ``codec="json"``)."""
+    adapter: str = "python"
+    """How workers start: ``python`` (the bridge), ``command`` (``command`` below), or
+    an adapter a plugin installed (``node``)."""
+    kind: str = "standard"
+    """The pool kind: ``standard``, or one a plugin installed (``gpu``)."""
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    """Settings for the adapter and the pool kind (documented by each plugin)."""
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
     """Full argv of a worker that speaks the wire protocol itself; replaces
     ``python -m snakepit.bridge --handler ...`` when set."""

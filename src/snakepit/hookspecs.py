@@ -50,3 +50,25 @@ def snakepit_serializers() -> list[Any]:
     first serializer that claims a value encodes it.
     """
     raise NotImplementedError  # a specification: plugins implement it
+
+
+@hookspec
+def snakepit_adapters() -> list[Any]:
+    """Called when a pool starts, to find the adapter its ``PoolConfig.adapter`` names.
+
+    Return a list of adapters (see :class:`snakepit.adapters.Adapter`): objects with a
+    ``name``, the ``codecs`` their workers speak, and ``launch(config, worker_id)``
+    returning a :class:`snakepit.adapters.LaunchSpec`. Lists are concatenated.
+    """
+    raise NotImplementedError  # a specification: plugins implement it
+
+
+@hookspec
+def snakepit_pool_kinds() -> list[Any]:
+    """Called when a pool starts, to find the kind its ``PoolConfig.kind`` names.
+
+    Return a list of pool kinds (see :class:`snakepit.kinds.PoolKind`): objects with a
+    ``name`` and ``prepare(config)`` returning a runtime that picks each worker's
+    environment and hears of each worker's exit. Lists are concatenated.
+    """
+    raise NotImplementedError  # a specification: plugins implement it

@@ -29,6 +29,10 @@ log = logging.getLogger("snakepit.plugins")
 
 PLUGIN_GROUPS = ("snakepit", "snakepit.telemetry")
 SERIALIZER_GROUP = "snakepit.serializers"
+# groups whose entry points name a module with a list attribute, wrapped for pluggy
+LIST_GROUPS = {"snakepit.serializers": ("SERIALIZERS", "snakepit_serializers"),
+               "snakepit.adapters": ("ADAPTERS", "snakepit_adapters"),
+               "snakepit.pool_kinds": ("POOL_KINDS", "snakepit_pool_kinds")}
 
 
 @attrs.frozen
@@ -44,15 +48,18 @@ class PluginInfo:
     error: str | None = None
 
 
-class _SerializerPlugin:
-    """Presents a ``snakepit.serializers`` module to pluggy."""
+def _list_plugin(group: str, provided: Any) -> object:
+    """Presents a module of a list group to pluggy as an implementation of its hook."""
+    attribute, hook = LIST_GROUPS[group]
+    items = list(getattr(provided, attribute, provided))
 
-    def __init__(self, provided: Any) -> None:
-        self.serializers = list(getattr(provided, "SERIALIZERS", provided))
+    def implementation() -> list[Any]:
+        return items
 
-    @hookspecs.hookimpl
-    def snakepit_serializers(self) -> list[Any]:
-        return self.serializers
+    implementation.__name__ = hook
+    plugin = type(f"{attribute.title()}Plugin", (), {hook: staticmethod(
+        hookspecs.hookimpl(implementation))})
+    return plugin()
 
 
 _infos: list[PluginInfo] = []
@@ -63,15 +70,15 @@ def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with every installed plugin registered."""
     manager = pluggy.PluginManager("snakepit")
     manager.add_hookspecs(hookspecs)
-    for group in (*PLUGIN_GROUPS, SERIALIZER_GROUP):
+    for group in (*PLUGIN_GROUPS, *LIST_GROUPS):
         for entry_point in importlib.metadata.entry_points(group=group):
             dist = entry_point.dist
             distribution = dist.name if dist else "?"
             version = dist.version if dist else "?"
             try:
                 plugin = entry_point.load()
-                if group == SERIALIZER_GROUP:
-                    plugin = _SerializerPlugin(plugin)
+                if group in LIST_GROUPS:
+                    plugin = _list_plugin(group, plugin)
                 manager.register(plugin, name=f"{group}:{entry_point.name}")
             except Exception as exc:
                 log.exception("snakepit plugin %r (%s) failed to load; skipped",
@@ -141,3 +148,13 @@ def host_serializers() -> list[Any]:
     for provided in plugin_manager().hook.snakepit_serializers():
         found.extend(provided)
     return found
+
+
+def plugin_adapters() -> list[Any]:
+    """Adapters installed by plugins (``snakepit.adapters``, ``snakepit_adapters``)."""
+    return [a for provided in plugin_manager().hook.snakepit_adapters() for a in provided]
+
+
+def plugin_pool_kinds() -> list[Any]:
+    """Pool kinds installed by plugins (``snakepit.pool_kinds``, ``snakepit_pool_kinds``)."""
+    return [k for provided in plugin_manager().hook.snakepit_pool_kinds() for k in provided]

@@ -22,6 +22,7 @@ import trio
 import trio_util
 
 from snakepit import telemetry
+from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
 from snakepit.errors import (
     ConfigError,
@@ -31,6 +32,7 @@ from snakepit.errors import (
     SnakepitError,
     WorkerStartupError,
 )
+from snakepit.kinds import KindRuntime, find_kind
 from snakepit.plugins import plugin_manager
 from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls, acquire_pinned
@@ -44,7 +46,7 @@ from snakepit.resilience.breaker import CircuitBreaker
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.sessions.store import AffinityMode
 from snakepit.worker.calls import ProgressCallback
-from snakepit.worker.run import registry
+from snakepit.worker.run import offered_codecs, registry
 from snakepit.worker.supervisor import Slot
 from snakepit.worker.worker import Worker
 
@@ -58,10 +60,15 @@ class Pool(DynamicCalls):
         self.config = config
         self._nursery = nursery
         self._dispatcher = Dispatcher(config.max_queue, config.pipeline_depth)
+        self._adapter = find_adapter(config)
+        if config.codec != "auto" and config.codec not in self._adapter.codecs:
+            raise ConfigError([f"codec: the {self._adapter.name} adapter's workers speak "
+                               f"{', '.join(self._adapter.codecs)}, not {config.codec}"])
+        self._kind: KindRuntime | None = None
         self._slots = [
             Slot(config, index, release=self._dispatcher.release,
                  on_ready=self._worker_ready, on_failed=self._slot_failed,
-                 on_exit=self._worker_exited)
+                 on_exit=self._worker_exited, launch=self._launch)
             for index in range(config.size)
         ]
         self._slots_by_id = {slot.id: slot for slot in self._slots}
@@ -91,6 +98,7 @@ class Pool(DynamicCalls):
         errors: list[WorkerStartupError] = []
         started = trio.current_time()
         await trio.to_thread.run_sync(reap_orphans, registry(self.config).state_dir)
+        self._kind = find_kind(self.config).prepare(self.config)
 
         async def start(slot: Slot) -> None:
             try:
@@ -111,6 +119,14 @@ class Pool(DynamicCalls):
         self._emit("pool.started", {"size": self.config.size,
                                     "duration": trio.current_time() - started})
 
+    def _launch(self, worker_id: str) -> tuple[LaunchSpec, list[str]]:
+        """What to start in slot ``worker_id``: the adapter's command, with the pool
+        kind's environment for this slot (a GPU, say), and the codecs to offer."""
+        spec = self._adapter.launch(self.config, worker_id)
+        if self._kind is not None:
+            spec = attrs.evolve(spec, env={**spec.env, **self._kind.worker_env(worker_id)})
+        return spec, offered_codecs(self.config, self._adapter.codecs)
+
     def _worker_ready(self, worker: Worker) -> None:
         self._dispatcher.add_worker(worker)
         self._changes.value += 1
@@ -121,6 +137,9 @@ class Pool(DynamicCalls):
         self._dispatcher.worker_gone(worker, SessionWorkerLost(
             f"worker {worker.id} (pid {worker.pid}), which held the session, died"))
         self.sessions.worker_lost(worker.id, worker.pid)
+        if self._kind is not None:
+            self._kind.worker_exited(worker.id, worker.pid, worker.process.returncode,
+                                     "\n".join(worker.stderr.tail))
         self._emit("worker.exited", {"uptime": trio.current_time() - worker.started_at},
                    worker=worker.id, pid=worker.pid, exit_code=worker.process.returncode,
                    on_purpose=worker.killed_on_purpose)
@@ -412,6 +431,7 @@ class Pool(DynamicCalls):
                 calls_served=slot.calls_served,
                 in_flight=slot.worker.in_flight if slot.worker is not None else 0,
                 restarts=slot.restarts,
+                info=dict(self._kind.worker_info(slot.id)) if self._kind is not None else {},
             )
             for slot in self._slots
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -37,6 +37,8 @@ class WorkerStats:
     """Calls sent to the current process and not yet answered."""
     restarts: int
     """Times the slot started a replacement process."""
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+    """What the pool kind reports about the slot (a GPU pool: its device and memory)."""
 
 
 @attrs.frozen

@@ -9,7 +9,6 @@ leaves no process behind.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +16,10 @@ from pathlib import Path
 import trio
 
 from snakepit import telemetry
+from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import PoolClosed, ProtocolError, WorkerCrashed, WorkerStartupError
-from snakepit.process.launch import bridge_pythonpath, host_environment, python_argv, spawn
+from snakepit.process.launch import host_environment, spawn
 from snakepit.process.registry import (
     RUN_ID_ENV,
     RunRegistry,
@@ -35,43 +35,34 @@ from snakepit.worker.worker import Worker, WorkerState
 log = logging.getLogger("snakepit.worker")
 
 
-def worker_argv(config: PoolConfig) -> list[str]:
-    """The command line that starts one worker of ``config``."""
-    if config.command is not None:
-        return list(config.command)
-    return python_argv(config.python, config.handler)
-
-
 def registry(config: PoolConfig) -> RunRegistry:
     """The run registry this pool's workers are recorded in."""
     return registry_for(Path(config.state_dir) if config.state_dir else default_state_dir())
 
 
-def worker_environment(config: PoolConfig) -> dict[str, str]:
-    """The environment of one worker of ``config``."""
-    env = host_environment(config.env)
+def worker_environment(config: PoolConfig, launch: LaunchSpec) -> dict[str, str]:
+    """The environment of one worker: host's, pool's, adapter's and kind's, and ours."""
+    env = host_environment({**config.env, **launch.env})
     env[RUN_ID_ENV] = registry(config).run_id  # inherited by all it starts
     env[wire.ALLOWED_TARGETS_ENV] = ",".join(config.allowed_targets)
-    if config.command is None:
-        extra = bridge_pythonpath(config.python)
-        if extra is not None:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH")) if p)
     return env
 
 
-def offered_codecs(config: PoolConfig) -> list[str]:
-    """The codecs the host offers in its hello, most preferred first."""
-    return available_codecs() if config.codec == "auto" else [config.codec]
+def offered_codecs(config: PoolConfig, spoken: tuple[str, ...]) -> list[str]:
+    """The codecs the host offers in its hello, most preferred first: the pool's choice,
+    or with ``auto`` every codec both the host and the adapter's workers speak."""
+    if config.codec != "auto":
+        return [config.codec]
+    return [codec for codec in available_codecs() if codec in spoken]
 
 
-async def handshake(worker: Worker) -> None:
+async def handshake(worker: Worker, offered: list[str]) -> None:
     """Hello (JSON) out, welcome (JSON) in; then both sides switch to the chosen codec.
 
     Raises:
         ProtocolError: the worker exited, refused, or answered out of protocol.
     """
     config, connection = worker.config, worker.connection
-    offered = offered_codecs(config)
     connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id,
                           config.heartbeat_interval))
     payloads = await connection.read_payloads()
@@ -95,7 +86,7 @@ async def handshake(worker: Worker) -> None:
     worker.state = WorkerState.READY
 
 
-async def start(worker: Worker) -> None:
+async def start(worker: Worker, offered: list[str]) -> None:
     """The handshake within ``startup_timeout``; failures carry the stderr tail.
 
     Raises:
@@ -104,7 +95,7 @@ async def start(worker: Worker) -> None:
     config, process = worker.config, worker.process
     try:
         with trio.fail_after(config.startup_timeout):
-            await handshake(worker)
+            await handshake(worker, offered)
     except (ProtocolError, trio.TooSlowError) as exc:
         if isinstance(exc, trio.TooSlowError):
             reason = f"no handshake within startup_timeout ({config.startup_timeout}s)"
@@ -143,7 +134,8 @@ async def retire_after(worker: Worker, seconds: float) -> None:
 
 
 async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Worker], None],
-                     on_ready: Callable[[Worker], None]) -> Worker:
+                     on_ready: Callable[[Worker], None], launch: LaunchSpec,
+                     offered: list[str]) -> Worker:
     """Run one worker from spawn to reaped exit.
 
     Calls ``on_ready`` with the :class:`Worker` once its handshake is done; returns it
@@ -154,7 +146,8 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
     Raises:
         WorkerStartupError: the process could not be started or did not handshake.
     """
-    process = spawn(worker_argv(config), env=worker_environment(config), cwd=config.cwd)
+    process = spawn(launch.argv, env=worker_environment(config, launch),
+                    cwd=launch.cwd or config.cwd)
     registry(config).add(process.pid)
     worker = Worker(worker_id, process, config, release)
     if telemetry.enabled("worker.started"):
@@ -167,7 +160,7 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
             nursery.start_soon(worker.stderr.pump)
             nursery.start_soon(worker.connection.flush_forever)
             try:
-                await start(worker)
+                await start(worker, offered)
             except WorkerStartupError as exc:
                 startup_error = exc
                 nursery.cancel_scope.cancel()

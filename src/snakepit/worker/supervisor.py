@@ -20,10 +20,11 @@ from typing import cast
 import trio
 
 from snakepit import telemetry
+from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
 from snakepit.errors import WorkerStartupError
 from snakepit.pool.nursery import unwrap_single_error
-from snakepit.worker.run import run_worker
+from snakepit.worker.run import offered_codecs, run_worker
 from snakepit.worker.worker import Worker, WorkerState
 
 log = logging.getLogger("snakepit.supervisor")
@@ -36,7 +37,8 @@ class Slot:
                  release: Callable[[Worker], None],
                  on_ready: Callable[[Worker], None],
                  on_failed: Callable[[Slot], None],
-                 on_exit: Callable[[Worker], None] | None = None) -> None:
+                 on_exit: Callable[[Worker], None] | None = None,
+                 launch: Callable[[str], tuple[LaunchSpec, list[str]]] | None = None) -> None:
         self.config = config
         self.id = f"{config.name}-{index}"
         self.worker: Worker | None = None
@@ -49,6 +51,7 @@ class Slot:
         self._on_ready = on_ready
         self._on_failed = on_failed
         self._on_exit = on_exit
+        self._launch = launch or _default_launch(config)
         self._random = random.Random()
         self._recent_failures: collections.deque[float] = collections.deque()
 
@@ -170,7 +173,8 @@ class Slot:
             send.send_nowait((number, "ready", worker))
 
         try:
-            worker = await run_worker(self.config, self.id, self._release, ready)
+            spec, offered = self._launch(self.id)
+            worker = await run_worker(self.config, self.id, self._release, ready, spec, offered)
         except WorkerStartupError as exc:
             send.send_nowait((number, "error", exc))
             return
@@ -180,6 +184,15 @@ class Slot:
         if self._on_exit is not None:
             self._on_exit(worker)
         send.send_nowait((number, "ended", worker))
+
+
+def _default_launch(config: PoolConfig) -> Callable[[str], tuple[LaunchSpec, list[str]]]:
+    adapter = find_adapter(config)
+
+    def launch(worker_id: str) -> tuple[LaunchSpec, list[str]]:
+        return adapter.launch(config, worker_id), offered_codecs(config, adapter.codecs)
+
+    return launch
 
 
 __all__ = ["Slot", "WorkerState"]

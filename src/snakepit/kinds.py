@@ -1,0 +1,87 @@
+"""Pool kinds: what a pool does around its workers' lives (placement, health of devices).
+
+The ``standard`` kind does nothing. Plugins add kinds -- the GPU pool gives each worker
+its own device and keeps a crash barrier -- through the ``snakepit.pool_kinds``
+entry-point group (a module or object with a ``POOL_KINDS`` list) or the
+``snakepit_pool_kinds`` hook. ``PoolConfig.kind`` selects one; ``PoolConfig.options``
+carries its settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from snakepit.config import PoolConfig
+from snakepit.errors import ConfigError
+
+__all__ = ["KindRuntime", "PoolKind", "StandardKind", "find_kind"]
+
+
+class KindRuntime(Protocol):
+    """A pool kind, running for one pool."""
+
+    def worker_env(self, worker_id: str) -> Mapping[str, str]:
+        """Environment for the process about to start in slot ``worker_id`` (called
+        before every spawn, replacements included: the place to pick a device)."""
+        ...
+
+    def worker_exited(self, worker_id: str, pid: int, exit_code: int | None,
+                      stderr_tail: str) -> None:
+        """The process of slot ``worker_id`` exited (for any reason)."""
+        ...
+
+    def worker_info(self, worker_id: str) -> Mapping[str, Any]:
+        """Extra facts about the slot for ``pool.stats()`` (e.g. its device's memory)."""
+        ...
+
+
+class PoolKind(Protocol):
+    name: str
+
+    def prepare(self, config: PoolConfig) -> KindRuntime:
+        """Called once as the pool starts, before any worker.
+
+        Raises:
+            ConfigError: bad ``options``.
+            WorkerStartupError: the pool cannot run here (no GPU, say).
+        """
+        ...
+
+
+class _Nothing:
+    def worker_env(self, worker_id: str) -> Mapping[str, str]:
+        return {}
+
+    def worker_exited(self, worker_id: str, pid: int, exit_code: int | None,
+                      stderr_tail: str) -> None:
+        pass
+
+    def worker_info(self, worker_id: str) -> Mapping[str, Any]:
+        return {}
+
+
+class StandardKind:
+    """A plain pool."""
+
+    name = "standard"
+
+    def prepare(self, config: PoolConfig) -> KindRuntime:
+        return _Nothing()
+
+
+def find_kind(config: PoolConfig) -> PoolKind:
+    """The pool kind ``config.kind`` names.
+
+    Raises:
+        ConfigError: no installed pool kind has that name.
+    """
+    from snakepit.plugins import plugin_pool_kinds
+
+    kinds: dict[str, Any] = {"standard": StandardKind(),
+                             **{kind.name: kind for kind in plugin_pool_kinds()}}
+    if config.kind not in kinds:
+        raise ConfigError([f"kind: no pool kind named {config.kind!r}; installed: "
+                           f"{', '.join(sorted(kinds))}"])
+    kind: PoolKind = kinds[config.kind]
+    return kind
