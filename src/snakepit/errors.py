@@ -13,6 +13,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "PayloadError",
+    "PlacementDeferred",
     "PoolBroken",
     "PoolClosed",
     "PoolSaturated",
@@ -220,3 +221,15 @@ class RefLost(SnakepitError):
 
     The object is gone with it; the call was not run. Recreate the object.
     """
+
+
+class PlacementDeferred(WorkerStartupError):
+    """A pool kind has nowhere to place a worker right now (every GPU is tainted).
+
+    Raised by a pool kind's ``worker_env``; the slot waits ``retry_after`` seconds and
+    tries again, without counting it as a failure of the slot.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

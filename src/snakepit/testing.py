@@ -81,6 +81,18 @@ class ChaosHandler(CommandHandler):
         return crashes
 
     @command
+    def getenv(self, args: dict[str, Any]) -> str | None:
+        """The worker's environment variable ``name`` (or None)."""
+        return os.environ.get(args["name"])
+
+    @command
+    def die_with_message(self, args: dict[str, Any]) -> None:
+        """Write ``message`` to stderr, then exit with ``code`` (a device fault, say)."""
+        sys.stderr.write(args["message"] + "\n")
+        sys.stderr.flush()
+        os._exit(int(args.get("code", 1)))
+
+    @command
     def kill_self(self, args: dict[str, Any] | None) -> None:
         """Kill this process with ``signal`` (default SIGKILL)."""
         os.kill(os.getpid(), (args or {}).get("signal", signal.SIGKILL))

@@ -73,6 +73,15 @@ async def monitor_health(pool: Pool) -> None:
                 check_memory(pool, worker)
                 if worker.in_flight == 0 and worker.accepting:
                     nursery.start_soon(check_worker, pool, worker)
+        if telemetry.enabled("worker.info") and pool._kind is not None:
+            for worker in pool.workers():
+                info = pool._kind.worker_info(worker.id)
+                if info:
+                    numbers = {k: float(v) for k, v in info.items()
+                               if isinstance(v, int | float) and not isinstance(v, bool)}
+                    others = {k: v for k, v in info.items() if k not in numbers}
+                    pool._emit("worker.info", numbers, worker=worker.id, pid=worker.pid,
+                               **others)
         if telemetry.enabled("pool.health"):
             ready = [w for w in pool.workers() if w.accepting]
             busy = sum(1 for w in ready if w.in_flight)

@@ -178,7 +178,8 @@ class Pool(DynamicCalls):
             slot.stop()
         with trio.move_on_after(self.config.shutdown_grace):
             for slot in self._slots:
-                await slot.stopped.wait()
+                if slot.supervising:  # a slot that never started has nothing to stop
+                    await slot.stopped.wait()
         self._nursery.cancel_scope.cancel()
 
     # -- acquiring a worker ----------------------------------------------------------------

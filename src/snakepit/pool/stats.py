@@ -30,7 +30,8 @@ class WorkerStats:
     """Pid of the current process, or ``None`` between processes."""
     state: str
     """``starting``, ``ready``, ``stopping``, ``dead`` (gone, replacement not begun yet),
-    ``restarting`` (waiting out the backoff), ``failed`` or ``stopped``."""
+    ``restarting`` (waiting out the backoff), ``waiting`` (the pool kind has nowhere to
+    place a worker yet), ``failed`` or ``stopped``."""
     calls_served: int
     """Calls answered by this slot's workers, across restarts."""
     in_flight: int

@@ -22,7 +22,7 @@ import trio
 from snakepit import telemetry
 from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
-from snakepit.errors import WorkerStartupError
+from snakepit.errors import PlacementDeferred, WorkerStartupError
 from snakepit.pool.nursery import unwrap_single_error
 from snakepit.worker.run import offered_codecs, run_worker
 from snakepit.worker.worker import Worker, WorkerState
@@ -46,6 +46,7 @@ class Slot:
         self.restarts = 0
         self.calls_served_before = 0
         self.closing = False
+        self.supervising = False
         self.stopped = trio.Event()
         self._release = release
         self._on_ready = on_ready
@@ -104,6 +105,7 @@ class Slot:
         worker's startup error propagates (the pool fails to open); later ones count as
         failures of the slot.
         """
+        self.supervising = True
         send, receive = trio.open_memory_channel[tuple[int, str, object]](math.inf)
         consecutive = 0
         try:
@@ -116,6 +118,12 @@ class Slot:
                         started_at = trio.current_time()
                         incarnations.start_soon(self._incarnation, number, send)
                         event, value = await self._next_event(receive, number, task_status)
+                        if isinstance(value, PlacementDeferred):
+                            # nowhere to put a worker yet (a tainted GPU): wait, no failure
+                            self.state = "waiting"
+                            log.warning("slot %s: %s", self.id, value)
+                            await trio.sleep(value.retry_after)
+                            continue
                         if event == "error":
                             if number == 0:
                                 raise value  # type: ignore[misc]
