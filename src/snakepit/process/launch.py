@@ -157,7 +157,9 @@ def bridge_pythonpath(python: str) -> str | None:
     the host's site-packages (whose compiled extensions may not fit it).
     """
     global _bridge_dir
-    if os.path.realpath(python) == os.path.realpath(sys.executable):
+    # abspath, not realpath: a virtualenv's python is a symlink to its base interpreter,
+    # yet it is another environment (its own site-packages).
+    if os.path.abspath(python) == os.path.abspath(sys.executable):
         return None
     if _bridge_dir is None:
         import atexit
