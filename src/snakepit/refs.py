@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY, Serializer
+from snakepit.bridge.plugins import decode_tagged, is_tagged
 from snakepit.errors import PayloadError
 
 if TYPE_CHECKING:
@@ -113,13 +114,7 @@ def from_wire(data: Any, serializers: Sequence[Serializer], pool: Pool, worker: 
         marker = data[REF_KEY]
         return Ref(pool, id=marker["id"], type=marker.get("type", ""),
                    repr=marker.get("repr", ""), worker=worker, pid=pid, session_id=session_id)
-    if len(data) == 2 and TAG_KEY in data and "data" in data:
-        for serializer in serializers:
-            if serializer.name == data[TAG_KEY]:
-                try:
-                    return serializer.decode(data["data"])
-                except ImportError:
-                    return data
-        return data
+    if is_tagged(data):
+        return decode_tagged(data, serializers)
     return {key: from_wire(item, serializers, pool, worker, pid, session_id)
             for key, item in data.items()}

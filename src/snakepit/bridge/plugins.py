@@ -60,6 +60,23 @@ def encode_value(value: Any, serializers: Sequence[Serializer], depth: int = 0) 
                       "wire form")
 
 
+def is_tagged(data: Any) -> bool:
+    """Whether ``data`` is a serializer's tagged map."""
+    return isinstance(data, dict) and len(data) == 2 and TAG_KEY in data and "data" in data
+
+
+def decode_tagged(data: dict[str, Any], serializers: Sequence[Serializer]) -> Any:
+    """The object a tagged map stands for; the map itself when no serializer of that
+    name is installed here, or its framework is missing (ImportError)."""
+    for serializer in serializers:
+        if serializer.name == data[TAG_KEY]:
+            try:
+                return serializer.decode(data["data"])
+            except ImportError:
+                return data
+    return data
+
+
 def decode_value(data: Any, serializers: Sequence[Serializer],
                  resolve_ref: Any = None) -> Any:
     """Wire data back to objects: tagged maps through their serializer, ref markers
@@ -68,14 +85,8 @@ def decode_value(data: Any, serializers: Sequence[Serializer],
         return [decode_value(item, serializers, resolve_ref) for item in data]
     if not isinstance(data, dict):
         return data
-    if TAG_KEY in data and len(data) == 2 and "data" in data:
-        for serializer in serializers:
-            if serializer.name == data[TAG_KEY]:
-                try:
-                    return serializer.decode(data["data"])
-                except ImportError:
-                    return data
-        return data
+    if is_tagged(data):
+        return decode_tagged(data, serializers)
     if REF_KEY in data and len(data) == 1 and resolve_ref is not None:
         return resolve_ref(data[REF_KEY])
     return {key: decode_value(item, serializers, resolve_ref) for key, item in data.items()}

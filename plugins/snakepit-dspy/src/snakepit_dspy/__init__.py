@@ -19,27 +19,24 @@ def _dspy_class(path: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """Field values as plain data (nested predictions and examples included)."""
-    for serializer in SERIALIZERS:
-        if serializer.claims(value):
-            return {"__snakepit__": serializer.name, "data": serializer.encode(value)}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, str | int | float | bool | bytes | type(None)):
-        return value
-    return repr(value)
+    """Field values as wire data (nested predictions and examples tagged); a value with
+    no wire form at all travels as its repr, as DSPy prints it."""
+    from snakepit.bridge.plugins import Unencodable, encode_value
+
+    try:
+        return encode_value(value, SERIALIZERS)
+    except Unencodable:
+        if isinstance(value, dict):
+            return {str(key): _plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [_plain(item) for item in value]
+        return repr(value)
 
 
 def _restore(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"__snakepit__", "data"}:
-        for serializer in SERIALIZERS:
-            if serializer.name == value["__snakepit__"]:
-                return serializer.decode(value["data"])
-    if isinstance(value, list):
-        return [_restore(item) for item in value]
-    return value
+    from snakepit.bridge.plugins import decode_value
+
+    return decode_value(value, SERIALIZERS)
 
 
 class PredictionSerializer:

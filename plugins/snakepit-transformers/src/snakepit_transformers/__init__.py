@@ -20,26 +20,16 @@ def _loaded(module: str, name: str) -> Any:
 
 
 def _nested(value: Any) -> Any:
-    for serializer in SERIALIZERS:
-        if serializer.claims(value):
-            return {"__snakepit__": serializer.name, "data": serializer.encode(value)}
-    if isinstance(value, list | tuple):
-        return [_nested(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _nested(item) for key, item in value.items()}
-    return value
+    """Containers of tensors as wire data (snakepit's own walk, with these serializers)."""
+    from snakepit.bridge.plugins import encode_value
+
+    return encode_value(value, SERIALIZERS)
 
 
 def _restore(value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"__snakepit__", "data"}:
-        for serializer in SERIALIZERS:
-            if serializer.name == value["__snakepit__"]:
-                return serializer.decode(value["data"])
-    if isinstance(value, list):
-        return [_restore(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _restore(item) for key, item in value.items()}
-    return value
+    from snakepit.bridge.plugins import decode_value
+
+    return decode_value(value, SERIALIZERS)
 
 
 class TensorSerializer:
