@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "PoolConfig": "snakepit.config",
-    "RestartPolicy": "snakepit.config",
+    "RestartPolicy": "snakepit.policies",
     "SnakepitConfig": "snakepit.config",
     "Pools": "snakepit.pool.group",
     "open_pools": "snakepit.pool.group",
@@ -33,8 +33,8 @@ _EXPORTS: dict[str, str] = {
     "WorkerStats": "snakepit.pool.stats",
     "CallCancelled": "snakepit.errors",
     "CircuitOpen": "snakepit.errors",
-    "RetryPolicy": "snakepit.config",
-    "CircuitBreakerPolicy": "snakepit.config",
+    "RetryPolicy": "snakepit.policies",
+    "CircuitBreakerPolicy": "snakepit.policies",
     "ConfigError": "snakepit.errors",
     "PayloadError": "snakepit.errors",
     "PoolBroken": "snakepit.errors",
@@ -59,10 +59,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getattr__
     from snakepit import telemetry as telemetry
-    from snakepit.config import CircuitBreakerPolicy as CircuitBreakerPolicy
     from snakepit.config import PoolConfig as PoolConfig
-    from snakepit.config import RestartPolicy as RestartPolicy
-    from snakepit.config import RetryPolicy as RetryPolicy
     from snakepit.config import SnakepitConfig as SnakepitConfig
     from snakepit.errors import CallCancelled as CallCancelled
     from snakepit.errors import CircuitOpen as CircuitOpen
@@ -83,6 +80,9 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import WorkerCrashed as WorkerCrashed
     from snakepit.errors import WorkerStartupError as WorkerStartupError
     from snakepit.errors import WorkerTimeout as WorkerTimeout
+    from snakepit.policies import CircuitBreakerPolicy as CircuitBreakerPolicy
+    from snakepit.policies import RestartPolicy as RestartPolicy
+    from snakepit.policies import RetryPolicy as RetryPolicy
     from snakepit.pool.group import Pools as Pools
     from snakepit.pool.group import open_pools as open_pools
     from snakepit.pool.pool import Pool as Pool

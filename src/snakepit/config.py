@@ -8,7 +8,6 @@ keys are reported with their paths too.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -26,7 +25,18 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
+from snakepit._checks import (
+    Check,
+    _at_least,
+    _check_errors,
+    _is_int,
+    _optional,
+    _positive,
+    _run_checks,
+    _tuple_or_none,
+)
 from snakepit.errors import ConfigError
+from snakepit.policies import CircuitBreakerPolicy, RestartPolicy, RetryPolicy
 from snakepit.protocol.codecs import CODEC_NAMES
 from snakepit.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
@@ -34,148 +44,6 @@ __all__ = ["CircuitBreakerPolicy", "Codec", "PoolConfig", "RestartPolicy", "Retr
            "SnakepitConfig"]
 
 Codec = Literal["msgpack", "json", "auto"]
-
-# A check is (field name, predicate on the value, what the value must be).
-_Check = tuple[str, Callable[[Any], bool], str]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and not math.isnan(value)
-
-
-def _at_least(bound: float, *, integer: bool = False) -> Callable[[Any], bool]:
-    kind = _is_int if integer else _is_number
-    return lambda value: kind(value) and value >= bound
-
-
-def _positive(value: Any) -> bool:
-    return _is_number(value) and value > 0
-
-
-def _check_errors(values: Mapping[str, Any], checks: list[_Check]) -> list[str]:
-    return [
-        f"{name}: {must} (got {values[name]!r})"
-        for name, ok, must in checks
-        if name in values and not ok(values[name])
-    ]
-
-
-def _run_checks(instance: Any, checks: list[_Check]) -> None:
-    errors = _check_errors({name: getattr(instance, name) for name, _, _ in checks}, checks)
-    if errors:
-        raise ConfigError(errors)
-
-
-_RESTART_CHECKS: list[_Check] = [
-        ("max_restarts", _at_least(0, integer=True), "must be an integer >= 0"),
-        ("period", _positive, "must be a number > 0"),
-        ("backoff_initial", _at_least(0), "must be a number >= 0"),
-        ("backoff_max", _at_least(0), "must be a number >= 0"),
-        ("jitter", lambda v: _is_number(v) and 0 <= v <= 1, "must be between 0 and 1"),
-]
-
-
-@attrs.frozen(kw_only=True)
-class RestartPolicy:
-    """How a worker slot is restarted after its worker dies unexpectedly."""
-
-    max_restarts: int = 5
-    """Restart intensity: more than this many restarts within ``period`` seconds mark
-    the slot failed instead of restarting it forever."""
-    period: float = 60.0
-    """Window, in seconds, over which ``max_restarts`` is counted."""
-    backoff_initial: float = 0.05
-    """Delay before the first restart; doubles on each consecutive failure."""
-    backoff_max: float = 5.0
-    """Ceiling of the exponential backoff."""
-    jitter: float = 0.2
-    """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
-
-    def __attrs_post_init__(self) -> None:
-        _run_checks(self, _RESTART_CHECKS)
-
-
-def _tuple_or_none(value: Any) -> tuple[str, ...] | None:
-    return None if value is None else tuple(value)
-
-
-_RETRY_CHECKS: list[_Check] = [
-    ("max_attempts", _at_least(1, integer=True), "must be an integer >= 1"),
-    ("backoff_initial", _at_least(0), "must be a number >= 0"),
-    ("backoff_max", _at_least(0), "must be a number >= 0"),
-    ("multiplier", _at_least(1), "must be a number >= 1"),
-    ("jitter", lambda v: _is_number(v) and 0 <= v <= 1, "must be between 0 and 1"),
-    ("only", lambda v: v is None or all(isinstance(n, str) for n in v),
-     "must be a list of error class names or None"),
-]
-
-
-@attrs.frozen(kw_only=True)
-class RetryPolicy:
-    """Automatic retries of failed calls, within the call's one deadline.
-
-    Only errors marked ``retryable`` are retried (``PoolSaturated``: after at least its
-    ``retry_after``), and ``WorkerCrashed`` only for calls made with
-    ``idempotent=True``. ``CircuitOpen`` is never retried automatically.
-    """
-
-    max_attempts: int = 3
-    """Attempts in all, the first included (1: no retries)."""
-    backoff_initial: float = 0.05
-    """Delay before the second attempt, in seconds."""
-    backoff_max: float = 2.0
-    """Ceiling of the delay."""
-    multiplier: float = 2.0
-    """Each further delay is this many times the previous one."""
-    jitter: float = 0.2
-    """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
-    only: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none)
-    """Error class names to retry, narrowing the rule above (``None``: all it allows)."""
-
-    def __attrs_post_init__(self) -> None:
-        _run_checks(self, _RETRY_CHECKS)
-
-
-_BREAKER_CHECKS: list[_Check] = [
-    ("failure_threshold", _at_least(1, integer=True), "must be an integer >= 1"),
-    ("window", _positive, "must be a number > 0"),
-    ("reset_timeout", _positive, "must be a number > 0"),
-    ("per_command", lambda v: isinstance(v, bool), "must be true or false"),
-    ("failures", lambda v: isinstance(v, tuple) and all(isinstance(n, str) for n in v),
-     "must be a list of error class names"),
-]
-
-
-@attrs.frozen(kw_only=True)
-class CircuitBreakerPolicy:
-    """Fail fast while workers keep failing, instead of queueing calls into the fire."""
-
-    failure_threshold: int = 5
-    """Failures within ``window`` that open the circuit."""
-    window: float = 10.0
-    """Seconds over which failures are counted."""
-    reset_timeout: float = 5.0
-    """Seconds the circuit stays open before one probe call may go through."""
-    per_command: bool = False
-    """One circuit per command name instead of one for the whole pool."""
-    failures: tuple[str, ...] = attrs.field(
-        default=("WorkerCrashed", "WorkerTimeout", "ProtocolError", "WorkerStartupError"),
-        converter=tuple)
-    """Names of the error classes that count as failures (subclasses count too). A
-    handler's own exception (``RemoteError``) and load (``PoolSaturated``,
-    ``QueueTimeout``) do not, by default."""
-
-    def __attrs_post_init__(self) -> None:
-        _run_checks(self, _BREAKER_CHECKS)
-
-
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: value is None or check(value)
-
 
 def _str_tuple(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, str) for v in value)
@@ -210,7 +78,7 @@ DEFAULT_ALLOWED_TARGETS = ("json", "math", "statistics", "operator", "functools"
 """Standard-library modules that compute on their arguments (no files, no processes)."""
 
 
-_POOL_CHECKS: list[_Check] = [
+_POOL_CHECKS: list[Check] = [
         ("name", lambda v: isinstance(v, str) and v != "", "must be a non-empty string"),
         ("size", _at_least(1, integer=True),
          "must be an integer >= 1, or 'Nx' for N times the CPU count"),
