@@ -10,11 +10,12 @@ from snakepit.plugins import host_serializers
 from snakepit.refs import Ref, from_wire, refs_in, to_wire
 
 if TYPE_CHECKING:
+    from snakepit.pool.calls import CallPath
     from snakepit.pool.pool import Pool
     from snakepit.worker.worker import Worker
 
 
-async def acquire_pinned(pool: Pool, worker: Worker, deadline: float) -> Worker:
+async def acquire_pinned(pool: CallPath, worker: Worker, deadline: float) -> Worker:
     """A unit of the one worker that holds an object; RefLost if it is gone."""
     if not worker.accepting:
         raise RefLost(f"worker {worker.id} (pid {worker.pid}), which held the object, "

@@ -1,0 +1,184 @@
+"""The path of one call: a deadline, a worker, attempts with retries, and back.
+
+Mixed into :class:`~snakepit.Pool`; the hot path is written inline (no context
+managers, no telemetry payloads unless someone listens) because every microsecond here
+is paid per call (DESIGN.md: ~10 µs per Trio task switch on the reference box).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from snakepit.errors import ConfigError, PoolClosed, QueueTimeout, SnakepitError
+from snakepit.pool.dynamic import acquire_pinned
+from snakepit.resilience.retry import is_retryable, retry_delay
+from snakepit.worker.calls import ProgressCallback
+
+if TYPE_CHECKING:
+    from snakepit.config import PoolConfig
+    from snakepit.pool.dispatch import Dispatcher
+    from snakepit.pool.session import SessionAffinity
+    from snakepit.pool.stats import CallCounters
+    from snakepit.resilience.breaker import CircuitBreaker
+    from snakepit.sessions.store import SessionStore
+    from snakepit.worker.worker import Worker
+
+
+class CallPath:
+    """Acquiring a worker within a deadline, and running a call's attempts."""
+
+    config: PoolConfig
+    sessions: SessionStore
+    _closed: bool
+    _dispatcher: Dispatcher
+    _counters: CallCounters
+    _breaker: CircuitBreaker | None
+    _affinity: SessionAffinity
+
+    _emit: Callable[..., None]
+
+    def _deadline(self, timeout: float | None) -> float:
+        if timeout is None:
+            timeout = self.config.call_timeout
+        if timeout is None:
+            return math.inf
+        if not timeout > 0:
+            raise ConfigError([f"timeout: must be a number > 0 (got {timeout!r})"])
+        return trio.current_time() + timeout
+
+    async def _acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
+        """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        dispatcher = self._dispatcher
+        if worker is None:
+            found = dispatcher.try_acquire()
+            if found is not None:
+                return found
+        if math.isinf(deadline):
+            return await (dispatcher.acquire() if worker is None
+                          else dispatcher.acquire_worker(worker))
+        with trio.CancelScope(deadline=deadline):
+            found = await (dispatcher.acquire() if worker is None
+                           else dispatcher.acquire_worker(worker))
+            if trio.current_time() < deadline:
+                return found
+            dispatcher.release(found)  # handed over just as the deadline passed
+        raise QueueTimeout("the call's deadline passed while it waited for a worker")
+
+    # -- calls -------------------------------------------------------------------------
+    @contextmanager
+    def _count(self) -> Iterator[None]:
+        self._counters.calls += 1
+        try:
+            yield
+        except BaseException as exc:
+            self._counters.failure(exc)
+            raise
+        self._counters.succeeded += 1
+
+    async def _run(self, command: str, args: Any, timeout: float | None,
+                   on_progress: ProgressCallback | None, session_id: str | None,
+                   idempotent: bool = False, pinned: Worker | None = None,
+                   attempt: list[Any] | None = None) -> Any:
+        # Counting and telemetry are inlined (no context manager) on this hot path.
+        counters = self._counters
+        counters.calls += 1
+        submitted = trio.current_time()
+        self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
+                   command=command)
+        # the worker and the start of the last try (the caller may want to know who served)
+        attempt = [None, submitted] if attempt is None else attempt
+        attempt[:] = [None, submitted]
+        tries = 1
+        try:
+            deadline = self._deadline(timeout)
+            while True:
+                try:
+                    result = await self._attempt(command, args, deadline, on_progress,
+                                                 session_id, attempt, pinned)
+                    break
+                except SnakepitError as exc:
+                    delay = self._retry_delay(exc, tries, deadline, idempotent)
+                    if delay is None:
+                        raise
+                    self._emit("call.retry", {"attempt": tries, "delay": delay},
+                               command=command, error=type(exc).__name__)
+                    await trio.sleep(delay)
+                    tries += 1
+        except BaseException as exc:
+            counters.failure(exc)
+            worker, started = attempt
+            now = trio.current_time()
+            self._emit("call.exception", {"duration": now - submitted,
+                                          "queue_wait": started - submitted,
+                                          "attempts": tries},
+                       command=command, worker=worker.id if worker else None,
+                       error=type(exc).__name__)
+            raise
+        worker, started = attempt
+        now = trio.current_time()
+        counters.success(now - submitted)
+        self._dispatcher.record_service_time(now - started)
+        self._emit("call.stop", {"duration": now - submitted, "queue_wait": started - submitted,
+                                 "attempts": tries},
+                   command=command, worker=worker.id)
+        return result
+
+    async def _attempt(self, command: str, args: Any, deadline: float,
+                       on_progress: ProgressCallback | None, session_id: str | None,
+                       attempt: list[Any], pinned: Worker | None = None) -> Any:
+        """One try: through the breaker, to a worker, and back. Records the worker and
+        when it started in ``attempt`` (for telemetry). ``pinned``: only that worker
+        (it holds an object the call uses)."""
+        breaker = self._breaker
+        if breaker is not None:
+            breaker.before(command)
+        try:
+            if pinned is not None:
+                worker = attempt[0] = await acquire_pinned(self, pinned, deadline)
+                attempt[1] = trio.current_time()
+                result = await worker.call(command, args, deadline=deadline,
+                                           session_id=session_id, on_progress=on_progress)
+            elif session_id is None:
+                worker = attempt[0] = await self._acquire(deadline)
+                attempt[1] = trio.current_time()
+                result = await worker.call(command, args, deadline=deadline,
+                                           on_progress=on_progress)
+            else:
+                session = self.sessions.touch(session_id)
+                session.in_use += 1
+                try:
+                    worker = attempt[0] = await self._affinity.acquire(session, deadline)
+                    attempt[1] = trio.current_time()
+                    result = await worker.call(command, args, deadline=deadline,
+                                               session_id=session_id, on_progress=on_progress)
+                finally:
+                    session.in_use -= 1
+                    session.last_used = trio.current_time()  # its TTL counts from here
+        except SnakepitError as exc:
+            if attempt[0] is None:  # it failed while waiting for a worker
+                attempt[1] = trio.current_time()
+            if breaker is not None:
+                breaker.after(command, exc)
+            raise
+        if breaker is not None:
+            breaker.after(command, None)
+        return result
+
+    def _retry_delay(self, error: SnakepitError, tries: int, deadline: float,
+                     idempotent: bool) -> float | None:
+        """Seconds to wait before retrying, or None when the call must fail now."""
+        policy = self.config.retry
+        if (policy is None or tries >= policy.max_attempts
+                or not is_retryable(error, idempotent=idempotent, only=policy.only)):
+            return None
+        delay = retry_delay(policy, tries, error)
+        if trio.current_time() + delay >= deadline:
+            return None  # no time left for another attempt within the one deadline
+        return delay
