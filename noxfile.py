@@ -19,7 +19,7 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
-PLUGINS = ("pandas", "dspy", "transformers", "gpu")
+PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node")
 
 
 @nox.session

@@ -212,6 +212,13 @@ class ChaosHandler(CommandHandler):
         os._exit(7)
 
     @command
+    def stream_unencodable(self, args: dict[str, Any]) -> Iterator[Any]:
+        """Stream ``n`` integers, then a value no codec carries, then more."""
+        yield from range(int(args["n"]))
+        yield {1, 2, 3}
+        yield from range(10)
+
+    @command
     def stream_then_raise(self, args: dict[str, Any]) -> Iterator[int]:
         """Stream ``n`` integers, then raise ValueError."""
         yield from range(int(args["n"]))

@@ -126,3 +126,16 @@ async def test_progress_reaches_the_callback() -> None:
                                     on_progress=lambda *event: seen.append(event))
         assert result == 3
         assert seen == [(1.0, 3.0, "step 1"), (2.0, 3.0, "step 2"), (3.0, 3.0, "step 3")]
+
+
+async def test_a_chunk_that_cannot_travel_ends_the_stream_not_the_worker() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        pid = await pool.execute("pid")
+        received = []
+        with pytest.raises(snakepit.PayloadError, match="cannot be sent"):
+            async with pool.stream("stream_unencodable", {"n": 3}) as chunks:
+                async for chunk in chunks:
+                    received.append(chunk)
+        assert received == [0, 1, 2]
+        assert await pool.execute("pid") == pid  # no protocol error, no restart
+        assert pool.stats().restarts == 0

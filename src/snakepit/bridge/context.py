@@ -37,7 +37,7 @@ class CallContext:
 
     def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
                  deadline: float | None, window: int | None,
-                 report: Callable[[dict[str, Any]], None], channel: ControlChannel,
+                 report: Callable[[dict[str, Any]], object], channel: ControlChannel,
                  sessions: dict[str, dict[str, Any]] | None = None) -> None:
         self.id = id
         self.command = command

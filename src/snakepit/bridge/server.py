@@ -112,9 +112,10 @@ class BridgeServer:
             except OSError as exc:  # EPIPE and friends: the host is gone
                 raise _HostGone from exc
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> bool:
         """Encode and send ``message``; a result or chunk that cannot travel becomes an
-        error frame for its call instead, so the worker stays in service."""
+        error frame for its call instead (returning False: the call is answered), so
+        the worker stays in service."""
         try:
             frame = encode_frame(self._codec.encode(message), self._max_frame_size)
         except (PayloadError, ProtocolError) as exc:
@@ -122,8 +123,9 @@ class BridgeServer:
                 raise
             self._send_error(message["id"], wire.KIND_PAYLOAD, None,
                              f"result cannot be sent: {exc}", etype="PayloadError")
-            return
+            return False
         self._write(frame)
+        return True
 
     def _send_error(self, call_id: int | None, kind: str, exc: BaseException | None,
                     message: str = "", etype: str = "") -> None:
@@ -274,7 +276,8 @@ class BridgeServer:
                     item = next(items)
                 except StopIteration:
                     break
-                self.send({wire.TAG: wire.CHUNK, "id": ctx.id, "value": item})
+                if not self.send({wire.TAG: wire.CHUNK, "id": ctx.id, "value": item}):
+                    return  # that chunk could not travel: the stream ended with an error
             self.send({wire.TAG: wire.END, "id": ctx.id})
         finally:
             close = getattr(items, "close", None)

@@ -27,7 +27,7 @@ from snakepit.config import PoolConfig
 from snakepit.errors import (
     ConfigError,
     SessionWorkerLost,
-    WorkerStartupError,
+    SnakepitError,
 )
 from snakepit.kinds import KindRuntime, find_kind
 from snakepit.plugins import plugin_manager
@@ -92,7 +92,7 @@ class Pool(CallPath, DynamicCalls):
     # -- life cycle ------------------------------------------------------------------
     async def _start(self) -> None:
         """Start every slot concurrently; the first startup error wins."""
-        errors: list[WorkerStartupError] = []
+        errors: list[SnakepitError] = []
         started = trio.current_time()
         await trio.to_thread.run_sync(reap_orphans, registry(self.config).state_dir)
         self._kind = find_kind(self.config).prepare(self.config)
@@ -100,7 +100,7 @@ class Pool(CallPath, DynamicCalls):
         async def start(slot: Slot) -> None:
             try:
                 await self._nursery.start(slot.supervise)
-            except WorkerStartupError as exc:
+            except SnakepitError as exc:  # WorkerStartupError, or a ConfigError at launch
                 errors.append(exc)
 
         async with trio.open_nursery() as starters:

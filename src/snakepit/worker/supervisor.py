@@ -22,7 +22,7 @@ import trio
 from snakepit import telemetry
 from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
-from snakepit.errors import PlacementDeferred, WorkerStartupError
+from snakepit.errors import PlacementDeferred, SnakepitError, WorkerStartupError
 from snakepit.pool.nursery import unwrap_single_error
 from snakepit.worker.run import offered_codecs, run_worker
 from snakepit.worker.worker import Worker, WorkerState
@@ -183,7 +183,10 @@ class Slot:
         try:
             spec, offered = self._launch(self.id)
             worker = await run_worker(self.config, self.id, self._release, ready, spec, offered)
-        except WorkerStartupError as exc:
+        except SnakepitError as exc:  # a startup failure, or a ConfigError from an adapter
+            if number > 0 and not isinstance(exc, WorkerStartupError):
+                # after the pool is up, any launch failure is a failed restart of the slot
+                exc = WorkerStartupError(f"slot {self.id} cannot launch a worker: {exc}")
             send.send_nowait((number, "error", exc))
             return
         self.calls_served_before += worker.calls_served

@@ -131,7 +131,10 @@ class Worker:
             if event is not None:
                 event.set()
         elif isinstance(message, Progress):
-            pending = self._lookup(message.id)
+            progressing = self._inflight.get(message.id)
+            if progressing is None:
+                return  # progress that raced the call's answer: harmless, dropped
+            pending = progressing
             if telemetry.enabled("call.progress"):
                 telemetry.emit("call.progress",
                                {"done": message.done, "total": message.total or 0.0},

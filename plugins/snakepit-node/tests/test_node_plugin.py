@@ -1,0 +1,488 @@
+"""snakepit-node through real Node.js workers: the adapter, pools, and the raw protocol."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import snakepit
+from snakepit.adapters import find_adapter
+from snakepit.plugins import installed_plugins
+from snakepit.protocol.codecs import get_codec
+from snakepit_node import EXAMPLE_HANDLER, NodeAdapter, ensure_node_modules
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+
+HANDLER = EXAMPLE_HANDLER
+
+
+def node_config(**overrides: Any) -> snakepit.PoolConfig:
+    settings: dict[str, Any] = {"name": "js", "size": 1, "adapter": "node",
+                                "options": {"module": HANDLER}}
+    settings.update(overrides)
+    return snakepit.PoolConfig(**settings)
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (no /proc entry, or a zombie awaiting its reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+# -- the adapter -------------------------------------------------------------------------
+def test_found_through_its_entry_point() -> None:
+    assert any(p.distribution == "snakepit-node" and p.group == "snakepit.adapters"
+               and p.name == "node" and p.error is None for p in installed_plugins())
+    adapter = find_adapter(node_config())
+    assert isinstance(adapter, NodeAdapter)
+    assert adapter.name == "node" and adapter.codecs == ("msgpack", "json")
+
+
+def test_launch_spec_runs_the_packaged_worker(tmp_path: Path) -> None:
+    js_dir = ensure_node_modules()
+    assert (js_dir / "node_modules" / "@msgpack" / "msgpack").is_dir()
+    spec = NodeAdapter().launch(node_config(options={"module": HANDLER, "concurrency": 3}),
+                                "js-0")
+    assert os.path.basename(spec.argv[0]).startswith("node")
+    assert spec.argv[1:] == (str(js_dir / "worker.js"), "--handler", HANDLER,
+                             "--concurrency", "3")
+    handler = tmp_path / "h.js"
+    handler.write_text("module.exports = {};\n")
+    relative = NodeAdapter().launch(node_config(cwd=str(tmp_path), options={"module": "h.js"}),
+                                    "js-0")
+    assert relative.argv[-1] == str(handler) and relative.cwd == str(tmp_path)
+    bare = NodeAdapter().launch(node_config(options={}), "js-0")
+    assert "--handler" not in bare.argv
+
+
+def test_bad_options_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(snakepit.ConfigError, match=r"options\.node"):
+        NodeAdapter().launch(node_config(options={"node": str(tmp_path / "no-node")}), "js-0")
+    with pytest.raises(snakepit.ConfigError, match=r"options\.module: no such file"):
+        NodeAdapter().launch(node_config(options={"module": str(tmp_path / "x.js")}), "js-0")
+    with pytest.raises(snakepit.ConfigError, match=r"options\.concurrency"):
+        NodeAdapter().launch(node_config(options={"concurrency": 0}), "js-0")
+
+
+async def test_a_missing_node_fails_the_pool_start_with_a_config_error() -> None:
+    with pytest.raises(snakepit.ConfigError, match=r"options\.node"):
+        async with snakepit.open_pool(node_config(options={"node": "/nonexistent/node"})):
+            pass  # pragma: no cover
+
+
+async def test_a_handler_that_fails_to_load_is_a_startup_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.js"
+    broken.write_text("throw new Error('broken on purpose');\n")
+    with pytest.raises(snakepit.WorkerStartupError, match="broken on purpose"):
+        async with snakepit.open_pool(node_config(options={"module": str(broken)},
+                                                  restart=snakepit.RestartPolicy(
+                                                      max_restarts=0))):
+            pass  # pragma: no cover
+
+
+# -- pools -------------------------------------------------------------------------------
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+async def test_built_in_commands_under_both_codecs(codec: str) -> None:
+    async with snakepit.open_pool(node_config(size=2, codec=codec)) as pool:
+        pong = await pool.execute("ping")
+        assert pong["pong"] is True and isinstance(pong["pid"], int)
+        value = {"s": "héllo ✓", "i": 42, "f": 2.5, "l": [1, None, True], "d": {"k": "v"},
+                 "neg": -7, "big": 2**40, "nan": float("inf")}
+        assert await pool.execute("echo", value) == value
+        info = await pool.execute("info")
+        assert info["node"].startswith("v") and info["pid"] in {w.pid for w in pool.workers()}
+        assert {"ping", "echo", "info", "compute", "greet", "count"} <= set(info["commands"])
+        assert isinstance(info["uptime"], float) and info["calls_served"] >= 0
+        assert await pool.execute("compute", {"op": "add", "a": 2, "b": 3}) == 5
+        assert await pool.execute("compute", {"op": "div", "a": 7, "b": 2}) == 3.5
+        assert await pool.execute("compute", {"op": "floordiv", "a": -7, "b": 2}) == -4
+        assert await pool.execute("compute", {"op": "mod", "a": -7, "b": 3}) == 2
+        assert await pool.execute("compute", {"op": "pow", "a": 2, "b": 10}) == 1024
+        assert await pool.execute("compute", {"op": "sum", "values": [1, 2, 3.5]}) == 6.5
+        with pytest.raises(snakepit.RemoteError) as caught:
+            await pool.execute("compute", {"op": "div", "a": 1, "b": 0})
+        assert caught.value.remote_type == "ZeroDivisionError"
+        if codec == "msgpack":
+            blob = bytes(range(256)) * 4
+            assert await pool.execute("echo", {"data": blob}) == {"data": blob}
+            assert await pool.execute("reverse_bytes", {"data": b"abc"}) == b"cba"
+            large = os.urandom(8 << 20)
+            assert await pool.execute("echo", large) == large
+        else:
+            with pytest.raises(snakepit.PayloadError):  # JSON cannot carry bytes
+                await pool.execute("echo", b"bytes")
+
+
+async def test_handler_commands_and_errors() -> None:
+    async with snakepit.open_pool(node_config()) as pool:
+        assert await pool.execute("greet", {"name": "Trio"}) == "Hello, Trio!"
+        with pytest.raises(snakepit.RemoteError) as caught:
+            await pool.execute("fail", {"message": "boom from js"})
+        assert caught.value.remote_type == "Error"
+        assert caught.value.remote_message == "boom from js"
+        assert "example_handler.js" in caught.value.remote_traceback
+        with pytest.raises(snakepit.UnknownCommand, match="no_such_command"):
+            await pool.execute("no_such_command")
+        # the worker stays in service after both
+        assert await pool.execute("greet") == "Hello, world!"
+        seen: list[tuple[float, float | None, str | None]] = []
+        ticks = await pool.execute("ticks", {"n": 3},
+                                   on_progress=lambda *p: seen.append(p))
+        assert [t["tick"] for t in ticks] == [0, 1, 2]
+        assert seen == [(1, 3, "tick 1"), (2, 3, "tick 2"), (3, 3, "tick 3")]
+
+
+async def test_streams_in_order_and_cancelled_early() -> None:
+    async with snakepit.open_pool(node_config()) as pool:
+        pid = (await pool.execute("info"))["pid"]
+        async with pool.stream("count", {"n": 100}) as chunks:
+            assert [c async for c in chunks] == list(range(100))
+        async with pool.stream("count", {"n": 500}, window=8) as chunks:
+            assert [c async for c in chunks] == list(range(500))
+        assert await pool.execute("count", {"n": 5}) == [0, 1, 2, 3, 4]  # plain call
+        async with pool.stream("greet", {"name": "one"}) as chunks:  # plain value: 1 chunk
+            assert [c async for c in chunks] == ["Hello, one!"]
+        async with pool.stream("count", {"n": 1_000_000}) as chunks:
+            taken = []
+            async for chunk in chunks:
+                taken.append(chunk)
+                if len(taken) == 5:
+                    break
+        assert taken == [0, 1, 2, 3, 4]
+        info = await pool.execute("info")
+        assert info["pid"] == pid  # cancelled in the worker, not killed
+        assert pool.stats().restarts == 0
+
+
+async def test_a_timeout_with_a_cooperative_handler_keeps_the_worker() -> None:
+    async with snakepit.open_pool(node_config()) as pool:
+        pid = (await pool.execute("info"))["pid"]
+        started = trio.current_time()
+        with pytest.raises(snakepit.WorkerTimeout):
+            await pool.execute("slow", {"seconds": 10}, timeout=0.3)
+        assert trio.current_time() - started < 2
+        assert (await pool.execute("info"))["pid"] == pid
+        assert pool.stats().restarts == 0
+
+
+async def test_sessions_keep_state_until_dropped() -> None:
+    async with snakepit.open_pool(node_config()) as pool:
+        async with pool.session() as session:
+            assert [await session.execute("tally") for _ in range(3)] == [1, 2, 3]
+            assert session.id in (await pool.execute("info"))["sessions"]
+        async with pool.session() as other:
+            assert await other.execute("tally") == 1
+        assert (await pool.execute("info"))["sessions"] == []
+        with pytest.raises(snakepit.RemoteError, match="has no session"):
+            await pool.execute("tally")
+
+
+async def test_node_and_python_pools_side_by_side() -> None:
+    config = {"pools": {"py": {"size": 1},
+                        "js": {"size": 2, "adapter": "node", "options": {"module": HANDLER}}},
+              "routes": {"greet": "js"}, "default_pool": "py"}
+    async with snakepit.open_pools(config) as pools:
+        assert await pools.execute("greet", {"name": "mixed"}) == "Hello, mixed!"
+        py_info = await pools.execute("info")
+        assert "python" in py_info and "node" not in py_info
+        js_pool = pools["js"]
+        infos = [await js_pool.execute("info") for _ in range(4)]
+        assert all(i["node"].startswith("v") for i in infos)
+        js_pids = {w.pid for w in js_pool.workers()}
+        assert len(js_pids) == 2 and {i["pid"] for i in infos} <= js_pids
+        assert await pools.execute("compute", {"op": "mul", "a": 6, "b": 7}) == 42
+        assert await js_pool.execute("compute", {"op": "mul", "a": 6, "b": 7}) == 42
+        pids = js_pids | {py_info["pid"]}
+        assert not any(gone(pid) for pid in pids)
+    assert all(gone(pid) for pid in pids)
+
+
+async def test_a_killed_node_worker_is_replaced() -> None:
+    async with snakepit.open_pool(node_config()) as pool:
+        pid = (await pool.execute("info"))["pid"]
+        crashed: list[BaseException] = []
+
+        async def doomed() -> None:
+            try:
+                await pool.execute("slow", {"seconds": 30})
+            except snakepit.WorkerCrashed as exc:
+                crashed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(doomed)
+            with trio.fail_after(5):
+                while pool.workers()[0].in_flight == 0:  # noqa: ASYNC110 - polling a count
+                    await trio.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+        assert len(crashed) == 1
+        await pool.wait_ready()
+        info = await pool.execute("info")
+        assert info["pid"] != pid and gone(pid)
+        assert await pool.execute("greet", {"name": "again"}) == "Hello, again!"
+
+
+async def test_concurrency_runs_async_calls_at_once() -> None:
+    async with snakepit.open_pool(node_config(options={"module": HANDLER, "concurrency": 4})
+                                  ) as pool:
+        assert pool.workers()[0].capacity == 4
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(pool.execute, "slow", {"seconds": 0.3})
+        assert trio.current_time() - started < 1.0  # 4 x 0.3 s would be 1.2 s serially
+
+
+# -- the raw protocol --------------------------------------------------------------------
+class RawWorker:
+    """worker.js under subprocess, spoken to frame by frame."""
+
+    def __init__(self, *args: str) -> None:
+        js_dir = ensure_node_modules()
+        self.proc = subprocess.Popen(
+            [shutil.which("node") or "node", str(js_dir / "worker.js"), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.codec = get_codec("json")
+        self._buffer = b""
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, message: dict[str, Any]) -> None:
+        payload = self.codec.encode(message)
+        self.send_raw(struct.pack(">I", len(payload)) + payload)
+
+    def read(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next frame, or None at EOF; fails the test after ``timeout``."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        end = time.monotonic() + timeout
+        while True:
+            if len(self._buffer) >= 4:
+                (size,) = struct.unpack(">I", self._buffer[:4])
+                if len(self._buffer) >= 4 + size:
+                    payload, self._buffer = self._buffer[4:4 + size], self._buffer[4 + size:]
+                    return self.codec.decode(payload)
+            ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                raise AssertionError("no frame from the worker in time")
+            data = os.read(fd, 1 << 20)
+            if not data:
+                return None
+            self._buffer += data
+
+    def quiet(self, seconds: float) -> bool:
+        """Whether no byte arrives for ``seconds``."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout.fileno()], [], [], seconds)
+        return not ready and len(self._buffer) == 0
+
+    def handshake(self, codecs: list[str] | None = None, **hello: Any) -> dict[str, Any]:
+        self.send({"t": "hello", "version": 1, "codecs": codecs or ["json"],
+                   "max_frame_size": 1 << 20, "worker_id": "raw-0", **hello})
+        welcome = self.read()
+        assert welcome is not None
+        if welcome.get("t") == "welcome":
+            self.codec = get_codec(welcome["codec"])
+        return welcome
+
+    def wait(self, timeout: float = 5.0) -> int:
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def raw() -> Any:
+    workers: list[RawWorker] = []
+
+    def start(*args: str) -> RawWorker:
+        worker = RawWorker(*args)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.close()
+
+
+def test_welcome_picks_the_first_offered_codec_it_speaks(raw: Any) -> None:
+    worker = raw("--handler", HANDLER)
+    welcome = worker.handshake(["cbor", "msgpack", "json"])
+    assert welcome["t"] == "welcome" and welcome["version"] == 1
+    assert welcome["pid"] == worker.proc.pid and welcome["codec"] == "msgpack"
+    assert welcome["concurrency"] == 1 and welcome["python"] == ""
+    assert {"streams", "cancel", "ping", "heartbeat", "sessions"} <= set(welcome["capabilities"])
+    assert welcome["handler"].endswith("example_handler.js")
+    worker.send({"t": "call", "id": 1, "cmd": "echo", "args": {"b": b"\x00\xff"}})
+    assert worker.read() == {"t": "result", "id": 1, "value": {"b": b"\x00\xff"}}
+
+
+def test_no_common_codec_is_refused(raw: Any) -> None:
+    worker = raw()
+    refusal = worker.handshake(["cbor"])
+    assert refusal["t"] == "error" and refusal["kind"] == "protocol" and refusal["id"] is None
+    assert worker.wait() == 2
+
+
+def test_an_oversized_frame_is_a_protocol_error_and_exit_2(raw: Any) -> None:
+    worker = raw()
+    worker.handshake(max_frame_size=1024)
+    worker.send_raw(struct.pack(">I", 4096))
+    error = worker.read()
+    assert error is not None and error["t"] == "error"
+    assert error["kind"] == "protocol" and error["id"] is None and "4096" in error["msg"]
+    assert worker.wait() == 2
+
+
+def test_an_undecodable_frame_is_a_protocol_error(raw: Any) -> None:
+    worker = raw()
+    worker.handshake()
+    worker.send_raw(struct.pack(">I", 3) + b"{no")
+    error = worker.read()
+    assert error is not None and error["kind"] == "protocol" and error["id"] is None
+    assert worker.wait() == 2
+
+
+def test_ping_heartbeat_expired_and_stdout_kept_clean(raw: Any) -> None:
+    worker = raw("--handler", HANDLER)
+    worker.handshake(heartbeat=0.05)
+    worker.send({"t": "call", "id": 1, "cmd": "slow", "args": {"seconds": 0.5}})
+    worker.send({"t": "ping", "id": 2})
+    seen = []
+    while (frame := worker.read()) is not None and frame.get("t") != "pong":
+        seen.append(frame["t"])
+    assert frame == {"t": "pong", "id": 2}  # at once, while the call runs
+    beats = 0
+    while (frame := worker.read()) is not None and frame["t"] == "beat":
+        beats += 1
+    assert beats >= 3 and frame == {"t": "result", "id": 1, "value": {"slept": 0.5}}
+    worker.send({"t": "call", "id": 3, "cmd": "echo", "args": 1, "dl": time.time() - 1})
+    while (frame := worker.read()) is not None and frame["t"] == "beat":
+        pass
+    assert frame is not None and frame["kind"] == "expired" and frame["id"] == 3
+    worker.send({"t": "call", "id": 4, "cmd": "greet", "args": {"name": "stderr"}})
+    while (frame := worker.read()) is not None and frame["t"] == "beat":
+        pass
+    assert frame == {"t": "result", "id": 4, "value": "Hello, stderr!"}
+    worker.send({"t": "shutdown"})
+    assert worker.wait() == 0
+    assert worker.proc.stderr is not None and b"greeting stderr" in worker.proc.stderr.read()
+
+
+def test_credit_bounds_a_stream_and_cancel_stops_it(raw: Any) -> None:
+    worker = raw("--handler", HANDLER)
+    worker.handshake(["msgpack"])
+    worker.send({"t": "call", "id": 1, "cmd": "count", "args": {"n": 100}, "window": 2})
+    assert [worker.read(), worker.read()] == [{"t": "chunk", "id": 1, "value": 0},
+                                              {"t": "chunk", "id": 1, "value": 1}]
+    assert worker.quiet(0.2)  # no credit, no chunk
+    worker.send({"t": "credit", "id": 1, "n": 1})
+    assert worker.read() == {"t": "chunk", "id": 1, "value": 2}
+    assert worker.quiet(0.1)
+    worker.send({"t": "cancel", "id": 1})
+    error = worker.read()
+    assert error is not None and error["t"] == "error" and error["kind"] == "cancelled"
+    worker.send({"t": "call", "id": 2, "cmd": "count", "args": {"n": 2}, "window": 5})
+    assert [worker.read() for _ in range(3)] == [
+        {"t": "chunk", "id": 2, "value": 0}, {"t": "chunk", "id": 2, "value": 1},
+        {"t": "end", "id": 2}]
+
+
+def test_sessions_are_dropped_on_request(raw: Any) -> None:
+    worker = raw("--handler", HANDLER)
+    worker.handshake()
+    results = []
+    for call_id in (1, 2):
+        worker.send({"t": "call", "id": call_id, "cmd": "tally", "sid": "s1"})
+        results.append(worker.read())
+    worker.send({"t": "drop", "sid": "s1"})
+    worker.send({"t": "call", "id": 3, "cmd": "tally", "sid": "s1"})
+    results.append(worker.read())
+    assert [r["value"] for r in results if r is not None] == [1, 2, 1]
+
+
+@pytest.mark.parametrize("how", ["eof", "SIGTERM", "SIGINT"])
+def test_exits_cleanly_on_eof_and_signals(raw: Any, how: str) -> None:
+    worker = raw("--handler", HANDLER)
+    worker.handshake()
+    worker.send({"t": "call", "id": 1, "cmd": "slow", "args": {"seconds": 30}})
+    time.sleep(0.1)
+    if how == "eof":
+        assert worker.proc.stdin is not None
+        worker.proc.stdin.close()
+    else:
+        worker.proc.send_signal(getattr(signal, how))
+    assert worker.wait() == 0
+
+
+def test_shutdown_finishes_the_running_call_first(raw: Any) -> None:
+    worker = raw("--handler", HANDLER)
+    worker.handshake()
+    worker.send({"t": "call", "id": 1, "cmd": "slow", "args": {"seconds": 0.2}})
+    worker.send({"t": "shutdown"})
+    assert worker.read() == {"t": "result", "id": 1, "value": {"slept": 0.2}}
+    assert worker.read() is None and worker.wait() == 0
+
+
+def test_an_unencodable_result_is_a_payload_error(raw: Any, tmp_path: Path) -> None:
+    handler = tmp_path / "bad.mjs"
+    handler.write_text("export function big() { return 10n ** 30n; }\n"
+                       "export async function* bad_stream() { yield 1; yield 2n; yield 3; }\n"
+                       "export const concurrency = 2;\n")
+    worker = raw("--handler", str(handler))
+    assert worker.handshake(["msgpack"])["concurrency"] == 2
+    worker.send({"t": "call", "id": 1, "cmd": "big"})
+    error = worker.read()
+    assert error is not None and error["kind"] == "payload" and error["id"] == 1
+    worker.send({"t": "call", "id": 2, "cmd": "bad_stream", "window": 10})
+    frames = [worker.read(), worker.read()]
+    assert frames[0] == {"t": "chunk", "id": 2, "value": 1}
+    assert frames[1] is not None and frames[1]["kind"] == "payload"
+    worker.send({"t": "call", "id": 3, "cmd": "echo", "args": "still here"})
+    assert worker.read() == {"t": "result", "id": 3, "value": "still here"}
+    assert worker.quiet(0.05)  # nothing more for the finished calls
+
+
+def test_class_instances_and_private_names(raw: Any, tmp_path: Path) -> None:
+    handler = tmp_path / "counter.js"
+    handler.write_text(
+        "console.log('loading'); process.stdout.write('not a frame');\n"
+        "class Counter {\n"
+        "  constructor() { this.n = 0; }\n"
+        "  inc(args) { this.n += args.by; return this._report(); }\n"
+        "  _report() { return this.n; }\n"
+        "}\n"
+        "module.exports = new Counter();\n")
+    worker = raw("--handler", str(handler))
+    worker.handshake()
+    worker.send({"t": "call", "id": 1, "cmd": "inc", "args": {"by": 2}})
+    worker.send({"t": "call", "id": 2, "cmd": "inc", "args": {"by": 3}})
+    worker.send({"t": "call", "id": 3, "cmd": "_report"})
+    worker.send({"t": "call", "id": 4, "cmd": "info"})
+    frames = [worker.read() for _ in range(4)]
+    assert frames[0] == {"t": "result", "id": 1, "value": 2}
+    assert frames[1] == {"t": "result", "id": 2, "value": 5}
+    assert frames[2] is not None and frames[2]["kind"] == "unknown_command"
+    assert frames[3] is not None and "inc" in frames[3]["value"]["commands"]
+    assert "_report" not in frames[3]["value"]["commands"]
