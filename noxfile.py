@@ -56,6 +56,6 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the side-by-side benchmarks; arguments after ``--`` go to the runner."""
-    session.install(".", "pebble", "trio-parallel")
+    session.install(".", "pebble", "trio-parallel", "matplotlib")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/sessions.py")

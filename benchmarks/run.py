@@ -164,6 +164,48 @@ def bench_raw(workers: int, calls: int, seq: int) -> dict[str, Any]:
     return summarize("raw pipe (floor)", per_worker * workers, latencies)
 
 
+# -- start-up and payloads -------------------------------------------------------------------------
+async def bench_cold_start(workers: int) -> dict[str, Any]:
+    """Seconds until ``workers`` Python workers have all completed their handshake."""
+    start = time.perf_counter()
+    async with snakepit.open_pool(size=workers):
+        ready = time.perf_counter() - start
+    return {"name": f"snakepit: {workers} workers ready (cold)", "seconds": ready}
+
+
+async def bench_payload(size: int, rounds: int) -> dict[str, Any]:
+    """Round trips of ``size`` bytes (echo), in MB/s each way."""
+    blob = os.urandom(size)
+    async with snakepit.open_pool(size=1, max_frame_size=max(size * 2, 1 << 20)) as pool:
+        await pool.execute("echo", blob)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            assert len(await pool.execute("echo", blob)) == size
+        elapsed = time.perf_counter() - start
+    return {"name": f"snakepit echo {size >> 20} MiB", "mb_per_s": size * rounds / elapsed / 1e6}
+
+
+def chart(report: dict[str, Any], path: Path) -> bool:
+    """A bar chart of calls/s per pool; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [row["name"] for row in report["rows"]]
+    rates = [row["calls_per_s"] for row in report["rows"]]
+    figure, axis = plt.subplots(figsize=(7, 3))
+    axis.barh(names, rates, color=["#2a7" if n == "snakepit" else "#999" for n in names])
+    axis.set_xlabel("trivial calls per second (higher is better)")
+    axis.set_title(f"{report['workers']} workers, Python {report['python']}, "
+                   f"{report['cpus']} CPUs")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return True
+
+
 # -- streams -------------------------------------------------------------------------------------
 async def bench_stream(chunks: int, size: int) -> dict[str, Any]:
     config = snakepit.PoolConfig(size=1, handler="snakepit.testing:ChaosHandler")
@@ -236,6 +278,9 @@ def main() -> None:
         streams.append(trio.run(bench_stream, chunks, size))
         streams.append(bench_raw_stream(chunks, size))
 
+    extras = [trio.run(bench_cold_start, 16), trio.run(bench_payload, 1 << 20, 50),
+              trio.run(bench_payload, 64 << 20, 3)]
+
     ours = rows[0]
     print(f"\n{w} workers, trivial task, {platform.python_version()}, {os.cpu_count()} CPUs\n")
     print(f"{'pool':<22}{'calls/s':>10}{'p50 µs':>9}{'p99 µs':>9}"
@@ -247,11 +292,21 @@ def main() -> None:
     print(f"\n{'stream':<28}{'chunks/s':>10}{'MB/s':>9}")
     for row in streams:
         print(f"{row['name']:<28}{row['chunks_per_s']:>10,.0f}{row['mb_per_s']:>9.1f}")
+    print()
+    for row in extras:
+        figure = (f"{row['seconds']:.2f} s" if "seconds" in row
+                  else f"{row['mb_per_s']:,.0f} MB/s")
+        print(f"{row['name']:<40}{figure:>14}")
     RESULTS.mkdir(exist_ok=True)
     report = {"time": time.time(), "workers": w, "python": platform.python_version(),
-              "cpus": os.cpu_count(), "rows": rows, "streams": streams}
+              "cpus": os.cpu_count(), "rows": rows, "streams": streams, "extras": extras}
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
-    print(f"\nsaved {RESULTS / 'latest.json'}")
+    history = RESULTS / "history.jsonl"  # one line a run: progress over time
+    with history.open("a") as file:
+        file.write(json.dumps(report) + "\n")
+    drawn = chart(report, RESULTS / "latest.png")
+    print(f"\nsaved {RESULTS / 'latest.json'}, appended to {history}"
+          + (f", drew {RESULTS / 'latest.png'}" if drawn else " (no chart: install matplotlib)"))
 
 
 if __name__ == "__main__":
