@@ -43,7 +43,9 @@ async def test_zero_cancel_grace_kills_at_once() -> None:
     async with snakepit.open_pool(chaos_config(size=1, cancel_grace=0)) as pool:
         pid = await pool.execute("pid")
         with pytest.raises(snakepit.WorkerTimeout):
-            await pool.execute("nap", {"seconds": 60}, timeout=0.1)
+            # non-cooperative: a cooperative nap would answer at its own deadline, and
+            # an answer that races the timeout rightly spares the worker
+            await pool.execute("sleep", {"seconds": 60}, timeout=0.1)
         with trio.fail_after(10):
             assert await pool.execute("pid") != pid
 

@@ -21,7 +21,9 @@ from snakepit.plugins import installed_plugins
 from snakepit.protocol.codecs import get_codec
 from snakepit_node import EXAMPLE_HANDLER, NodeAdapter, ensure_node_modules
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+# No skip when node is missing: these tests are the plugin's proof, and a machine
+# without Node.js should fail them loudly rather than report them as passed.
+assert shutil.which("node"), "the snakepit-node tests need Node.js on PATH"
 
 HANDLER = EXAMPLE_HANDLER
 

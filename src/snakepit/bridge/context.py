@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,6 +20,33 @@ class ControlChannel(Protocol):
     def poll(self) -> None: ...
 
     def wait(self, timeout: float | None) -> None: ...
+
+
+class SerialChannel:
+    """Control frames for the serial server: read them from the wire when asked."""
+
+    def __init__(self, pump: Callable[[float | None], None]) -> None:
+        self._pump = pump
+
+    def poll(self) -> None:
+        self._pump(0.0)
+
+    def wait(self, timeout: float | None) -> None:
+        self._pump(timeout)
+
+
+class ThreadedChannel:
+    """Control frames for the threaded server: the reader thread applies them."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        self._changed = changed
+
+    def poll(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
 
 
 class CallContext:

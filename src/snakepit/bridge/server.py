@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from snakepit.bridge.context import CallContext, ControlChannel
+from snakepit.bridge.context import CallContext, ControlChannel, SerialChannel, ThreadedChannel
 from snakepit.bridge.handler import CommandHandler
 from snakepit.bridge.process import (
     Terminated,
@@ -76,7 +76,7 @@ class BridgeServer:
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._changed = threading.Condition()
         self._channel: ControlChannel = (
-            _SerialChannel(self) if self.concurrency == 1 else _ThreadedChannel(self._changed)
+            SerialChannel(self.pump) if self.concurrency == 1 else ThreadedChannel(self._changed)
         )
 
     # -- wire ----------------------------------------------------------------------
@@ -364,33 +364,6 @@ class BridgeServer:
             self.run_call(ctx)
         except _HostGone:
             os._exit(0)
-
-
-class _SerialChannel:
-    """Control frames for the serial server: read them from the wire when asked."""
-
-    def __init__(self, server: BridgeServer) -> None:
-        self._server = server
-
-    def poll(self) -> None:
-        self._server.pump(0.0)
-
-    def wait(self, timeout: float | None) -> None:
-        self._server.pump(timeout)
-
-
-class _ThreadedChannel:
-    """Control frames for the threaded server: the reader thread applies them."""
-
-    def __init__(self, changed: threading.Condition) -> None:
-        self._changed = changed
-
-    def poll(self) -> None:
-        pass
-
-    def wait(self, timeout: float | None) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
 
 
 def serve(handler: CommandHandler, *, concurrency: int | None = None) -> int:
