@@ -187,7 +187,8 @@ class PoolConfig:
     """A worker silent this long -- SIGSTOPped, or stuck in native code holding the
     GIL -- is killed and replaced, whether busy or idle."""
     max_calls: int | None = None
-    """Recycle a worker after it has served this many calls (``None``: never)."""
+    """Recycle a worker after this many calls: the last one sent to it is the
+    ``max_calls``-th, it finishes them and is replaced (``None``: never)."""
     worker_ttl: float | None = None
     """Recycle a worker this many seconds after it started (``None``: never)."""
     memory_limit: int | None = None

@@ -145,10 +145,16 @@ class Dispatcher:
         if self._closed:
             raise PoolClosed("the pool is closed")
         worker = self.try_acquire()
-        if worker is not None:
+        while worker is not None:
             # the unit is ours now: yield without any chance of losing it to a cancel
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return worker
+            if worker.accepting:
+                return worker
+            # it began to retire while we yielded: give the unit back, try again
+            self.release(worker)
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            worker = self.try_acquire()
         if self._broken:
             raise PoolBroken("every worker slot has failed past its restart intensity")
         self._check_room()

@@ -80,6 +80,8 @@ class Worker:
         self.reserved = 0
         """Capacity units handed out by the dispatcher and not yet released."""
         self.calls_served = 0
+        self.calls_started = 0
+        """Calls sent to the worker; reaching ``max_calls`` retires it (no more are sent)."""
         self.welcome: Welcome | None = None
         self.connection = Connection(process.stdin, process.stdout, config.max_frame_size)
         self.stderr = StderrLog(worker_id, process.stderr)
@@ -160,8 +162,6 @@ class Worker:
         self.calls_served += 1
         pending.settle(answer)
         self._release(self)
-        if self.config.max_calls is not None and self.calls_served >= self.config.max_calls:
-            self.retire(f"served max_calls ({self.config.max_calls})")
         if self.killed_on_purpose and not self._inflight and not self.shutdown_sent:
             self.request_shutdown()  # a retiring worker's last call is done
 
@@ -189,6 +189,11 @@ class Worker:
         if window is not None:
             pending.stream = ChunkBuffer()
         self._inflight[call_id] = pending
+        self.calls_started += 1
+        if self.config.max_calls is not None and self.calls_started >= self.config.max_calls:
+            # Counted when sent, not when answered: with pipelining a worker may hold
+            # two calls at once, and a limit checked on answers would let it serve more.
+            self.retire(f"was sent max_calls ({self.config.max_calls})")
         return pending
 
     async def call(self, command: str, args: Any, *, deadline: float,
