@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+import trio
 
 import snakepit
 from snakepit import hookspecs, plugins, telemetry
@@ -148,3 +149,54 @@ async def test_a_failing_plugin_is_detached_alone() -> None:
     finally:
         plugins.unregister_plugin(good)
         plugins.unregister_plugin(bad)
+
+
+async def test_call_events_carry_one_id_per_call_and_streams_are_calls(log: Log) -> None:
+    async with snakepit.open_pool(chaos_config(size=1, name="ids")) as pool:
+        await pool.execute("echo", 1)
+        await pool.execute("echo", 2)
+        async with pool.stream("count", {"n": 5}) as chunks:
+            assert [c async for c in chunks] == list(range(5))
+        with pytest.raises(snakepit.RemoteError):
+            async with pool.stream("stream_then_raise", {"n": 2}) as chunks:
+                async for _ in chunks:
+                    pass
+    calls = [(name, m, meta) for name, m, meta in log.events if name.startswith("call.")]
+    ids = [meta["call"] for _, _, meta in calls]
+    # start and end of each call share an id; four calls, four distinct ids
+    assert ids[0::2] == ids[1::2] and len(set(ids)) == 4
+    assert [name for name, _, _ in calls] == ["call.start", "call.stop"] * 3 + [
+        "call.start", "call.exception"]
+    stream_stop = calls[5]
+    assert stream_stop[2]["stream"] is True and stream_stop[1]["chunks"] == 5
+    assert calls[7][2]["stream"] is True and calls[7][2]["error"] == "RemoteError"
+
+
+async def test_health_rounds_report_each_worker_and_stats_show_per_worker_figures(
+        log: Log) -> None:
+    config = chaos_config(size=2, name="h", health_check_interval=0.05)
+    async with snakepit.open_pool(config) as pool:
+        for i in range(20):
+            await pool.execute("echo", i)
+        seen: set[str] = set()
+        both = trio.Event()
+
+        def on_stats(event: str, measurements: Any, metadata: Any) -> None:
+            seen.add(metadata["worker"])
+            if seen == {"h-0", "h-1"}:
+                both.set()
+
+        handler = telemetry.attach("worker.stats", on_stats)
+        try:
+            await both.wait()  # a health round came round (every 0.05 s)
+        finally:
+            telemetry.detach(handler)
+        stats = pool.stats()
+    worker_stats = [(m, meta) for name, m, meta in log.events if name == "worker.stats"]
+    assert all(m["rss"] > 1_000_000 and meta["state"] == "ready" for m, meta in worker_stats)
+    health = [m for name, m, _ in log.events if name == "pool.health"]
+    assert health and health[-1]["total"] == 2 and health[-1]["queue_depth"] == 0
+    served = [w for w in stats.workers if w.calls_served]
+    assert served and all(w.latency_p50 is not None and w.latency_p99 is not None
+                          and w.latency_p50 <= w.latency_p99 and (w.rss or 0) > 1_000_000
+                          for w in served)

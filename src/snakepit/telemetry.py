@@ -42,6 +42,7 @@ EVENTS: dict[str, str] = {
     "worker.restarted": "a slot is starting a replacement worker",
     "worker.unhealthy": "a worker missed a health check or its memory limit",
     "worker.info": "per-worker facts from the pool kind (a GPU's memory), each health round",
+    "worker.stats": "per-worker resident memory, calls in flight and served, each health round",
     "call.start": "a call was submitted",
     "call.stop": "a call returned a result",
     "call.exception": "a call raised",

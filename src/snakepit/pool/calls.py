@@ -7,9 +7,9 @@ is paid per call (DESIGN.md: ~10 µs per Trio task switch on the reference box).
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -18,6 +18,10 @@ from snakepit.errors import ConfigError, PoolClosed, QueueTimeout, SnakepitError
 from snakepit.pool.dynamic import acquire_pinned
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
+
+_call_ids = itertools.count(1)
+"""Process-wide call ids, carried as ``call`` in the metadata of ``call.*`` events so a
+listener can pair a call's start with its end (a tracing span, say)."""
 
 if TYPE_CHECKING:
     from snakepit.config import PoolConfig
@@ -72,26 +76,44 @@ class CallPath:
         raise QueueTimeout("the call's deadline passed while it waited for a worker")
 
     # -- calls -------------------------------------------------------------------------
-    @contextmanager
-    def _count(self) -> Iterator[None]:
+    def _call_started(self, command: str, **metadata: Any) -> tuple[int, float]:
+        """Count a submitted call and announce it; returns its id and submission time."""
         self._counters.calls += 1
-        try:
-            yield
-        except BaseException as exc:
-            self._counters.failure(exc)
-            raise
-        self._counters.succeeded += 1
+        call_id = next(_call_ids)
+        self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
+                   command=command, call=call_id, **metadata)
+        return call_id, trio.current_time()
+
+    def _call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
+                     attempt: list[Any], tries: int = 1, **metadata: Any) -> None:
+        """Count and announce a call that raised ``exc`` (``attempt``: worker, start)."""
+        self._counters.failure(exc)
+        worker, started = attempt
+        now = trio.current_time()
+        self._emit("call.exception", {"duration": now - submitted,
+                                      "queue_wait": started - submitted, "attempts": tries},
+                   command=command, call=call_id, worker=worker.id if worker else None,
+                   error=type(exc).__name__, **metadata)
+
+    def _call_succeeded(self, command: str, call_id: int, submitted: float,
+                        attempt: list[Any], tries: int = 1,
+                        measurements: dict[str, float] | None = None,
+                        **metadata: Any) -> None:
+        """Count and announce a call that returned, and feed the latency figures."""
+        worker, started = attempt
+        now = trio.current_time()
+        self._counters.success(now - submitted)
+        self._dispatcher.record_service_time(now - started)
+        worker.latencies.append(now - started)
+        self._emit("call.stop", {"duration": now - submitted, "queue_wait": started - submitted,
+                                 "attempts": tries, **(measurements or {})},
+                   command=command, call=call_id, worker=worker.id, **metadata)
 
     async def _run(self, command: str, args: Any, timeout: float | None,
                    on_progress: ProgressCallback | None, session_id: str | None,
                    idempotent: bool = False, pinned: Worker | None = None,
                    attempt: list[Any] | None = None) -> Any:
-        # Counting and telemetry are inlined (no context manager) on this hot path.
-        counters = self._counters
-        counters.calls += 1
-        submitted = trio.current_time()
-        self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
-                   command=command)
+        call_id, submitted = self._call_started(command)
         # the worker and the start of the last try (the caller may want to know who served)
         attempt = [None, submitted] if attempt is None else attempt
         attempt[:] = [None, submitted]
@@ -108,26 +130,13 @@ class CallPath:
                     if delay is None:
                         raise
                     self._emit("call.retry", {"attempt": tries, "delay": delay},
-                               command=command, error=type(exc).__name__)
+                               command=command, call=call_id, error=type(exc).__name__)
                     await trio.sleep(delay)
                     tries += 1
         except BaseException as exc:
-            counters.failure(exc)
-            worker, started = attempt
-            now = trio.current_time()
-            self._emit("call.exception", {"duration": now - submitted,
-                                          "queue_wait": started - submitted,
-                                          "attempts": tries},
-                       command=command, worker=worker.id if worker else None,
-                       error=type(exc).__name__)
+            self._call_failed(exc, command, call_id, submitted, attempt, tries)
             raise
-        worker, started = attempt
-        now = trio.current_time()
-        counters.success(now - submitted)
-        self._dispatcher.record_service_time(now - started)
-        self._emit("call.stop", {"duration": now - submitted, "queue_wait": started - submitted,
-                                 "attempts": tries},
-                   command=command, worker=worker.id)
+        self._call_succeeded(command, call_id, submitted, attempt, tries)
         return result
 
     async def _attempt(self, command: str, args: Any, deadline: float,

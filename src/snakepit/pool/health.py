@@ -82,11 +82,21 @@ async def monitor_health(pool: Pool) -> None:
                     others = {k: v for k, v in info.items() if k not in numbers}
                     pool._emit("worker.info", numbers, worker=worker.id, pid=worker.pid,
                                **others)
+        if telemetry.enabled("worker.stats"):
+            for worker in pool.workers():
+                pool._emit("worker.stats", {"rss": float(resident_memory(worker.pid) or 0),
+                                            "in_flight": worker.in_flight,
+                                            "calls_served": worker.calls_served},
+                           worker=worker.id, pid=worker.pid, state=worker.state.value)
         if telemetry.enabled("pool.health"):
             ready = [w for w in pool.workers() if w.accepting]
             busy = sum(1 for w in ready if w.in_flight)
+            states = [slot.current_state for slot in pool._slots]
             pool._emit("pool.health", {"available": len(ready) - busy, "busy": busy,
                                        "total": pool.config.size,
+                                       "starting": states.count("starting"),
+                                       "failed": states.count("failed"),
+                                       "queue_depth": pool._dispatcher.queue_depth,
                                        "restarts": sum(s.restarts for s in pool._slots)})
 
 

@@ -34,10 +34,10 @@ from snakepit.plugins import plugin_manager
 from snakepit.pool.calls import CallPath
 from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
-from snakepit.pool.health import monitor_health, watch_heartbeats
+from snakepit.pool.health import monitor_health, resident_memory, watch_heartbeats
 from snakepit.pool.nursery import unwrap_single_error
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
-from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats
+from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats, percentiles
 from snakepit.pool.stream import ChunkStream
 from snakepit.process.registry import reap_orphans
 from snakepit.resilience.breaker import CircuitBreaker
@@ -242,19 +242,27 @@ class Pool(CallPath, DynamicCalls):
         block early cancels the stream in the worker (its generator is closed).
         ``session_id`` runs it in a session, as :meth:`execute_in_session` does.
         """
-        with self._count():
+        call_id, submitted = self._call_started(command, stream=True)
+        attempt: list[Any] = [None, submitted]
+        try:
             deadline = self._deadline(timeout)
             if session_id is None:
                 worker = await self._acquire(deadline)
             else:
                 session = self.sessions.touch(session_id)
                 worker = await self._affinity.acquire(session, deadline)
+            attempt[:] = [worker, trio.current_time()]
             stream = ChunkStream(worker, command, args, deadline,
                                  window or self.config.stream_window, session_id)
             try:
                 yield stream
             finally:
                 stream.close()
+        except BaseException as exc:
+            self._call_failed(exc, command, call_id, submitted, attempt, stream=True)
+            raise
+        self._call_succeeded(command, call_id, submitted, attempt,
+                             measurements={"chunks": stream.received}, stream=True)
 
     # -- sessions --------------------------------------------------------------------------
     def slot_worker(self, slot_id: str) -> Worker | None:
@@ -280,18 +288,7 @@ class Pool(CallPath, DynamicCalls):
     # -- introspection -------------------------------------------------------------------
     def stats(self) -> PoolStats:
         """A snapshot of the pool: per-worker state and the pool's totals."""
-        workers = tuple(
-            WorkerStats(
-                id=slot.id,
-                pid=slot.worker.pid if slot.worker is not None else None,
-                state=slot.current_state,
-                calls_served=slot.calls_served,
-                in_flight=slot.worker.in_flight if slot.worker is not None else 0,
-                restarts=slot.restarts,
-                info=dict(self._kind.worker_info(slot.id)) if self._kind is not None else {},
-            )
-            for slot in self._slots
-        )
+        workers = tuple(self._slot_stats(slot) for slot in self._slots)
         return PoolStats(
             name=self.config.name,
             workers=workers,
@@ -300,6 +297,22 @@ class Pool(CallPath, DynamicCalls):
             restarts=sum(w.restarts for w in workers),
             sessions=len(self.sessions),
             **self._counters.snapshot(),
+        )
+
+    def _slot_stats(self, slot: Slot) -> WorkerStats:
+        worker = slot.worker
+        p50, p99 = percentiles(slot.latencies, (0.50, 0.99))
+        return WorkerStats(
+            id=slot.id,
+            pid=worker.pid if worker is not None else None,
+            state=slot.current_state,
+            calls_served=slot.calls_served,
+            in_flight=worker.in_flight if worker is not None else 0,
+            restarts=slot.restarts,
+            info=dict(self._kind.worker_info(slot.id)) if self._kind is not None else {},
+            latency_p50=p50,
+            latency_p99=p99,
+            rss=resident_memory(worker.pid) if worker is not None else None,
         )
 
     def workers(self) -> list[Worker]:

@@ -40,6 +40,13 @@ class WorkerStats:
     """Times the slot started a replacement process."""
     info: Mapping[str, Any] = attrs.field(factory=dict)
     """What the pool kind reports about the slot (a GPU pool: its device and memory)."""
+    latency_p50: float | None = None
+    """Median run time (worker acquired to answer) of the slot's recent successful calls,
+    in seconds (over the last 512, across restarts; ``None`` before the first)."""
+    latency_p99: float | None = None
+    """99th percentile of the same."""
+    rss: int | None = None
+    """Resident memory of the current process in bytes (``None`` when unreadable)."""
 
 
 @attrs.frozen

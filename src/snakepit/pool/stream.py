@@ -27,6 +27,8 @@ class ChunkStream:
                                           session_id=session_id)
         self._taken = 0
         self._batch = max(1, window // 2)
+        self.received = 0
+        """Chunks the consumer has taken."""
 
     @property
     def buffered(self) -> int:
@@ -56,6 +58,7 @@ class ChunkStream:
                     self.close()
                 raise
             self._taken += 1
+            self.received += 1
             if self._taken >= self._batch:
                 self.worker.grant_credit(self._pending, self._taken)
                 self._taken = 0

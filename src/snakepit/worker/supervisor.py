@@ -55,6 +55,8 @@ class Slot:
         self._launch = launch or _default_launch(config)
         self._random = random.Random()
         self._recent_failures: collections.deque[float] = collections.deque()
+        self.latencies: collections.deque[float] = collections.deque(maxlen=512)
+        """Run times of the slot's recent successful calls, across its workers."""
 
     @property
     def calls_served(self) -> int:
@@ -75,6 +77,7 @@ class Slot:
 
     def _ready(self, worker: Worker) -> None:
         self.worker = worker
+        worker.latencies = self.latencies
         self.state = "running"
         if self.closing:
             worker.request_shutdown()

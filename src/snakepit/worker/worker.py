@@ -7,6 +7,7 @@ wait for them, abandoning calls that time out, and ending the worker.
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import logging
@@ -97,6 +98,9 @@ class Worker:
         self.started_at = trio.current_time()
         self.on_retire: Callable[[], None] | None = None
         """Called when the worker retires, so its slot starts the replacement at once."""
+        self.latencies: collections.deque[float] = collections.deque(maxlen=512)
+        """Run times (acquired to answered) of recent successful calls; the slot shares
+        one window across its workers so per-worker percentiles survive restarts."""
         self.killed_on_purpose = False
         """Set when the host killed the worker over a call (timeout, cancel), not a fault."""
 
