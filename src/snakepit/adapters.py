@@ -34,7 +34,14 @@ class LaunchSpec:
 
 
 class Adapter(Protocol):
-    """Starts workers of one kind of runtime."""
+    """Starts workers of one kind of runtime.
+
+    ``launch`` runs on the event loop before every spawn: it must be quick (no
+    installs, no network). An adapter with slow set-up to do -- installing its runtime's
+    dependencies, say -- may also define ``async def prepare(self, config)``: the pool
+    awaits it once as it starts, before any worker, and it should run blocking work in
+    a thread (``trio.to_thread.run_sync``). Its ``ConfigError`` fails the pool start.
+    """
 
     name: str
     """The name ``PoolConfig.adapter`` selects it by."""
