@@ -116,8 +116,11 @@ def test_what_allowed_modules_define_resolves() -> None:
 
 
 def test_an_entry_may_name_one_object_or_an_aliased_module() -> None:
-    getpid = AllowList(("os.getpid",))
+    getpid = AllowList(("os.getpid", "builtins.str"))
     assert getpid.resolve("os.getpid") is os.getpid  # posix's, but named exactly
+    assert getpid.resolve("builtins.str") is str
+    with pytest.raises(TargetNotAllowed):
+        getpid.resolve("builtins.eval")
     for target in ("os.getcwd", "os.system", "os"):
         with pytest.raises(TargetNotAllowed):
             getpid.resolve(target)
