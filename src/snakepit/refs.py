@@ -108,7 +108,11 @@ def to_wire(value: Any, serializers: Sequence[Serializer]) -> Any:
     if type(value) not in (list, tuple, dict):  # plugin forms first, subclasses included
         for serializer in serializers:
             if serializer.claims(value):
-                return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+                try:
+                    return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+                except Exception as exc:  # a plugin's error must not escape untyped
+                    raise PayloadError(f"serializer {serializer.name!r} cannot encode this "
+                                       f"{type(value).__qualname__}: {exc}") from exc
     if isinstance(value, list | tuple):
         return [to_wire(item, serializers) for item in value]
     if isinstance(value, dict):
