@@ -18,7 +18,7 @@ import attrs
 
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
-from snakepit.process.launch import bridge_pythonpath, python_argv
+from snakepit.process.launch import bridge_pythonpath, python_argv, resolve_python, virtualenv_of
 
 __all__ = ["Adapter", "CommandAdapter", "LaunchSpec", "PythonAdapter", "find_adapter"]
 
@@ -65,12 +65,19 @@ class PythonAdapter:
 
     def launch(self, config: PoolConfig, worker_id: str) -> LaunchSpec:
         env: dict[str, str] = {}
-        extra = bridge_pythonpath(config.python)
+        python = resolve_python(config.python)
+        extra = bridge_pythonpath(python)
         if extra is not None:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (extra, config.env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
                 if p)
-        return LaunchSpec(tuple(python_argv(config.python, config.handler)), env, config.cwd)
+            venv = virtualenv_of(python)
+            if venv is not None:  # as if activated: its scripts first on PATH
+                env["VIRTUAL_ENV"] = venv
+                env["PATH"] = os.pathsep.join(
+                    p for p in (os.path.dirname(os.path.abspath(python)),
+                                config.env.get("PATH", os.environ.get("PATH"))) if p)
+        return LaunchSpec(tuple(python_argv(python, config.handler)), env, config.cwd)
 
 
 class CommandAdapter:

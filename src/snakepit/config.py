@@ -138,8 +138,9 @@ class PoolConfig:
     handler: str = "snakepit.bridge:CommandHandler"
     """``module:Class`` of the :class:`snakepit.bridge.CommandHandler` the workers serve."""
     python: str = sys.executable
-    """Python interpreter the workers run (its environment needs only msgpack, or nothing
-    with ``codec="json"``)."""
+    """Python interpreter the workers run, or a virtualenv's directory (its
+    ``bin/python``, run as if the virtualenv were activated). Its environment needs only
+    msgpack, or nothing with ``codec="json"``."""
     adapter: str = "python"
     """How workers start: ``python`` (the bridge), ``command`` (``command`` below), or
     an adapter a plugin installed (``node``)."""
