@@ -18,6 +18,7 @@ the session.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,11 +28,15 @@ class RefNotFound(LookupError):
 
 
 class ObjectStore:
-    """Named objects and refs of one scope (the worker's global store, or a session's)."""
+    """Named objects and refs of one scope (the worker's global store, or a session's).
+
+    Safe to share between the threads of a handler with ``concurrency`` > 1.
+    """
 
     def __init__(self, ids: Iterator[int], *, counted: bool) -> None:
         self.counted = counted
         """Whether refs are counted and released by the host (the global store)."""
+        self._lock = threading.RLock()
         self._ids = ids
         self._objects: dict[str, Any] = {}
         self._key_of: dict[int, str] = {}   # id(object) -> its key, while it is stored
@@ -61,48 +66,52 @@ class ObjectStore:
 
     def put(self, name: str, value: Any) -> None:
         """Keep ``value`` under ``name`` until it is deleted (a name is never counted)."""
-        if name in self._objects:
-            self.delete(name)
-        self._objects[name] = value
-        self._key_of.setdefault(id(value), name)
+        with self._lock:
+            if name in self._objects:
+                self.delete(name)
+            self._objects[name] = value
+            self._key_of.setdefault(id(value), name)
 
     def issue(self, value: Any) -> tuple[str, bool]:
         """The ref for ``value`` about to be sent to the host, made if it has none;
         returns its key and whether the host must count it."""
-        key = self._key_of.get(id(value))
-        if key is None or self._objects.get(key) is not value:
-            key = f"r{next(self._ids)}"
-            self._objects[key] = value
-            self._key_of[id(value)] = key
-            if self.counted:
-                self._issued[key] = 0
-        if key not in self._issued:
-            return key, False  # a named object: it lives until deleted
-        self._issued[key] += 1
-        return key, True
+        with self._lock:
+            key = self._key_of.get(id(value))
+            if key is None or self._objects.get(key) is not value:
+                key = f"r{next(self._ids)}"
+                self._objects[key] = value
+                self._key_of[id(value)] = key
+                if self.counted:
+                    self._issued[key] = 0
+            if key not in self._issued:
+                return key, False  # a named object: it lives until deleted
+            self._issued[key] += 1
+            return key, True
 
     def delete(self, key: str) -> bool:
         """Forget ``key`` now, whatever its counts; True if it was stored."""
-        if key not in self._objects:
-            return False
-        value = self._objects.pop(key)
-        if self._key_of.get(id(value)) == key:
-            del self._key_of[id(value)]
-        self._issued.pop(key, None)
-        return True
+        with self._lock:
+            if key not in self._objects:
+                return False
+            value = self._objects.pop(key)
+            if self._key_of.get(id(value)) == key:
+                del self._key_of[id(value)]
+            self._issued.pop(key, None)
+            return True
 
     def release(self, counts: Mapping[str, int]) -> int:
         """The host dropped ``counts[key]`` of its Refs to each key; entries whose every
         marker has come back are freed. Unknown keys are ignored (already deleted).
         Returns how many entries were freed."""
-        freed = 0
-        for key, count in counts.items():
-            if key not in self._issued:
-                continue
-            self._issued[key] -= int(count)
-            if self._issued[key] <= 0:
-                freed += self.delete(key)
-        return freed
+        with self._lock:
+            freed = 0
+            for key, count in counts.items():
+                if key not in self._issued:
+                    continue
+                self._issued[key] -= int(count)
+                if self._issued[key] <= 0:
+                    freed += self.delete(key)
+            return freed
 
 
 def new_ids() -> Iterator[int]:
