@@ -198,6 +198,18 @@ async def test_refs_reach_only_public_owned_attributes() -> None:
         assert isinstance(zero, snakepit.Ref) and zero.repr == "Fraction(0, 1)"
 
 
+async def test_a_stored_format_string_cannot_read_private_attributes() -> None:
+    async with snakepit.open_pool(config(size=1)) as pool:
+        third = await pool.call("fractions.Fraction", 1, 3)
+        await pool.execute("store", {"name": "template",
+                                     "value": "{0.__init__.__globals__[sys].modules}"})
+        template = snakepit.Ref(pool, id="template", type="builtins.str", repr="",
+                                worker=third.worker, pid=third.pid, session_id=None)
+        with pytest.raises(snakepit.RemoteError, match="TargetNotAllowed"):
+            await template.method("format", third)
+        assert await template.method("upper") == "{0.__INIT__.__GLOBALS__[SYS].MODULES}"
+
+
 # -- the store commands and inspect --------------------------------------------------------
 async def test_store_retrieve_list_and_delete_by_name() -> None:
     async with snakepit.open_pool(config(size=1)) as pool:

@@ -148,3 +148,14 @@ def test_attributes_of_stored_objects() -> None:
     assert allowed.passable(third) and allowed.passable(third.limit_denominator)
     assert not allowed.passable(eval) and not allowed.passable(os)
     assert allowed.passable(holder)  # an inert value: allowed code may be handed it
+
+
+def test_format_strings_cannot_read_attributes() -> None:
+    template = "{0.__init__.__globals__}"
+    allowed = AllowList(("decimal",))
+    assert allowed.attribute(template, "upper")() == template.upper()  # data methods pass
+    for name in ("format", "format_map"):
+        with pytest.raises(TargetNotAllowed, match="outside allowed_targets"):
+            allowed.attribute(template, name)
+    with pytest.raises(TargetNotAllowed):
+        allowed.resolve("decimal.ROUND_UP.format")

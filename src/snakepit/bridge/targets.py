@@ -15,7 +15,8 @@ and every object a step reaches must genuinely belong to an allowed module:
   allowed prefix, or is the C accelerator of one (``_operator`` for ``operator``).
   Builtins re-exported by an allowed module (``eval``, ``getattr``, ``open``) belong to
   ``builtins`` and are refused. Instances of the plain data types (str, int, list, dict...)
-  are data and always pass;
+  are data and pass, and so do their methods -- except ``str.format`` and
+  ``str.format_map``, whose format fields read attributes, private ones included;
 - an allow-list entry that names one object exactly (``"os.getpid"``) allows that object,
   wherever it was defined.
 
@@ -36,6 +37,11 @@ __all__ = ["AllowList", "TargetNotAllowed"]
 PLAIN_TYPES: frozenset[type] = frozenset({
     int, float, complex, bool, str, bytes, bytearray, list, tuple, dict, set, frozenset,
     type(None), range, slice})
+
+#: Methods of strings (``str`` and its subclasses) that read the attributes their format
+#: fields name, as ``"{0.__init__.__globals__}".format(obj)`` does: a string the host
+#: stored would otherwise walk any object's private attributes.
+STR_ATTRIBUTE_READERS = frozenset({"format", "format_map"})
 
 _BOUND = (types.MethodType, types.BuiltinMethodType)
 _DESCRIPTORS = (types.MethodDescriptorType, types.ClassMethodDescriptorType,
@@ -94,6 +100,8 @@ class AllowList:
             if owner is None or isinstance(owner, types.ModuleType):  # a builtin function
                 return allowed(getattr(obj, "__module__", None)) or (
                     owner is not None and allowed(owner.__name__))
+            if isinstance(owner, str) and obj.__name__ in STR_ATTRIBUTE_READERS:
+                return False
             # a method: its function's module, or the object it is bound to
             return allowed(getattr(obj, "__module__", None)) or self.owns(owner, extra)
         if isinstance(obj, _DESCRIPTORS):
