@@ -208,6 +208,11 @@ async def test_a_stored_format_string_cannot_read_private_attributes() -> None:
         with pytest.raises(snakepit.RemoteError, match="TargetNotAllowed"):
             await template.method("format", third)
         assert await template.method("upper") == "{0.__INIT__.__GLOBALS__[SYS].MODULES}"
+    async with snakepit.open_pool(DEFAULT) as pool:  # collections is allowed by default
+        wrapped = await pool.call("collections.UserString", "{0.__init__.__globals__}")
+        for name in ("format", "format_map"):
+            with pytest.raises(snakepit.RemoteError, match="format fields"):
+                await wrapped.method(name, wrapped)
 
 
 # -- the store commands and inspect --------------------------------------------------------

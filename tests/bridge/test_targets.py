@@ -7,6 +7,7 @@ modules. ``test_enhanced.py`` checks the same rules through a real pool.
 from __future__ import annotations
 
 import builtins
+import collections
 import datetime
 import fractions
 import importlib
@@ -154,8 +155,11 @@ def test_format_strings_cannot_read_attributes() -> None:
     template = "{0.__init__.__globals__}"
     allowed = AllowList(("decimal",))
     assert allowed.attribute(template, "upper")() == template.upper()  # data methods pass
+    wrapped = collections.UserString(template)
     for name in ("format", "format_map"):
-        with pytest.raises(TargetNotAllowed, match="outside allowed_targets"):
-            allowed.attribute(template, name)
-    with pytest.raises(TargetNotAllowed):
+        for obj in (template, wrapped):
+            with pytest.raises(TargetNotAllowed, match="format fields"):
+                allowed.attribute(obj, name)
+    assert not allowed.owns(template.format)  # however it was obtained
+    with pytest.raises(TargetNotAllowed, match="format fields"):
         allowed.resolve("decimal.ROUND_UP.format")

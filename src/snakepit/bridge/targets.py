@@ -15,8 +15,10 @@ and every object a step reaches must genuinely belong to an allowed module:
   allowed prefix, or is the C accelerator of one (``_operator`` for ``operator``).
   Builtins re-exported by an allowed module (``eval``, ``getattr``, ``open``) belong to
   ``builtins`` and are refused. Instances of the plain data types (str, int, list, dict...)
-  are data and pass, and so do their methods -- except ``str.format`` and
-  ``str.format_map``, whose format fields read attributes, private ones included;
+  are data and pass, and so do their methods;
+- formatting methods (``format``, ``format_map``, ``vformat``, ``get_field``) are refused
+  by name on any object: their format fields read the attributes they name, private ones
+  included (``str.format``, ``collections.UserString.format``);
 - an allow-list entry that names one object exactly (``"os.getpid"``) allows that object,
   wherever it was defined.
 
@@ -38,10 +40,11 @@ PLAIN_TYPES: frozenset[type] = frozenset({
     int, float, complex, bool, str, bytes, bytearray, list, tuple, dict, set, frozenset,
     type(None), range, slice})
 
-#: Methods of strings (``str`` and its subclasses) that read the attributes their format
-#: fields name, as ``"{0.__init__.__globals__}".format(obj)`` does: a string the host
-#: stored would otherwise walk any object's private attributes.
-STR_ATTRIBUTE_READERS = frozenset({"format", "format_map"})
+#: Names of formatting methods, refused whatever they belong to: their format fields
+#: read the attributes they name, as ``"{0.__init__.__globals__}".format(obj)`` does, so
+#: a template from the host would walk any object's private attributes. ``str`` has
+#: them, and so do ``collections.UserString`` and ``string.Formatter``.
+FORMATTING_METHODS = frozenset({"format", "format_map", "vformat", "get_field"})
 
 _BOUND = (types.MethodType, types.BuiltinMethodType)
 _DESCRIPTORS = (types.MethodDescriptorType, types.ClassMethodDescriptorType,
@@ -100,7 +103,7 @@ class AllowList:
             if owner is None or isinstance(owner, types.ModuleType):  # a builtin function
                 return allowed(getattr(obj, "__module__", None)) or (
                     owner is not None and allowed(owner.__name__))
-            if isinstance(owner, str) and obj.__name__ in STR_ATTRIBUTE_READERS:
+            if obj.__name__ in FORMATTING_METHODS:
                 return False
             # a method: its function's module, or the object it is bound to
             return allowed(getattr(obj, "__module__", None)) or self.owns(owner, extra)
@@ -129,6 +132,9 @@ class AllowList:
         if not isinstance(name, str) or not name or name.startswith("_") or "." in name:
             raise TargetNotAllowed(f"attribute {name!r} is not reachable remotely (private "
                                    "and dotted names are refused)")
+        if name in FORMATTING_METHODS:
+            raise TargetNotAllowed(f"{name!r} is not reachable remotely: its format fields "
+                                   "would read any attribute")
         value = getattr(obj, name)
         if not self.owns(value):
             raise TargetNotAllowed(f"{_kind(obj)}.{name} is {_describe(value)}, outside "
@@ -183,6 +189,9 @@ class AllowList:
             if attr.startswith("_"):
                 raise TargetNotAllowed(f"{target!r}: private name {attr!r} is not reachable "
                                        "remotely")
+            if attr in FORMATTING_METHODS:
+                raise TargetNotAllowed(f"{target!r}: {attr!r} is not reachable remotely: its "
+                                       "format fields would read any attribute")
             obj = getattr(obj, attr)
             path = ".".join(parts[:step + 1])
             if path in self.prefixes and not isinstance(obj, types.ModuleType):
