@@ -1,4 +1,5 @@
-"""Development sessions: ``nox`` runs tests, lint and typecheck; ``nox -s bench`` too.
+"""Development sessions: ``nox`` runs tests, lint and typecheck; ``nox -s docs`` and
+``nox -s bench`` too.
 
 Sessions use the interpreter nox itself runs on (no ``python=``), so a developer's and
 CI's Python is the one tested.
@@ -43,7 +44,7 @@ def chaos(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "plugins", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "plugins", "docs", "noxfile.py")
 
 
 @nox.session
@@ -51,6 +52,14 @@ def typecheck(session: nox.Session) -> None:
     """Type-check with mypy (strict; settings in [tool.mypy] of pyproject.toml)."""
     session.install(".", "mypy")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site into site/ in strict mode: any warning fails the build."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "mkdocs", "build", "--strict", *session.posargs,
+                env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session
