@@ -20,7 +20,9 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
-PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node")
+PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node", "prometheus", "otel")
+# plugins whose tests need their own `test` extra (the OpenTelemetry SDK)
+TEST_EXTRAS = ("otel",)
 
 
 @nox.session
@@ -28,7 +30,8 @@ PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node")
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin distribution's tests, installed through its own pyproject."""
     extra = ["torch==2.13.0"] if plugin == "transformers" else []
-    session.install("-e", ".[test]", "-e", f"plugins/snakepit-{plugin}", *extra)
+    target = f"plugins/snakepit-{plugin}" + ("[test]" if plugin in TEST_EXTRAS else "")
+    session.install("-e", ".[test]", "-e", target, *extra)
     session.run("pytest", f"plugins/snakepit-{plugin}", *session.posargs)
 
 
