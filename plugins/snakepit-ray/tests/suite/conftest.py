@@ -1,4 +1,4 @@
-"""The Ray suite's fixtures: one local Ray (2 CPUs) for the session, loopback only.
+"""The Ray suite's fixtures: one local Ray (2 CPUs, 1 GPU) for the session, loopback only.
 
 These tests run only inside a private network namespace that has nothing but loopback
 (``tests/test_ray_plugin.py`` and ``nox -s ray`` start them there with ``unshare -n``),
@@ -39,21 +39,34 @@ def ray_address() -> Iterator[str]:
 
     from snakepit_ray import connect
 
-    address = connect(None, {"num_cpus": 2, "include_dashboard": False})
+    # one declared GPU (none need exist): Ray hands it out and sets CUDA_VISIBLE_DEVICES
+    address = connect(None, {"num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
     yield address
     ray.shutdown()
 
 
 @pytest.fixture(autouse=True)
 def no_leftovers(ray_address: str) -> Iterator[None]:
-    """Every test leaves no actor process and no worker process behind."""
+    """Every test leaves no actor and no worker process behind, and Ray has every CPU
+    and GPU back (no actor holds them, not even a pending one)."""
     yield
     import time
+
+    import ray
 
     deadline = time.monotonic() + 10
     while (left := leftover_processes()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"test left processes behind: {left}"
+    total = ray.cluster_resources()
+
+    def released() -> bool:
+        free = ray.available_resources()
+        return all(free.get(name) == total[name] for name in ("CPU", "GPU"))
+
+    while not released() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert released(), (ray.available_resources(), total)
 
 
 def cmdline(pid: int) -> str:

@@ -1,4 +1,4 @@
-"""Ray pools against a real local Ray (2 CPUs), inside a loopback-only namespace.
+"""Ray pools against a real local Ray (2 CPUs, 1 GPU), inside a loopback-only namespace.
 
 Each test leaves no actor and no worker process behind (``conftest.no_leftovers``).
 """
@@ -187,8 +187,27 @@ def free_cpus_now() -> float:
     return float(ray.available_resources().get("CPU", 0.0))
 
 
+async def test_gpu_placement_through_ray_resources() -> None:
+    config = ray_config(size=1, options={"num_cpus": 0.5, "num_gpus": 1})
+    async with snakepit.open_pool(config) as pool:
+        # Ray gave the actor the cluster's one GPU; the worker inherits the actor's view
+        assert await pool.execute("getenv", {"name": "CUDA_VISIBLE_DEVICES"}) == "0"
+        assert await free_gpus() == 0.0
+    await wait_until(lambda: free_gpus_now() == 1.0)
+
+
+async def free_gpus() -> float:
+    return await trio.to_thread.run_sync(free_gpus_now)
+
+
+def free_gpus_now() -> float:
+    import ray
+
+    return float(ray.available_resources().get("GPU", 0.0))
+
+
 async def test_resources_nowhere_available_fail_after_placement_timeout() -> None:
-    config = ray_config(size=1, options={"num_gpus": 1, "placement_timeout": 1.0})
+    config = ray_config(size=1, options={"resources": {"TPU": 1}, "placement_timeout": 1.0})
     with pytest.raises(snakepit.WorkerStartupError, match="placement_timeout"):
         async with snakepit.open_pool(config):
             pass
