@@ -29,28 +29,35 @@ def loopback_only() -> bool:
 
 
 @pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
+def ray_temp_dir() -> Iterator[Path]:
+    """Where the session's Ray keeps its files (logs, sockets), removed afterwards.
+
+    Short, because Ray's unix socket paths must fit in 107 bytes.
+    """
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="sp-ray-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_temp_dir: Path) -> Iterator[str]:
     """Start the session's local Ray (as the pools' default would) and yield its address."""
     if not loopback_only():
         pytest.exit("the Ray suite runs only inside a loopback-only network namespace "
                     "(run plugins/snakepit-ray/tests/test_ray_plugin.py, or nox -s ray)",
                     returncode=3)
-    import shutil
-    import tempfile
-
     import ray
 
     from snakepit_ray import connect
 
-    # Ray's session files (logs, sockets) go to a directory of ours, removed afterwards;
-    # short, because Ray's unix socket paths must fit in 107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="sp-ray-", dir="/tmp")
     # one declared GPU (none need exist): Ray hands it out and sets CUDA_VISIBLE_DEVICES
     address = connect(None, {"num_cpus": 2, "num_gpus": 1, "include_dashboard": False,
-                             "_temp_dir": temp_dir})
+                             "_temp_dir": str(ray_temp_dir)})
     yield address
     ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

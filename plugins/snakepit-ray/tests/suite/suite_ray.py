@@ -254,13 +254,13 @@ async def test_a_killed_host_leaves_no_actor_behind(ray_address: str) -> None:
 
 
 # -- authentication ----------------------------------------------------------------------
-async def test_only_authenticated_connections_reach_the_worker() -> None:
+async def test_only_authenticated_connections_reach_the_worker(ray_temp_dir: Path) -> None:
     secret = os.urandom(32)
     handle = await ray_call(lambda: actor_class().options(num_cpus=0.5).remote(
         secret, [sys.executable, "-m", "snakepit.bridge", "--handler",
                  "snakepit.testing:ChaosHandler"], {}, None, True, None, 30.0))
     try:
-        host, port, _, _ = await wait_future(
+        host, port, _, actor_pid = await wait_future(
             await ray_call(lambda: handle.address.remote().future()))
         listening = await wait_future(
             await ray_call(lambda: handle.listening_on.remote().future()))
@@ -284,6 +284,10 @@ async def test_only_authenticated_connections_reach_the_worker() -> None:
         rejections = await wait_future(await ray_call(lambda: handle.rejections.remote().future()))
         assert len(rejections) == 2
         assert "bad HMAC" in rejections[0] and "unknown role" in rejections[1]
+        # ... and logged, in the actor's log (which Ray also forwards to the driver)
+        logs = ray_temp_dir / "session_latest" / "logs"
+        logged = "".join(f.read_text() for f in logs.glob(f"worker-*-{actor_pid}.*"))
+        assert logged.count("dropped an unauthenticated connection") == 2, logged
 
         # the host, with the secret: three channels, then the worker starts
         channels = [await open_channel(host, port, secret, role) for role in (b"c", b"e", b"w")]
