@@ -31,7 +31,7 @@ from snakepit.errors import (
     SessionWorkerLost,
     SnakepitError,
 )
-from snakepit.kinds import KindRuntime, find_kind
+from snakepit.kinds import KindRuntime, apply_kind, find_kind
 from snakepit.plugins import plugin_manager
 from snakepit.pool.calls import CallPath
 from snakepit.pool.dispatch import Dispatcher
@@ -125,7 +125,7 @@ class Pool(CallPath, DynamicCalls):
         kind's environment for this slot (a GPU, say), and the codecs to offer."""
         spec = self._adapter.launch(self.config, worker_id)
         if self._kind is not None:
-            spec = attrs.evolve(spec, env={**spec.env, **self._kind.worker_env(worker_id)})
+            spec = apply_kind(self._kind, spec, worker_id)
         return spec, offered_codecs(self.config, self._adapter.codecs)
 
     def _worker_ready(self, worker: Worker) -> None:
