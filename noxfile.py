@@ -1,4 +1,5 @@
-"""Development sessions: ``nox`` runs tests, lint and typecheck; ``nox -s bench`` too.
+"""Development sessions: ``nox`` runs tests, lint and typecheck; ``nox -s docs`` and
+``nox -s bench`` too.
 
 Sessions use the interpreter nox itself runs on (no ``python=``), so a developer's and
 CI's Python is the one tested.
@@ -19,7 +20,9 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
-PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node")
+PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node", "prometheus", "otel", "ray")
+# plugins whose tests need their own `test` extra (the OpenTelemetry SDK)
+TEST_EXTRAS = ("otel",)
 
 
 @nox.session
@@ -27,8 +30,41 @@ PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node")
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin distribution's tests, installed through its own pyproject."""
     extra = ["torch==2.13.0"] if plugin == "transformers" else []
-    session.install("-e", ".[test]", "-e", f"plugins/snakepit-{plugin}", *extra)
+    target = f"plugins/snakepit-{plugin}" + ("[test]" if plugin in TEST_EXTRAS else "")
+    session.install("-e", ".[test]", "-e", target, *extra)
     session.run("pytest", f"plugins/snakepit-{plugin}", *session.posargs)
+
+
+def network_namespace() -> list[str] | None:
+    """``unshare`` arguments that give a private network namespace here, or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    for command in (["unshare", "-n"], ["unshare", "-rn"]):
+        if subprocess.run([*command, "ip", "link", "set", "lo", "up"],
+                          capture_output=True).returncode == 0:
+            return command
+    return None
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """The Ray pool's suite against a local Ray (2 CPUs), all traffic on loopback.
+
+    A local Ray picks the machine's interface address even when asked for 127.0.0.1,
+    so the suite runs in a private network namespace with only ``lo`` up.
+    """
+    unshare = network_namespace()
+    if unshare is None:
+        session.skip("cannot create a network namespace here (unshare -n needs root, or "
+                     "user namespaces for unshare -rn): the Ray suite runs only on loopback")
+    session.install("-e", ".[test]", "-e", "plugins/snakepit-ray")
+    session.run(*unshare, "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                "python", "-m", "pytest", "plugins/snakepit-ray/tests/suite",
+                "-o", "python_files=suite_*.py", "-p", "no:cacheprovider", *session.posargs,
+                external=True, env={"RAY_USAGE_STATS_ENABLED": "0"})
 
 
 @nox.session
@@ -43,7 +79,7 @@ def chaos(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "plugins", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "plugins", "docs", "noxfile.py")
 
 
 @nox.session
@@ -51,6 +87,14 @@ def typecheck(session: nox.Session) -> None:
     """Type-check with mypy (strict; settings in [tool.mypy] of pyproject.toml)."""
     session.install(".", "mypy")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site into site/ in strict mode: any warning fails the build."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "mkdocs", "build", "--strict", *session.posargs,
+                env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session

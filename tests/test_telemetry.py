@@ -192,7 +192,7 @@ async def test_health_rounds_report_each_worker_and_stats_show_per_worker_figure
         finally:
             telemetry.detach(handler)
         stats = pool.stats()
-    worker_stats = [(m, meta) for name, m, meta in log.events if name == "worker.stats"]
+        worker_stats = [(m, meta) for name, m, meta in log.events if name == "worker.stats"]
     assert all(m["rss"] > 1_000_000 and meta["state"] == "ready" for m, meta in worker_stats)
     health = [m for name, m, _ in log.events if name == "pool.health"]
     assert health and health[-1]["total"] == 2 and health[-1]["queue_depth"] == 0

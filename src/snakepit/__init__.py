@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "PayloadError": "snakepit.errors",
     "PoolBroken": "snakepit.errors",
     "PoolClosed": "snakepit.errors",
+    "PoolDraining": "snakepit.errors",
     "PoolSaturated": "snakepit.errors",
     "ProtocolError": "snakepit.errors",
     "QueueTimeout": "snakepit.errors",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import PayloadError as PayloadError
     from snakepit.errors import PoolBroken as PoolBroken
     from snakepit.errors import PoolClosed as PoolClosed
+    from snakepit.errors import PoolDraining as PoolDraining
     from snakepit.errors import PoolSaturated as PoolSaturated
     from snakepit.errors import ProtocolError as ProtocolError
     from snakepit.errors import QueueTimeout as QueueTimeout

@@ -116,6 +116,7 @@ _POOL_CHECKS: list[Check] = [
         ("restart", lambda v: isinstance(v, RestartPolicy), "must be a RestartPolicy"),
     ("allowed_targets", lambda v: all(isinstance(p, str) and p for p in v),
      "must be a list of module prefixes"),
+    ("control", lambda v: isinstance(v, bool), "must be true or false"),
     ("state_dir", _optional(lambda v: isinstance(v, str) and v != ""), "must be a path"),
     ("retry", _optional(lambda v: isinstance(v, RetryPolicy)), "must be a RetryPolicy"),
     ("circuit_breaker", _optional(lambda v: isinstance(v, CircuitBreakerPolicy)),
@@ -210,6 +211,11 @@ class PoolConfig:
     """Automatic retries (``None``: none); see :class:`RetryPolicy`."""
     circuit_breaker: CircuitBreakerPolicy | None = None
     """The pool's circuit breaker (``None``: none); see :class:`CircuitBreakerPolicy`."""
+    control: bool = True
+    """Serve the control socket (``snakepit ls``/``stats``/``top``/``recycle``/``drain``)
+    in ``state_dir``; ``False`` (or ``SNAKEPIT_CONTROL=0`` in the environment) turns it
+    off. With :func:`~snakepit.open_pools`, one socket serves every pool of the block if
+    any of them asks for it."""
     state_dir: str | None = None
     """Directory of the run registry (``None``: ``$SNAKEPIT_STATE_DIR``, else
     ``$XDG_RUNTIME_DIR/snakepit``, else a per-user directory under the temp dir)."""

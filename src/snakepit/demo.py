@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import trio
+from rich.console import Console
 
 import snakepit
+from snakepit.cli.progress import worker_progress
 from snakepit.pool.stats import PoolStats
 
 
@@ -32,7 +35,9 @@ async def run_demo(workers: int = 4, calls: int = 2000) -> int:
     config = snakepit.PoolConfig(size=workers, handler="snakepit.testing:ChaosHandler",
                                  cancel_grace=0.2, max_queue=calls)
     started = time.perf_counter()
-    async with snakepit.open_pool(config) as pool:
+    async with contextlib.AsyncExitStack() as stack:
+        with worker_progress(Console(stderr=True), workers):
+            pool = await stack.enter_async_context(snakepit.open_pool(config))
         print(f"started {workers} workers in {time.perf_counter() - started:.2f}s "
               f"(pids {', '.join(str(w.pid) for w in pool.stats().workers)})")
 

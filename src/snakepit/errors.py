@@ -16,6 +16,7 @@ __all__ = [
     "PlacementDeferred",
     "PoolBroken",
     "PoolClosed",
+    "PoolDraining",
     "PoolSaturated",
     "ProtocolError",
     "QueueTimeout",
@@ -62,6 +63,17 @@ class PoolClosed(SnakepitError):
     Raised for calls submitted after the pool's ``async with`` block started to exit,
     and for calls still waiting or running when it did.
     """
+
+
+class PoolDraining(SnakepitError):
+    """An operator drained the pool (``snakepit drain``, ``Pool.drain``); the call was
+    not run.
+
+    Calls already waiting or running finish; new ones are refused until the pool is
+    resumed. Send the call to another pool, or retry later.
+    """
+
+    retryable = True
 
 
 class PoolSaturated(SnakepitError):

@@ -35,6 +35,8 @@ Handler = Callable[[str, Mapping[str, float], Mapping[str, Any]], None]
 EVENTS: dict[str, str] = {
     "pool.started": "a pool finished starting all its workers",
     "pool.stopped": "a pool has shut down and every worker has exited",
+    "pool.drained": "an operator drained the pool: new calls are refused until it resumes",
+    "pool.resumed": "a drained pool takes calls again",
     "pool.health": "periodic pool health: available, busy, total workers and restarts",
     "worker.started": "a worker process was spawned",
     "worker.ready": "a worker completed its handshake and takes calls",

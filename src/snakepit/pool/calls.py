@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from snakepit.errors import ConfigError, PoolClosed, QueueTimeout, SnakepitError
+from snakepit.errors import ConfigError, PoolClosed, PoolDraining, QueueTimeout, SnakepitError
 from snakepit.pool.dynamic import acquire_pinned
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
@@ -39,6 +39,7 @@ class CallPath:
     config: PoolConfig
     sessions: SessionStore
     _closed: bool
+    draining: bool
     _dispatcher: Dispatcher
     _counters: CallCounters
     _breaker: CircuitBreaker | None
@@ -59,6 +60,8 @@ class CallPath:
         """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
         if self._closed:
             raise PoolClosed("the pool is closed")
+        if self.draining:
+            raise PoolDraining(f"pool {self.config.name!r} is drained by its operator")
         dispatcher = self._dispatcher
         if worker is None:
             found = dispatcher.try_acquire()

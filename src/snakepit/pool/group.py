@@ -18,11 +18,14 @@ from typing import Any
 import trio
 
 from snakepit.config import SnakepitConfig
+from snakepit.control.server import control_enabled, serve_control
+from snakepit.control.snapshot import EventLog
 from snakepit.errors import RouteNotFound, WorkerStartupError, WorkerTimeout
 from snakepit.pool.nursery import unwrap_single_error
-from snakepit.pool.pool import Pool, open_pool
+from snakepit.pool.pool import Pool, run_pool
 from snakepit.pool.stats import PoolStats
 from snakepit.worker.calls import ProgressCallback
+from snakepit.worker.run import registry
 
 __all__ = ["Pools", "open_pools"]
 
@@ -115,15 +118,17 @@ async def open_pools(config: SnakepitConfig | Mapping[str, Any]) -> AsyncIterato
     if not isinstance(config, SnakepitConfig):
         config = SnakepitConfig.from_dict(config)
     release = trio.Event()
-    with unwrap_single_error():
+    control = control_enabled(any(p.control for p in config.pools.values()))
+    with unwrap_single_error(), EventLog(config.pools if control else []) as events:
         async with trio.open_nursery() as nursery:
             async def run(pool_config: Any, *, task_status: Any) -> None:
-                async with open_pool(pool_config) as pool:
+                async with run_pool(pool_config, control=False) as pool:
                     task_status.started(pool)
                     await release.wait()
 
             pools: dict[str, Pool] = {}
             errors: list[WorkerStartupError] = []
+            control_scope: trio.CancelScope | None = None
 
             async def start(name: str) -> None:
                 try:
@@ -137,6 +142,13 @@ async def open_pools(config: SnakepitConfig | Mapping[str, Any]) -> AsyncIterato
                         starters.start_soon(start, name)
                 if errors:
                     raise errors[0]
-                yield Pools(config, {name: pools[name] for name in config.pools})
+                ordered = {name: pools[name] for name in config.pools}
+                if control:
+                    first = next(iter(config.pools.values()))
+                    control_scope = await nursery.start(serve_control, ordered,
+                                                        registry(first), events)
+                yield Pools(config, ordered)
             finally:
+                if control_scope is not None:
+                    control_scope.cancel()
                 release.set()  # every pool closes, concurrently, before the nursery exits

@@ -24,12 +24,14 @@ import trio_util
 from snakepit import telemetry
 from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
+from snakepit.control.server import control_enabled, serve_control
+from snakepit.control.snapshot import EventLog
 from snakepit.errors import (
     ConfigError,
     SessionWorkerLost,
     SnakepitError,
 )
-from snakepit.kinds import KindRuntime, find_kind
+from snakepit.kinds import KindRuntime, apply_kind, find_kind
 from snakepit.plugins import plugin_manager
 from snakepit.pool.calls import CallPath
 from snakepit.pool.dispatch import Dispatcher
@@ -72,6 +74,8 @@ class Pool(CallPath, DynamicCalls):
         # Bumped whenever a worker becomes ready or a slot fails; wait_ready watches it.
         self._changes = trio_util.AsyncValue(0)
         self._closed = False
+        self.draining = False
+        """Set by :meth:`drain`: new calls are refused with :class:`PoolDraining`."""
         self._counters = CallCounters()
         self._breaker = (None if config.circuit_breaker is None else CircuitBreaker(
             config.circuit_breaker, trio.current_time,
@@ -127,7 +131,7 @@ class Pool(CallPath, DynamicCalls):
         kind's environment for this slot (a GPU, say), and the codecs to offer."""
         spec = self._adapter.launch(self.config, worker_id)
         if self._kind is not None:
-            spec = attrs.evolve(spec, env={**spec.env, **self._kind.worker_env(worker_id)})
+            spec = apply_kind(self._kind, spec, worker_id)
         return spec, offered_codecs(self.config, self._adapter.codecs)
 
     def _worker_ready(self, worker: Worker) -> None:
@@ -185,6 +189,37 @@ class Pool(CallPath, DynamicCalls):
                     await slot.stopped.wait()
         self._nursery.cancel_scope.cancel()
 
+    # -- operator actions --------------------------------------------------------------
+    def drain(self) -> None:
+        """Refuse new calls with :class:`PoolDraining`; calls already waiting or running
+        finish. :meth:`resume` takes calls again. (The control socket's ``drain``.)"""
+        if not self.draining:
+            self.draining = True
+            self._emit("pool.drained", {"in_flight": self.stats().in_flight})
+
+    def resume(self) -> None:
+        """Take new calls again after :meth:`drain`."""
+        if self.draining:
+            self.draining = False
+            self._emit("pool.resumed", {})
+
+    def recycle(self, worker_id: str) -> int | None:
+        """Retire slot ``worker_id``'s worker as ``max_calls`` would: it takes no new
+        calls, finishes those it has and exits while its replacement starts.
+
+        Returns the pid of the retiring process, or ``None`` when the slot has no worker
+        taking calls (starting, restarting, already retiring).
+
+        Raises:
+            KeyError: the pool has no slot ``worker_id``.
+        """
+        slot = self._slots_by_id[worker_id]
+        worker = slot.worker
+        if worker is None or not worker.accepting:
+            return None
+        worker.retire("recycled by an operator")
+        return worker.pid
+
     # -- calls -------------------------------------------------------------------------
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
                       on_progress: ProgressCallback | None = None,
@@ -227,7 +262,7 @@ class Pool(CallPath, DynamicCalls):
             SessionNotFound: no live session ``session_id``.
             SessionWorkerLost: strict mode, and the bound worker died (its state with
                 it); the session's next call binds afresh.
-            ...and everything :meth:`execute` raises.
+            SnakepitError: anything :meth:`execute` raises.
         """
         return await self._run(command, args, timeout, on_progress, session_id, idempotent)
 
@@ -302,6 +337,7 @@ class Pool(CallPath, DynamicCalls):
             in_flight=sum(w.in_flight for w in workers),
             restarts=sum(w.restarts for w in workers),
             sessions=len(self.sessions),
+            draining=self.draining,
             **self._counters.snapshot(),
         )
 
@@ -334,7 +370,8 @@ async def open_pool(config: PoolConfig | None = None, /, **overrides: Any
     All workers start concurrently; the block is entered once every one has completed
     its handshake. Leaving the block -- normally, by exception or by cancellation --
     shuts every worker down (shutdown frame, grace, SIGTERM, SIGKILL to its process
-    group) and waits for them: no process outlives the block.
+    group) and waits for them: no process outlives the block. While the block runs,
+    the pool serves its control socket (``config.control``).
 
     Args:
         config: the pool's configuration (default: ``PoolConfig()``).
@@ -348,14 +385,25 @@ async def open_pool(config: PoolConfig | None = None, /, **overrides: Any
         config = PoolConfig(**overrides)
     elif overrides:
         config = attrs.evolve(config, **overrides)
+    async with run_pool(config, control=control_enabled(config.control)) as pool:
+        yield pool
+
+
+@asynccontextmanager
+async def run_pool(config: PoolConfig, *, control: bool) -> AsyncIterator[Pool]:
+    """:func:`open_pool` with the control socket chosen by the caller (a pool of
+    :func:`~snakepit.open_pools` is reported by its group's socket instead)."""
     plugin_manager()  # installed plugins (telemetry listeners among them) load once
     stopping: float | None = None
     try:
-        with unwrap_single_error():
+        with unwrap_single_error(), EventLog([config.name] if control else []) as events:
             async with trio.open_nursery() as nursery:
                 pool = Pool(config, nursery)
                 try:
                     await pool._start()
+                    if control:
+                        await nursery.start(serve_control, {config.name: pool},
+                                            registry(config), events)
                     stopping = math.inf  # started: pool.stopped will be emitted
                     yield pool
                 finally:

@@ -77,6 +77,8 @@ class PoolStats:
     """Worker restarts, all slots together."""
     sessions: int = 0
     """Live sessions in the pool's store."""
+    draining: bool = False
+    """An operator drained the pool: it refuses new calls (:class:`PoolDraining`)."""
     latency_p50: float | None = None
     """Median duration of recent successful calls (queue wait included), in seconds."""
     latency_p95: float | None = None

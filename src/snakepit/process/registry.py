@@ -21,8 +21,10 @@ import logging
 import os
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -80,7 +82,10 @@ class RunRegistry:
         self.host_start = start_time(self.host_pid) or 0
         self.run_id = f"{self.host_pid}-{self.host_start}"
         self.path = self.runs_dir / f"{self.run_id}.json"
+        self.started = time.time()
         self._workers: dict[int, int] = {}
+        self._endpoints: dict[str, list[dict[str, Any]]] = {}
+        """Control socket path -> the pools it serves (name and size of each)."""
 
     def add(self, pid: int) -> None:
         """Record a worker (call right after spawning it)."""
@@ -92,32 +97,85 @@ class RunRegistry:
         if self._workers.pop(pid, None) is not None:
             self._write()
 
+    def add_endpoint(self, socket_path: str, pools: list[dict[str, Any]]) -> None:
+        """Record a control socket and the pools it serves (``snakepit ls`` reads it)."""
+        self._endpoints[socket_path] = pools
+        self._write()
+
+    def remove_endpoint(self, socket_path: str) -> None:
+        if self._endpoints.pop(socket_path, None) is not None:
+            self._write()
+
     def _write(self) -> None:
-        if not self._workers:
+        if not self._workers and not self._endpoints:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             return
         self.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         record = {"run_id": self.run_id, "host_pid": self.host_pid,
-                  "host_start": self.host_start,
+                  "host_start": self.host_start, "started": self.started,
                   "workers": [{"pid": pid, "start": start}
-                              for pid, start in self._workers.items()]}
+                              for pid, start in self._workers.items()],
+                  "endpoints": [{"socket": path, "pools": pools}
+                                for path, pools in self._endpoints.items()]}
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(record))
         temporary.replace(self.path)  # atomic: a reader never sees half a file
 
 
-def _dead_runs(runs_dir: Path) -> Iterator[tuple[Path, dict[str, object]]]:
+def _runs(runs_dir: Path) -> Iterator[tuple[Path, dict[str, Any], bool]]:
+    """Every readable run record, with whether its host is still alive."""
     for path in sorted(runs_dir.glob("*.json")):
         try:
             record = json.loads(path.read_text())
             host_pid, host_start = int(record["host_pid"]), int(record["host_start"])
+        except FileNotFoundError:
+            continue  # its run ended while we looked
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable registry file %s", path)
             continue
-        if start_time(host_pid) == host_start:
-            continue  # the host is alive: its workers are its own business
-        yield path, record
+        yield path, record, start_time(host_pid) == host_start
+
+
+def _dead_runs(runs_dir: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path, record, alive in _runs(runs_dir):
+        if not alive:  # a live host's workers are its own business
+            yield path, record
+
+
+@attrs.frozen
+class RunInfo:
+    """A live run (a host process with pools), as ``snakepit ls`` shows it."""
+
+    run_id: str
+    host_pid: int
+    started: float
+    """Unix time the run's registry entry was created."""
+    workers: int
+    """Worker processes recorded for the run now."""
+    endpoints: tuple[tuple[str, tuple[str, ...]], ...]
+    """Each control socket and the names of the pools it serves."""
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        return tuple(name for _, names in self.endpoints for name in names)
+
+
+def live_runs(state_dir: Path) -> list[RunInfo]:
+    """The runs in ``state_dir`` whose host is alive, oldest first."""
+    runs_dir = state_dir / "runs"
+    if not runs_dir.is_dir():
+        return []
+    found = []
+    for _, record, alive in _runs(runs_dir):
+        if not alive:
+            continue
+        endpoints = tuple((str(e["socket"]), tuple(str(p["name"]) for p in e["pools"]))
+                          for e in record.get("endpoints", []))
+        found.append(RunInfo(str(record["run_id"]), int(record["host_pid"]),
+                             float(record.get("started", 0.0)),
+                             len(record.get("workers", [])), endpoints))
+    return sorted(found, key=lambda run: run.started)
 
 
 def reap_orphans(state_dir: Path) -> list[Reaped]:
@@ -128,7 +186,7 @@ def reap_orphans(state_dir: Path) -> list[Reaped]:
     reaped: list[Reaped] = []
     for path, record in _dead_runs(runs_dir):
         run_id = str(record.get("run_id", path.stem))
-        for worker in record.get("workers", []):  # type: ignore[attr-defined]
+        for worker in record.get("workers", []):
             pid, started = int(worker["pid"]), int(worker["start"])
             if start_time(pid) == started:  # the very process, not a reused pid
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -140,6 +198,11 @@ def reap_orphans(state_dir: Path) -> list[Reaped]:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                     reaped.append(Reaped(pid, run_id, "carries the run id"))
+        for endpoint in record.get("endpoints", []):  # its control sockets answer no one
+            socket_path = Path(str(endpoint.get("socket", "")))
+            if socket_path.parent == state_dir / "control":
+                with contextlib.suppress(FileNotFoundError):
+                    socket_path.unlink()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     for item in reaped:

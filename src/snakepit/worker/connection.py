@@ -1,4 +1,5 @@
-"""The framed connection to one worker process: its codec and its two pipe ends.
+"""The framed connection to one worker process: its codec and its two pipe ends
+(or one connected socket, for a worker on another machine).
 
 Writes are synchronous on purpose: a frame written to a pipe with room costs one
 syscall and no task switch (~10 µs each, DESIGN.md); only when the pipe is full do the
@@ -25,8 +26,8 @@ _READS_PER_YIELD = 8
 class Connection:
     """Frames over a pair of non-blocking file descriptors (the worker's stdin/stdout).
 
-    The seam for other transports (a TCP stream to a remote worker) is this class:
-    ``send``, ``flush_forever``, ``read_payloads`` and ``read_forever``.
+    Both may be one connected socket (a worker on another machine): ``os.read`` and
+    ``os.write`` work on it alike, and a reset connection reads as end of file.
     """
 
     def __init__(self, write_fd: int, read_fd: int, max_frame_size: int) -> None:
@@ -86,6 +87,8 @@ class Connection:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
                 continue
+            except OSError:  # a reset socket: the worker is gone, as at end of file
+                return None
             if not data:
                 return None
             payloads = self._decoder.feed(data)
@@ -108,6 +111,8 @@ class Connection:
                 reads = 0
                 await trio.lowlevel.wait_readable(fd)
                 continue
+            except OSError:  # a reset socket (ECONNRESET): the worker is gone
+                return
             if not data:
                 return
             self.last_heard = trio.current_time()
