@@ -24,7 +24,13 @@ import attrs
 
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
-from snakepit.process.launch import WorkerProcess, bridge_pythonpath, python_argv
+from snakepit.process.launch import (
+    WorkerProcess,
+    bridge_pythonpath,
+    python_argv,
+    resolve_python,
+    virtualenv_of,
+)
 
 __all__ = ["Adapter", "CommandAdapter", "LaunchSpec", "Opener", "PythonAdapter",
            "WorkerProcess", "find_adapter"]
@@ -53,7 +59,14 @@ class LaunchSpec:
 
 
 class Adapter(Protocol):
-    """Starts workers of one kind of runtime."""
+    """Starts workers of one kind of runtime.
+
+    ``launch`` runs on the event loop before every spawn: it must be quick (no
+    installs, no network). An adapter with slow set-up to do -- installing its runtime's
+    dependencies, say -- may also define ``async def prepare(self, config)``: the pool
+    awaits it once as it starts, before any worker, and it should run blocking work in
+    a thread (``trio.to_thread.run_sync``). Its ``ConfigError`` fails the pool start.
+    """
 
     name: str
     """The name ``PoolConfig.adapter`` selects it by."""
@@ -77,12 +90,19 @@ class PythonAdapter:
 
     def launch(self, config: PoolConfig, worker_id: str) -> LaunchSpec:
         env: dict[str, str] = {}
-        extra = bridge_pythonpath(config.python)
+        python = resolve_python(config.python)
+        extra = bridge_pythonpath(python)
         if extra is not None:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (extra, config.env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
                 if p)
-        return LaunchSpec(tuple(python_argv(config.python, config.handler)), env, config.cwd)
+            venv = virtualenv_of(python)
+            if venv is not None:  # as if activated: its scripts first on PATH
+                env["VIRTUAL_ENV"] = venv
+                env["PATH"] = os.pathsep.join(
+                    p for p in (os.path.dirname(os.path.abspath(python)),
+                                config.env.get("PATH", os.environ.get("PATH"))) if p)
+        return LaunchSpec(tuple(python_argv(python, config.handler)), env, config.cwd)
 
 
 class CommandAdapter:

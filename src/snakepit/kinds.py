@@ -26,7 +26,15 @@ __all__ = ["KindRuntime", "PoolKind", "StandardKind", "apply_kind", "find_kind"]
 
 
 class KindRuntime(Protocol):
-    """A pool kind, running for one pool."""
+    """A pool kind, running for one pool.
+
+    Its methods are called on the event loop and must not block (no subprocesses, no
+    I/O): keep the state they need cached. A runtime that must refresh such state (a
+    GPU's memory readings) may also define ``async def run(self, *, task_status)``: the
+    pool starts it with ``nursery.start`` once, before any worker, and cancels it when
+    the pool closes. Until it calls ``task_status.started()`` the pool waits, and an
+    exception it raises (``WorkerStartupError``, ``ConfigError``) fails the pool start.
+    """
 
     def worker_env(self, worker_id: str) -> Mapping[str, str]:
         """Environment for the process about to start in slot ``worker_id`` (called
@@ -65,7 +73,8 @@ class PoolKind(Protocol):
     name: str
 
     def prepare(self, config: PoolConfig) -> KindRuntime:
-        """Called once as the pool starts, before any worker.
+        """Called once as the pool starts, before any worker, on the event loop: check
+        the options and return the runtime; leave slow discovery to its ``run``.
 
         Raises:
             ConfigError: bad ``options``.

@@ -99,7 +99,13 @@ class Pool(CallPath, DynamicCalls):
         errors: list[SnakepitError] = []
         started = trio.current_time()
         await trio.to_thread.run_sync(reap_orphans, registry(self.config).state_dir)
+        prepare = getattr(self._adapter, "prepare", None)
+        if prepare is not None:  # slow set-up (installing a runtime's deps), off the loop
+            await prepare(self.config)
         self._kind = find_kind(self.config).prepare(self.config)
+        run = getattr(self._kind, "run", None)
+        if run is not None:  # the kind's background work (device readings), for our life
+            await self._nursery.start(run)
 
         async def start(slot: Slot) -> None:
             try:

@@ -185,6 +185,31 @@ def host_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def resolve_python(python: str) -> str:
+    """The interpreter ``PoolConfig.python`` names: an executable as it is, or a
+    virtualenv's directory standing for its ``bin/python``.
+
+    Raises:
+        ConfigError: a directory that holds no virtualenv interpreter.
+    """
+    if not os.path.isdir(python):
+        return python
+    for name in ("bin/python", "bin/python3", "Scripts/python.exe"):
+        candidate = os.path.join(python, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    from snakepit.errors import ConfigError
+
+    raise ConfigError([f"python: {python!r} is a directory but no virtualenv (it has no "
+                       "bin/python); name the interpreter or the virtualenv's directory"])
+
+
+def virtualenv_of(python: str) -> str | None:
+    """The virtualenv ``python`` belongs to (its ``pyvenv.cfg`` is a level up), or None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    return root if os.path.isfile(os.path.join(root, "pyvenv.cfg")) else None
+
+
 def python_argv(python: str, handler: str) -> list[str]:
     """argv that runs the bridge serving ``handler`` under ``python``."""
     return [python, "-m", "snakepit.bridge", "--handler", handler]
