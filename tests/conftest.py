@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,28 @@ async def kill_and_wait(pool: snakepit.Pool, pid: int) -> None:
             await pool.wait_ready()
     finally:
         snakepit.telemetry.detach(handler)
+
+
+@contextlib.contextmanager
+def wall_clock_limit(seconds: float) -> Iterator[None]:
+    """Fail the test if the block runs longer than ``seconds`` of *real* time.
+
+    The safety net of tests on trio's MockClock, where ``trio.fail_after`` only fires
+    when the test moves the clock: a thread cancels the block instead, so a broken
+    behaviour fails the test rather than hanging the suite.
+    """
+    import threading
+
+    import trio
+
+    scope = trio.CancelScope()
+    token = trio.lowlevel.current_trio_token()
+    timer = threading.Timer(seconds, lambda: token.run_sync_soon(scope.cancel))
+    timer.start()
+    try:
+        with scope:
+            yield
+    finally:
+        timer.cancel()
+    if scope.cancelled_caught:
+        pytest.fail(f"still running after {seconds}s of real time")
