@@ -10,6 +10,7 @@ read, so one wake-up can settle many calls.
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Callable
 
 import trio
@@ -60,6 +61,16 @@ class Connection:
         if written < len(frame):
             self._unsent += frame[written:]
             self._unsent_lot.unpark_all()
+
+    def has_unread_data(self) -> bool:
+        """Whether the worker has written bytes (or closed its end) that the reader has
+        not taken yet: after a stall of the host they prove the worker alive."""
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        except OSError:
+            return False
 
     async def flush_forever(self) -> None:
         """Write queued bytes as the pipe takes them (the flusher task)."""
