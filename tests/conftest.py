@@ -57,6 +57,20 @@ def chaos_config(**overrides: object) -> snakepit.PoolConfig:
     return snakepit.PoolConfig(**options)  # type: ignore[arg-type]
 
 
+def mock_clock_config(**overrides: object) -> snakepit.PoolConfig:
+    """:func:`chaos_config` for tests on trio's MockClock: time moves only when the test
+    jumps it, so nothing but the behaviour under test may wait on the clock -- no
+    heartbeat or health check (a jump would read as silence), restarts without backoff.
+    """
+    options: dict[str, object] = {
+        "heartbeat_interval": None,
+        "health_check_interval": None,
+        "restart": snakepit.RestartPolicy(backoff_initial=0, backoff_max=0),
+    }
+    options.update(overrides)
+    return chaos_config(**options)
+
+
 def support_env() -> dict[str, str]:
     """Environment that lets workers import tests/support modules."""
     return {"PYTHONPATH": os.pathsep.join([str(SUPPORT), *sys.path])}

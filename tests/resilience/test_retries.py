@@ -9,7 +9,7 @@ import trio_util
 from trio.testing import MockClock
 
 import snakepit
-from tests.conftest import chaos_config, started, wall_clock_limit
+from tests.conftest import chaos_config, mock_clock_config, started, wall_clock_limit
 
 
 class Events:
@@ -26,8 +26,6 @@ class Events:
 
 
 RETRY = snakepit.RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
-NO_BACKOFF = snakepit.RestartPolicy(backoff_initial=0, backoff_max=0)
-"""Restarts that never wait on the clock, for tests on trio's MockClock."""
 
 
 async def test_idempotent_call_survives_crashes(tmp_path: Path) -> None:
@@ -75,8 +73,7 @@ async def test_backoff_runs_on_trios_clock_and_stops_at_the_deadline(
     # Delays of 100 s and 200 s: on a wall clock the test could not finish in time.
     policy = snakepit.RetryPolicy(max_attempts=5, backoff_initial=100, backoff_max=1000,
                                   multiplier=2, jitter=0)
-    config = chaos_config(size=1, retry=policy, restart=NO_BACKOFF, heartbeat_interval=None,
-                          health_check_interval=None)
+    config = mock_clock_config(size=1, retry=policy)
     count = tmp_path / "count"
     retries = trio_util.AsyncValue(0)
     failed_at: list[float] = []
@@ -121,9 +118,8 @@ async def test_backoff_runs_on_trios_clock_and_stops_at_the_deadline(
 
 
 def breaker_config(**policy: Any) -> snakepit.PoolConfig:
-    return chaos_config(size=1, pipeline_depth=1, restart=NO_BACKOFF, heartbeat_interval=None,
-                        health_check_interval=None,
-                        circuit_breaker=snakepit.CircuitBreakerPolicy(**policy))
+    return mock_clock_config(size=1, pipeline_depth=1,
+                             circuit_breaker=snakepit.CircuitBreakerPolicy(**policy))
 
 
 async def test_circuit_opens_fails_fast_and_closes_after_a_good_probe(

@@ -72,6 +72,19 @@ class Connection:
         except OSError:
             return False
 
+    def send_later(self, message: Message) -> None:
+        """Queue one frame for the flusher task instead of writing it now: for frames
+        nobody waits on (a session's drop), so that a burst of them costs one write
+        and one wake-up of the worker, not one each. Order with :meth:`send` is kept.
+
+        Raises:
+            PayloadError: the message cannot be encoded or exceeds ``max_frame_size``.
+        """
+        frame = encode_frame(self.codec.encode(to_wire(message)), self.max_frame_size)
+        if not self._unsent:
+            self._unsent_lot.unpark_all()
+        self._unsent += frame
+
     async def flush_forever(self) -> None:
         """Write queued bytes as the pipe takes them (the flusher task)."""
         fd = self._write_fd

@@ -295,7 +295,7 @@ class Worker:
     def drop_session(self, session_id: str) -> None:
         """Tell the worker to forget the state it keeps for ``session_id``."""
         if self.state is WorkerState.READY:
-            self._send(Drop(session_id))
+            self.connection.send_later(Drop(session_id))
 
     # -- ending --------------------------------------------------------------------
     def kill(self, reason: str, *, on_purpose: bool = False) -> None:
