@@ -35,6 +35,18 @@ def is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def processes_of_run(run_id: str) -> list[int]:
+    """Live processes (not zombies) carrying ``SNAKEPIT_RUN_ID=run_id`` in their
+    environment: every worker a run started, and whatever those started in turn --
+    found the way the run registry finds them, not from pids a test happened to see."""
+    from snakepit.process.registry import RUN_ID_ENV, process_environment_has
+
+    entry = f"{RUN_ID_ENV}={run_id}".encode()
+    return [int(proc.name) for proc in Path("/proc").iterdir()
+            if proc.name.isdigit() and int(proc.name) != os.getpid()
+            and process_environment_has(int(proc.name), entry) and is_alive(int(proc.name))]
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> object:
     before = child_pids()

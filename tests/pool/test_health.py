@@ -3,14 +3,16 @@
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 import snakepit
-from snakepit.pool.health import check_heartbeats
+from snakepit.pool.health import check_heartbeats, live_workers
 from snakepit.worker.worker import Worker
-from tests.conftest import chaos_config, started
+from tests.conftest import chaos_config, started, support_env
 
 
 class Recorder:
@@ -41,7 +43,8 @@ class Recorder:
 async def test_hung_idle_worker_is_replaced() -> None:
     recorder = Recorder("worker.unhealthy", "worker.exited")
     try:
-        config = chaos_config(size=2, health_check_interval=0.1, health_check_timeout=0.3)
+        # a timeout no healthy worker misses on a loaded box; the hung one misses it
+        config = chaos_config(size=2, health_check_interval=0.1, health_check_timeout=2.0)
         async with snakepit.open_pool(config) as pool:
             hung = pool.workers()[0]
             os.kill(hung.pid, signal.SIGSTOP)  # stuck: alive, but answers nothing
@@ -56,14 +59,52 @@ async def test_hung_idle_worker_is_replaced() -> None:
         recorder.close()
 
 
-async def test_busy_worker_is_not_pinged_away() -> None:
-    config = chaos_config(size=1, health_check_interval=0.05, health_check_timeout=0.1)
+def gate_config(**overrides: Any) -> snakepit.PoolConfig:
+    return chaos_config(handler="gate_handler:GateHandler", env=support_env(), **overrides)
+
+
+async def held_open(pool: snakepit.Pool, nursery: trio.Nursery, gate: Path,
+                    results: list[int]) -> Worker:
+    """Start a ``gate`` call that runs until ``gate`` exists; return its worker once it
+    runs (its pid lands in ``results`` when the call returns)."""
+    running = trio.Event()
+
+    async def call() -> None:
+        results.append(await pool.execute("gate", {"path": str(gate)},
+                                          on_progress=lambda *_: running.set()))
+
+    nursery.start_soon(call)
+    await running.wait()
+    [serving] = [w for w in live_workers(pool) if w.in_flight]
+    return serving
+
+
+async def test_busy_worker_is_not_pinged(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    pinged: list[int] = []  # the worker's calls in flight at each ping
+    send_ping = Worker.ping
+
+    async def recording(worker: Worker) -> None:
+        pinged.append(worker.in_flight)
+        await send_ping(worker)
+
+    monkeypatch.setattr(Worker, "ping", recording)
+    config = gate_config(size=1, health_check_interval=0.05, health_check_timeout=2.0)
     recorder = Recorder("pool.health", "worker.unhealthy")
     try:
         async with snakepit.open_pool(config) as pool:
-            # a call much longer than the health timeout, spanning several checks
-            assert await pool.execute("sleep", {"seconds": 0.6}) == 0.6
             await recorder.wait_for("pool.health")
+            assert pinged and set(pinged) == {0}  # the idle worker is pinged
+            results: list[int] = []
+            async with trio.open_nursery() as nursery:
+                worker = await held_open(pool, nursery, tmp_path / "gate", results)
+                pinged.clear()
+                for _ in range(3):  # whole health rounds pass while it is busy
+                    recorder.seen.clear()
+                    await recorder.wait_for("pool.health")
+                assert pinged == []
+                (tmp_path / "gate").touch()
+            assert results == [worker.pid]
             assert not [e for e in recorder.seen if e[0] == "worker.unhealthy"]
             assert pool.stats().restarts == 0
     finally:
@@ -85,18 +126,23 @@ async def test_pool_health_reports_available_busy_total_restarts() -> None:
         recorder.close()
 
 
-async def test_memory_limit_recycles_after_the_call_in_flight() -> None:
-    # A limit every Python process exceeds: each worker is recycled at the first check.
-    config = chaos_config(size=1, health_check_interval=0.05, memory_limit=1024)
+async def test_memory_limit_recycles_after_the_call_in_flight(tmp_path: Path) -> None:
+    # A limit every Python process exceeds: each worker is recycled at its first check,
+    # the one running the call included.
+    config = gate_config(size=1, health_check_interval=0.05, memory_limit=1024)
     recorder = Recorder("worker.unhealthy", "worker.exited")
     try:
         async with snakepit.open_pool(config) as pool:
-            first = pool.workers()[0].pid
-            # the recycle waits for the call in flight, which completes normally
-            assert await pool.execute("sleep", {"seconds": 0.3}) == 0.3
-            event = await recorder.wait_for("worker.unhealthy", pid=first)
-            assert event["reason"] == "memory limit" and event["rss"] > 1024
-            exited = await recorder.wait_for("worker.exited", pid=first)
+            results: list[int] = []
+            async with trio.open_nursery() as nursery:
+                serving = await held_open(pool, nursery, tmp_path / "gate", results)
+                event = await recorder.wait_for("worker.unhealthy", pid=serving.pid)
+                assert event["reason"] == "memory limit" and event["rss"] > 1024
+                # recycled while the call runs: it takes nothing new and finishes this
+                assert serving.in_flight == 1 and not serving.accepting
+                (tmp_path / "gate").touch()
+            assert results == [serving.pid]  # the call completed, on the recycled worker
+            exited = await recorder.wait_for("worker.exited", pid=serving.pid)
             assert exited["on_purpose"] is True and exited["exit_code"] == 0
     finally:
         recorder.close()

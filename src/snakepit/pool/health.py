@@ -38,6 +38,8 @@ def resident_memory(pid: int) -> int | None:
 
 async def check_worker(pool: Pool, worker: Worker) -> None:
     """Ping one idle worker; kill it if it stays idle and silent past the timeout."""
+    if worker.in_flight or not worker.accepting:
+        return  # a call started since the round looked: pinging it would measure that
     served = worker.calls_served
     with trio.move_on_after(pool.config.health_check_timeout):
         await worker.ping()
