@@ -53,6 +53,38 @@ async def test_attempts_are_bounded(tmp_path: Path) -> None:
         assert (tmp_path / "count").read_text() == "3"
 
 
+async def test_an_error_the_handler_marks_retryable_is_retried(tmp_path: Path) -> None:
+    async with snakepit.open_pool(chaos_config(size=1, retry=RETRY)) as pool:
+        args = {"path": str(tmp_path / "count"), "failures": 2}
+        assert await pool.execute("transient", args) == 2  # third time lucky
+        assert pool.stats().restarts == 0  # the worker stayed in service throughout
+        # no policy, or a plain exception: the RemoteError says whether it may retry
+        with pytest.raises(snakepit.RemoteError) as info:
+            await pool.execute("transient", {**args, "path": str(tmp_path / "other"),
+                                             "marked": False})
+        assert not info.value.retryable and (tmp_path / "other").read_text() == "1"
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        with pytest.raises(snakepit.RemoteError) as info:
+            await pool.execute("transient", {**args, "path": str(tmp_path / "third")})
+        assert info.value.retryable
+        assert info.value.remote_type == "snakepit.bridge.RetryableError"
+
+
+async def test_routed_and_session_calls_may_be_idempotent(tmp_path: Path) -> None:
+    config = snakepit.SnakepitConfig(pools={"p": chaos_config(name="p", size=1, retry=RETRY)},
+                                     default_pool="p")
+    async with snakepit.open_pools(config) as pools:
+        args = {"path": str(tmp_path / "routed"), "failures": 1}
+        assert await pools.execute("flaky", args, idempotent=True) == 1
+        args = {"path": str(tmp_path / "routed-session"), "failures": 1}
+        async with pools["p"].session() as s:
+            assert await pools.execute_in_session(s.id, "flaky", args, idempotent=True) == 1
+            args = {"path": str(tmp_path / "session"), "failures": 1}
+            assert await s.execute("flaky", args, idempotent=True) == 1
+        with pytest.raises(snakepit.WorkerCrashed):  # not idempotent: not retried
+            await pools.execute("flaky", {"path": str(tmp_path / "once"), "failures": 1})
+
+
 async def test_saturation_is_retried_within_the_deadline() -> None:
     policy = snakepit.RetryPolicy(max_attempts=100, backoff_initial=0.02, backoff_max=0.05)
     config = chaos_config(size=1, max_queue=0, pipeline_depth=1, retry=policy)

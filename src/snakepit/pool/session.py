@@ -125,10 +125,12 @@ class SessionHandle:
         return self.pool.sessions.get(self.id)
 
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
-                      on_progress: ProgressCallback | None = None) -> Any:
+                      on_progress: ProgressCallback | None = None,
+                      idempotent: bool = False) -> Any:
         """``pool.execute_in_session(self.id, ...)``."""
         return await self.pool.execute_in_session(self.id, command, args, timeout=timeout,
-                                                  on_progress=on_progress)
+                                                  on_progress=on_progress,
+                                                  idempotent=idempotent)
 
     async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
         """``pool.call`` within this session: refs it returns belong to the session
