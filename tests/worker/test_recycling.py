@@ -20,10 +20,12 @@ async def test_max_calls_recycles_without_dropping_a_call() -> None:
         await pool.wait_ready()
         stats = pool.stats()
         assert stats.failed == 0
-        # max_calls counts calls sent, so pipelining cannot stretch it: every worker
-        # took exactly five calls and retired, twelve in all
-        assert stats.restarts == 60 // 5
-        assert all(w.calls_served == 0 and w.accepting for w in pool.workers())
+        # max_calls counts calls sent, so pipelining cannot stretch it: every retired
+        # worker took exactly five calls, and the current ones fewer. (How the last
+        # calls split between the two current workers depends on scheduling.)
+        current = pool.workers()
+        assert all(w.accepting and w.calls_started < 5 for w in current)
+        assert stats.restarts * 5 + sum(w.calls_started for w in current) == 60
 
 
 async def test_worker_ttl_replacement_serves_while_the_old_one_drains() -> None:
