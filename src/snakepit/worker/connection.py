@@ -10,6 +10,7 @@ read, so one wake-up can settle many calls.
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Callable
 
 import trio
@@ -60,6 +61,29 @@ class Connection:
         if written < len(frame):
             self._unsent += frame[written:]
             self._unsent_lot.unpark_all()
+
+    def has_unread_data(self) -> bool:
+        """Whether the worker has written bytes (or closed its end) that the reader has
+        not taken yet: after a stall of the host they prove the worker alive."""
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        except OSError:
+            return False
+
+    def send_later(self, message: Message) -> None:
+        """Queue one frame for the flusher task instead of writing it now: for frames
+        nobody waits on (a session's drop), so that a burst of them costs one write
+        and one wake-up of the worker, not one each. Order with :meth:`send` is kept.
+
+        Raises:
+            PayloadError: the message cannot be encoded or exceeds ``max_frame_size``.
+        """
+        frame = encode_frame(self.codec.encode(to_wire(message)), self.max_frame_size)
+        if not self._unsent:
+            self._unsent_lot.unpark_all()
+        self._unsent += frame
 
     async def flush_forever(self) -> None:
         """Write queued bytes as the pipe takes them (the flusher task)."""
