@@ -58,6 +58,7 @@ async def test_worker_ttl_replacement_serves_while_the_old_one_drains() -> None:
                     while (new := await pool.execute("pid")) == old.pid:
                         pass
                 assert not old.accepting and old.in_flight == 1  # still draining its call
+                assert pool.stats().workers[0].in_flight == 1  # and the stats count it
                 assert old.pid not in exited
                 cancel.cancel()
             assert outcome == []  # the long call was ours to end: it never failed
