@@ -102,3 +102,13 @@ async def kill_and_wait(pool: snakepit.Pool, pid: int) -> None:
             await pool.wait_ready()
     finally:
         snakepit.telemetry.detach(handler)
+
+
+def open_gate(gate: Path) -> None:
+    """Let every ChaosHandler ``block_until`` waiting for ``gate`` return "done".
+
+    The file appears atomically with its text, so no waiting call reads it empty.
+    """
+    staging = gate.with_suffix(".tmp")
+    staging.write_text("done")
+    staging.rename(gate)

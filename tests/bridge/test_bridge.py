@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -16,6 +17,7 @@ import msgpack
 import pytest
 
 from snakepit.bridge import CommandHandler, command
+from tests.conftest import open_gate
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -40,11 +42,23 @@ class Client:
         self.proc.stdin.write(struct.pack(">I", len(payload)) + payload)
         self.proc.stdin.flush()
 
-    def recv_raw(self) -> bytes:
+    def _read_exact(self, size: int, timeout: float) -> bytes:
+        # os.read on the fd, never the buffered file: select must see every byte
         assert self.proc.stdout is not None
-        header = self.proc.stdout.read(4)
-        assert len(header) == 4, "bridge closed the wire"
-        return self.proc.stdout.read(struct.unpack(">I", header)[0])
+        fd = self.proc.stdout.fileno()
+        data = b""
+        while len(data) < size:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            assert ready, f"no frame from the bridge within {timeout}s"
+            more = os.read(fd, size - len(data))
+            assert more, "bridge closed the wire"
+            data += more
+        return data
+
+    def recv_raw(self, timeout: float = 30.0) -> bytes:
+        """One frame's payload; fails (never hangs) when none comes within ``timeout``."""
+        header = self._read_exact(4, timeout)
+        return self._read_exact(struct.unpack(">I", header)[0], timeout)
 
     def send(self, message: dict[str, Any]) -> None:
         dump = msgpack.packb if self.codec == "msgpack" else lambda m: json.dumps(m).encode()
@@ -154,15 +168,73 @@ def test_expired_request_is_refused_without_running(client: Client) -> None:
     assert client.call("ping")["t"] == "result"  # crash never ran
 
 
-def test_cancel_before_start_means_never_run(client: Client) -> None:
-    client.send({"t": "call", "id": 1, "cmd": "sleep", "args": {"seconds": 0.3}})
+def test_cancel_before_start_means_never_run(client: Client, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    client.send({"t": "call", "id": 1, "cmd": "block_until", "args": {"path": str(gate)}})
+    assert client.recv()["t"] == "progress"  # running, and not looking at the wire
     client.send({"t": "call", "id": 2, "cmd": "crash", "args": None})
     client.send({"t": "cancel", "id": 2})
+    open_gate(gate)
+    assert client.recv() == {"t": "result", "id": 1, "value": "done"}
+    refused = client.recv()  # the cancel is read before the queued call would start
+    assert refused["id"] == 2 and refused["kind"] == "cancelled"
+    assert "before it started" in refused["msg"]
+    assert client.call("ping", call_id=3)["t"] == "result"  # crash never ran
+
+
+def test_cancel_of_a_queued_call_is_answered_at_once_while_a_cooperative_call_runs(
+        client: Client, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    client.send({"t": "call", "id": 1, "cmd": "block_until",
+                 "args": {"path": str(gate), "cooperative": True}})
     assert client.recv()["t"] == "progress"
-    assert client.recv() == {"t": "result", "id": 1, "value": 0.3}
-    cancelled = client.recv()
-    assert cancelled["id"] == 2 and cancelled["kind"] == "cancelled"
+    client.send({"t": "call", "id": 2, "cmd": "crash", "args": None})
+    client.send({"t": "cancel", "id": 2})
+    refused = client.recv()  # while call 1 still runs: it looks at the wire
+    assert refused["id"] == 2 and refused["kind"] == "cancelled"
+    open_gate(gate)
+    assert client.recv() == {"t": "result", "id": 1, "value": "done"}
     assert client.call("ping", call_id=3)["t"] == "result"
+
+
+def test_threaded_bridge_answers_a_cancel_of_a_queued_call_at_once(tmp_path: Path) -> None:
+    from tests.conftest import support_env
+
+    gate = tmp_path / "gate"
+    c = Client("--handler", "barrier_handler:ThreadedChaosHandler", env=support_env())
+    try:
+        assert c.welcome["concurrency"] == 4
+        for call_id in range(1, 5):  # every thread stuck
+            c.send({"t": "call", "id": call_id, "cmd": "block_until",
+                    "args": {"path": str(gate)}})
+        assert [c.recv()["t"] for _ in range(4)] == ["progress"] * 4
+        c.send({"t": "call", "id": 5, "cmd": "crash", "args": None})
+        c.send({"t": "cancel", "id": 5})
+        refused = c.recv()
+        assert refused["id"] == 5 and refused["kind"] == "cancelled"
+        open_gate(gate)
+        assert sorted(c.recv()["id"] for _ in range(4)) == [1, 2, 3, 4]
+        assert c.call("ping", call_id=6)["t"] == "result"  # crash never ran
+    finally:
+        assert c.close()[0] == 0
+
+
+def test_a_call_whose_deadline_passes_while_it_waits_never_starts(
+        client: Client, tmp_path: Path) -> None:
+    import time
+
+    gate = tmp_path / "gate"
+    client.send({"t": "call", "id": 1, "cmd": "block_until", "args": {"path": str(gate)}})
+    assert client.recv()["t"] == "progress"
+    deadline = time.time() + 0.05
+    client.send({"t": "call", "id": 2, "cmd": "crash", "args": None, "dl": deadline})
+    while time.time() <= deadline:  # the condition under test: its deadline passes
+        time.sleep(0.01)
+    open_gate(gate)
+    assert client.recv()["id"] == 1
+    refused = client.recv()
+    assert refused["id"] == 2 and refused["kind"] == "expired"
+    assert client.call("ping", call_id=3)["t"] == "result"  # crash never ran
 
 
 def test_json_mode_works_without_msgpack(tmp_path: Path) -> None:

@@ -1,13 +1,15 @@
 """One deadline per call; cooperative cancellation first, kill and replace after."""
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 import snakepit
-from tests.conftest import chaos_config
+from tests.conftest import chaos_config, open_gate, support_env
 
 
 async def test_non_cooperative_call_times_out_and_worker_is_replaced() -> None:
@@ -117,3 +119,78 @@ async def test_expired_request_is_refused_by_the_bridge() -> None:
         with pytest.raises(snakepit.QueueTimeout, match="deadline passed"):
             await pending.wait()
         assert not math.isinf(worker.calls_served)
+
+
+async def block(pool: snakepit.Pool, nursery: trio.Nursery, release: Path, results: list[Any],
+                *, cooperative: bool) -> None:
+    """Start ``block_until`` (it returns once ``release`` exists) and wait until it runs."""
+    running = trio.Event()
+
+    async def call() -> None:
+        results.append(await pool.execute(
+            "block_until", {"path": str(release), "cooperative": cooperative},
+            on_progress=lambda *_: running.set()))
+
+    nursery.start_soon(call)
+    await running.wait()
+
+
+@pytest.mark.parametrize("handler", ["serial", "threaded"])
+@pytest.mark.parametrize("cooperative", [False, True], ids=["stuck", "cooperative"])
+@pytest.mark.parametrize("cancel_grace", [0, 0.2])
+async def test_deadline_in_a_busy_workers_pipe_is_queue_timeout_and_harms_nothing(
+        tmp_path: Path, handler: str, cooperative: bool, cancel_grace: float) -> None:
+    """With the default pipeline_depth a call may wait in a busy worker's pipe. Its
+    deadline passing there is a QueueTimeout; the worker is not killed and the calls
+    running on it finish normally, whether they look at the wire or not."""
+    release = tmp_path / "release"
+    options: dict[str, Any] = {"size": 1, "cancel_grace": cancel_grace}
+    if handler == "threaded":
+        options.update(handler="barrier_handler:ThreadedChaosHandler", env=support_env())
+    async with snakepit.open_pool(chaos_config(**options)) as pool:
+        assert pool.config.pipeline_depth == 2  # the default
+        pid = await pool.execute("pid")
+        capacity = pool.workers()[0].capacity
+        results: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(capacity):  # every thread of the worker busy
+                await block(pool, nursery, release, results, cooperative=cooperative)
+            with pytest.raises(snakepit.QueueTimeout) as info:
+                # `crash` would take the worker down if it ever started
+                await pool.execute("crash", timeout=0.2)
+            assert info.value.retryable is True
+            # An armed cancel_grace would kill the worker within cancel_grace of the
+            # timeout: let that much pass (timers fire in deadline order) before the
+            # running calls may finish.
+            await trio.sleep(cancel_grace)
+            open_gate(release)
+        assert results == ["done"] * capacity
+        assert await pool.execute("pid") == pid
+        assert pool.stats().restarts == 0
+
+
+@pytest.mark.parametrize("cooperative", [False, True], ids=["stuck", "cooperative"])
+async def test_cancelling_a_caller_whose_call_waits_in_the_pipe_harms_nothing(
+        tmp_path: Path, cooperative: bool) -> None:
+    release = tmp_path / "release"
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=0)) as pool:
+        pid = await pool.execute("pid")
+        results: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            await block(pool, nursery, release, results, cooperative=cooperative)
+            scope = trio.CancelScope()
+
+            async def cancel_once_sent() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats().in_flight == 2  # crash waits in the worker's pipe
+                scope.cancel()
+
+            nursery.start_soon(cancel_once_sent)
+            with scope:
+                await pool.execute("crash")
+            assert scope.cancelled_caught
+            open_gate(release)
+        assert results == ["done"]  # cancel_grace 0 would have killed a started call
+        assert await pool.execute("pid") == pid  # and crash never ran
+        assert pool.stats().restarts == 0
+

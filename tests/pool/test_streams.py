@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import snakepit
-from tests.conftest import chaos_config
+from tests.conftest import chaos_config, open_gate
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
@@ -138,4 +138,30 @@ async def test_a_chunk_that_cannot_travel_ends_the_stream_not_the_worker() -> No
                     received.append(chunk)
         assert received == [0, 1, 2]
         assert await pool.execute("pid") == pid  # no protocol error, no restart
+        assert pool.stats().restarts == 0
+
+
+async def test_stream_whose_deadline_passes_in_a_busy_workers_pipe_is_queue_timeout(
+        tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    # cancel_grace 0: a stream thought to be running would get the worker killed at once
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=0)) as pool:
+        pid = await pool.execute("pid")
+        results: list[str] = []
+        async with trio.open_nursery() as nursery:
+            running = trio.Event()
+
+            async def blocked() -> None:
+                results.append(await pool.execute("block_until", {"path": str(gate)},
+                                                  on_progress=lambda *_: running.set()))
+
+            nursery.start_soon(blocked)
+            await running.wait()
+            with pytest.raises(snakepit.QueueTimeout):
+                async with pool.stream("count", {"n": 10}, timeout=0.2) as chunks:
+                    async for _ in chunks:
+                        pass
+            open_gate(gate)
+        assert results == ["done"]
+        assert await pool.execute("pid") == pid
         assert pool.stats().restarts == 0

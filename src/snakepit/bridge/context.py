@@ -60,8 +60,8 @@ class CallContext:
         deadline: Unix time after which the host no longer waits, or ``None``.
     """
 
-    __slots__ = ("_cancelled", "_channel", "_credit", "_report", "_sessions", "args", "command",
-                 "deadline", "id", "session_id", "window")
+    __slots__ = ("_cancelled", "_channel", "_credit", "_refused", "_report", "_sessions",
+                 "_started", "args", "command", "deadline", "id", "session_id", "window")
 
     def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
                  deadline: float | None, window: int | None,
@@ -78,6 +78,10 @@ class CallContext:
         self._sessions = sessions if sessions is not None else {}
         self._cancelled = False
         self._credit = window or 0
+        # Set once, under the server's start lock: the call ran, or was answered as
+        # never started (cancelled or expired while it waited) and never will run.
+        self._started = False
+        self._refused = False
 
     @property
     def session(self) -> dict[str, Any]:

@@ -6,9 +6,16 @@ Two ways to serve, chosen by the handler's ``concurrency``:
   the call and writes the answer -- no thread handoff on the hot path, which is what
   keeps a worker near the raw-pipe floor. Cancel and credit frames that arrive while a
   call runs are read when the call looks (``ctx.cancelled``, ``ctx.wait_cancelled``, or
-  between chunks of a stream); calls that arrive meanwhile wait in a queue.
+  between chunks of a stream); calls that arrive meanwhile wait in a queue, and the
+  wire is polled once more before each of them starts.
 - **threaded** (``concurrency > 1``): a reader thread applies control frames at once
   and hands calls to a pool of that many threads.
+
+Either way calls start in the order they arrived, at most ``concurrency`` at once, each
+only after an earlier one was answered; and a call is never started once it has been
+cancelled or its deadline has passed: it is answered at once as never started
+(``cancelled`` or ``expired``). The host relies on both rules to tell a call that waited
+in the pipe from one that ran (``QueueTimeout`` versus ``WorkerTimeout``).
 
 The wire uses private duplicates of fds 0 and 1. Fd 0 is then pointed at /dev/null and
 fd 1 at stderr, so a stray ``print`` (or a C library writing to stdout) cannot corrupt
@@ -18,10 +25,12 @@ the wire, and a subprocess a handler spawns does not inherit the wire.
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import queue
 import select
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -68,12 +77,16 @@ class BridgeServer:
         self._count_lock = threading.Lock()
         self._active: dict[int, CallContext] = {}
         self._eof = False
+        self._reading = False  # threaded mode: the reader thread is running
         self._stopping = False
         self._protocol_error: ProtocolError | None = None
         self._heartbeat: float | None = None
         # serial mode: calls read while another ran; threaded mode: the hand-off queue
         self._backlog: collections.deque[CallContext] = collections.deque()
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Threaded mode: held by the reader while it reads and applies a batch of frames,
+        # and by a call thread while it decides to start a call; notified after each
+        # batch. Serial mode: uncontended.
         self._changed = threading.Condition()
         self._channel: ControlChannel = (
             SerialChannel(self.pump) if self.concurrency == 1 else ThreadedChannel(self._changed)
@@ -95,6 +108,14 @@ class BridgeServer:
             return False
         self._frames.extend(self._decoder.feed(data))
         return True
+
+    def _unread(self) -> int:
+        """Bytes the host has written that this side has not read yet."""
+        try:
+            count = fcntl.ioctl(self._read_fd, termios.FIONREAD, bytes(4))
+        except OSError:
+            return 0
+        return int.from_bytes(count, sys.byteorder, signed=True)
 
     def _read_frame(self) -> bytes | None:
         """Blocking read of one frame payload; ``None`` at end of stream."""
@@ -200,14 +221,21 @@ class BridgeServer:
                 self._backlog.append(ctx)
             else:
                 self._calls.put(ctx)
-        elif tag == wire.CANCEL or tag == wire.CREDIT:
+        elif tag == wire.CANCEL:
             target = self._active.get(message.get("id"))  # type: ignore[arg-type]
             if target is not None:
-                if tag == wire.CANCEL:
+                with self._changed:
                     target._cancel()
-                else:
-                    n = message.get("n")
-                    target._grant(n if type(n) is int else 0)
+                    if not (target._started or target._refused):
+                        target._refused = True  # still queued: answer now, never run it
+                        self._refuse(target)
+                    else:
+                        self._changed.notify_all()
+        elif tag == wire.CREDIT:
+            target = self._active.get(message.get("id"))  # type: ignore[arg-type]
+            if target is not None:
+                n = message.get("n")
+                target._grant(n if type(n) is int else 0)
                 with self._changed:
                     self._changed.notify_all()
         elif tag == wire.PING:
@@ -239,8 +267,46 @@ class BridgeServer:
                 ctx._cancel()
 
     # -- running calls -------------------------------------------------------------
+    def _start(self, ctx: CallContext) -> bool:
+        """Decide, once, whether ``ctx`` runs now: not when it was already answered, nor
+        when it was cancelled or its deadline passed while it waited (it is then
+        answered as never started).
+
+        Every cancel frame the host wrote before this moment is applied first: the
+        serial loop polls the wire before starting a call that waited; here, in
+        threaded mode, the call thread waits until the reader has read and applied all
+        there is. The decision is made holding the reader's lock, so a cancel the
+        reader applies at the same moment either refuses the call or finds it started
+        -- never both, never neither.
+        """
+        with self._changed:
+            if self.concurrency > 1:
+                while self._reading and self._unread() > 0:
+                    self._changed.wait(0.1)
+            if ctx._refused:
+                return False
+            if not (ctx._cancelled or ctx.expired):
+                ctx._started = True
+                return True
+            ctx._refused = True
+        self._refuse(ctx)
+        return False
+
+    def _refuse(self, ctx: CallContext) -> None:
+        """Answer a call that never started and never will (cancelled or expired)."""
+        self._active.pop(ctx.id, None)
+        if ctx.expired:
+            self._send_error(ctx.id, wire.KIND_EXPIRED, None,
+                             "the call's deadline passed before the worker started it")
+        else:
+            self._send_error(ctx.id, wire.KIND_CANCELLED, None,
+                             f"call {ctx.id} ({ctx.command}) was cancelled before it started",
+                             etype="CallCancelled")
+
     def run_call(self, ctx: CallContext) -> None:
         """Run one call and send its answer (result, stream or error)."""
+        if not self._start(ctx):
+            return
         try:
             cmd = self.handler.lookup(ctx.command)
             if cmd is None:
@@ -248,8 +314,6 @@ class BridgeServer:
                                  f"unknown command {ctx.command!r}", etype="UnknownCommand")
                 return
             try:
-                if ctx._cancelled:
-                    raise CallCancelled(f"call {ctx.id} ({ctx.command}) was cancelled")
                 result = cmd(ctx.args, ctx)
                 if cmd.streaming and ctx.window is None:  # plain call of a stream: collect
                     self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": list(result)})
@@ -286,35 +350,56 @@ class BridgeServer:
 
     def _serve_serial(self) -> None:
         backlog = self._backlog
+        polled = True  # the wire has been read since the last call ran
         while True:
             if not backlog:
                 if self._stopping or self._eof:
                     return
                 self._fill(None)
                 self._route_pending()
+                polled = True
+                continue
+            if not polled:
+                # These calls waited while another ran: apply every cancel frame that
+                # came meanwhile before starting one (a select per pipelined call).
+                while self._fill(0.0):
+                    self._route_pending()
+                polled = True
                 continue
             self.run_call(backlog.popleft())
+            polled = False
             if self._protocol_error is not None:
                 raise self._protocol_error
 
     def _serve_threaded(self) -> None:
+        self._reading = True
         threading.Thread(target=self._read_forever, name="snakepit-reader", daemon=True).start()
         with ThreadPoolExecutor(self.concurrency, "snakepit-call") as pool:
             while (ctx := self._calls.get()) is not _STOP:
                 pool.submit(self._run_guarded, ctx)
 
     def _read_forever(self) -> None:
-        """Threaded mode's reader: apply frames as they arrive until EOF or shutdown."""
+        """Threaded mode's reader: apply frames as they arrive until EOF or shutdown.
+
+        It waits for data without the lock, then reads and applies a batch holding it
+        (see :meth:`_start`).
+        """
         try:
             while not (self._stopping or self._eof):
-                self._fill(None)
-                self._route_pending()
+                select.select([self._read_fd], [], [])
+                with self._changed:
+                    if self._fill(0.0):
+                        self._route_pending()
+                    self._changed.notify_all()
         except ProtocolError as exc:
             self._protocol_error = exc
             self._report_protocol_error(exc)
         except (_HostGone, OSError):
             pass
         finally:
+            with self._changed:
+                self._reading = False
+                self._changed.notify_all()
             self._calls.put(_STOP)
 
     def _report_protocol_error(self, exc: ProtocolError) -> None:
