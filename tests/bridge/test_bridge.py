@@ -89,6 +89,25 @@ def client() -> Iterator[Client]:
     c.proc.wait()
 
 
+def test_a_call_sent_with_the_hello_is_served() -> None:
+    """A client may pipeline its first call behind the hello: both arrive in one read."""
+    proc = subprocess.Popen([sys.executable, "-m", "snakepit.bridge"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hello = json.dumps({"t": "hello", "version": 1, "codecs": ["json"],
+                        "max_frame_size": 1 << 20, "worker_id": "t"}).encode()
+    call = json.dumps({"t": "call", "id": 1, "cmd": "echo", "args": "early"}).encode()
+    stdout, _ = proc.communicate(b"".join(struct.pack(">I", len(m)) + m for m in (hello, call)),
+                                 timeout=30)  # then EOF
+    assert proc.returncode == 0
+    frames = []
+    while stdout:
+        size = struct.unpack(">I", stdout[:4])[0]
+        frames.append(json.loads(stdout[4:4 + size]))
+        stdout = stdout[4 + size:]
+    assert frames[0]["t"] == "welcome"
+    assert frames[1] == {"t": "result", "id": 1, "value": "early"}
+
+
 def test_importing_the_bridge_pulls_in_neither_trio_nor_attrs() -> None:
     code = ("import sys, snakepit.bridge, snakepit.testing; "
             "print(sorted(m for m in ('trio', 'attrs', 'cattrs', 'outcome', 'trio_util') "
@@ -127,6 +146,41 @@ def test_stdin_eof_exits_cleanly(client: Client) -> None:
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("mode", ["serial", "threaded"])
+@pytest.mark.parametrize("waiting", ["stream_for_credit", "wait_cancelled"])
+def test_stdin_eof_mid_call_cancels_the_calls_and_exits(
+        mode: str, waiting: str, tmp_path: Path) -> None:
+    """The host goes away while a call waits on the host (a stream for credit, a handler
+    in ctx.wait_cancelled), and a second call waits too (queued behind it in serial
+    mode, running beside it in threaded mode): the worker cancels and wakes both, and
+    exits 0 -- without spinning or hanging."""
+    from tests.conftest import support_env
+
+    handler = ("snakepit.testing:ChaosHandler" if mode == "serial"
+               else "barrier_handler:ThreadedChaosHandler")
+    c = Client("--handler", handler, env=support_env())
+    marker = tmp_path / "closed"
+    if waiting == "stream_for_credit":
+        c.send({"t": "call", "id": 1, "cmd": "count", "window": 2,
+                "args": {"n": 100, "marker": str(marker)}})
+        assert [c.recv()["value"] for _ in range(2)] == [0, 1]  # then it waits for credit
+    else:
+        c.send({"t": "call", "id": 1, "cmd": "nap", "args": {"seconds": 3600}})
+        assert c.recv()["t"] == "progress"  # in ctx.wait_cancelled
+    c.send({"t": "call", "id": 2, "cmd": "block_until",
+            "args": {"path": str(tmp_path / "never"), "cooperative": True}})
+    try:
+        code, stderr = c.close()  # EOF; close() waits at most 10 s for the exit
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait()
+    assert code == 0
+    assert "Traceback" not in stderr
+    if waiting == "stream_for_credit":
+        assert marker.exists()  # the generator was closed, its finally ran
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signals_exit_cleanly_even_mid_call(client: Client, signum: int) -> None:
     client.send({"t": "call", "id": 1, "cmd": "sleep", "args": {"seconds": 30}})
@@ -135,6 +189,23 @@ def test_signals_exit_cleanly_even_mid_call(client: Client, signum: int) -> None
     assert client.proc.wait(10) == 0
     assert client.proc.stderr is not None
     assert "Traceback" not in client.proc.stderr.read().decode()
+
+
+def test_sigterm_stops_a_threaded_worker_s_cooperative_calls() -> None:
+    """In threaded mode the signal lands in the main thread while handler threads run:
+    they are cancelled, so the worker exits at once instead of waiting for them."""
+    from tests.conftest import support_env
+
+    c = Client("--handler", "barrier_handler:ThreadedChaosHandler", env=support_env())
+    try:
+        c.send({"t": "call", "id": 1, "cmd": "nap", "args": {"seconds": 3600}})
+        assert c.recv()["t"] == "progress"
+        c.proc.send_signal(signal.SIGTERM)
+        assert c.proc.wait(10) == 0
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait()
 
 
 def test_host_gone_is_not_a_traceback_spew(client: Client) -> None:

@@ -96,8 +96,11 @@ class BridgeServer:
     def _fill(self, timeout: float | None) -> bool:
         """Read what the wire has, waiting up to ``timeout`` (None: forever) for data.
 
-        Returns False when nothing arrived in time. Sets ``_eof`` at end of stream.
+        Returns False when nothing arrived in time. At end of stream (the host is gone)
+        it sets ``_eof`` and cancels every call.
         """
+        if self._eof:
+            return False
         if timeout is not None:
             ready, _, _ = select.select([self._read_fd], [], [], max(timeout, 0.0))
             if not ready:
@@ -105,6 +108,7 @@ class BridgeServer:
         data = os.read(self._read_fd, _READ_SIZE)
         if not data:
             self._eof = True
+            self._cancel_all()
             return False
         self._frames.extend(self._decoder.feed(data))
         return True
@@ -116,6 +120,15 @@ class BridgeServer:
         except OSError:
             return 0
         return int.from_bytes(count, sys.byteorder, signed=True)
+
+    def _cancel_all(self) -> None:
+        """Cancel every call, running or waiting, and wake those that wait (for credit, or
+        in ``ctx.wait_cancelled``): the host is gone or unusable, so nothing may block
+        the exit on a frame that will never come."""
+        with self._changed:
+            for ctx in list(self._active.values()):
+                ctx._cancel()
+            self._changed.notify_all()
 
     def _read_frame(self) -> bytes | None:
         """Blocking read of one frame payload; ``None`` at end of stream."""
@@ -216,6 +229,8 @@ class BridgeServer:
                 self._send_error(call_id, wire.KIND_EXPIRED, None,
                                  "the call's deadline passed before the worker received it")
                 return
+            if self._eof:  # read before the end of the wire: the host is gone anyway
+                ctx._cancel()
             self._active[call_id] = ctx
             if self.concurrency == 1:
                 self._backlog.append(ctx)
@@ -257,14 +272,16 @@ class BridgeServer:
         cancelled: the host is unusable.
         """
         if self._eof or self._protocol_error is not None:
+            # No frame will come again, and every call is cancelled, so no caller should
+            # be here; one that is anyway waits rather than spins.
+            time.sleep(1.0 if timeout is None else max(timeout, 0.0))
             return
         try:
             if self._fill(timeout):
                 self._route_pending()
         except ProtocolError as exc:
             self._protocol_error = exc
-            for ctx in self._active.values():
-                ctx._cancel()
+            self._cancel_all()
 
     # -- running calls -------------------------------------------------------------
     def _start(self, ctx: CallContext) -> bool:
@@ -375,8 +392,12 @@ class BridgeServer:
         self._reading = True
         threading.Thread(target=self._read_forever, name="snakepit-reader", daemon=True).start()
         with ThreadPoolExecutor(self.concurrency, "snakepit-call") as pool:
-            while (ctx := self._calls.get()) is not _STOP:
-                pool.submit(self._run_guarded, ctx)
+            try:
+                while (ctx := self._calls.get()) is not _STOP:
+                    pool.submit(self._run_guarded, ctx)
+            except BaseException:  # SIGTERM/SIGINT: stop the calls the pool waits for
+                self._cancel_all()
+                raise
 
     def _read_forever(self) -> None:
         """Threaded mode's reader: apply frames as they arrive until EOF or shutdown.
@@ -416,6 +437,7 @@ class BridgeServer:
             if self._heartbeat is not None:
                 threading.Thread(target=self._beat, name="snakepit-heartbeat",
                                  daemon=True).start()
+            self._route_pending()  # frames that came in the same read as the hello
             if self.concurrency == 1:
                 self._serve_serial()
             else:
