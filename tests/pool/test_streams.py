@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import snakepit
-from tests.conftest import chaos_config, open_gate
+from tests.conftest import chaos_config, open_gate, support_env
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
@@ -165,3 +165,17 @@ async def test_stream_whose_deadline_passes_in_a_busy_workers_pipe_is_queue_time
         assert results == ["done"]
         assert await pool.execute("pid") == pid
         assert pool.stats().restarts == 0
+
+
+@pytest.mark.parametrize("handler", ["serial", "threaded"])
+async def test_credit_that_arrives_at_once_is_never_missed(handler: str) -> None:
+    """With a window of one the consumer's credit races the worker's wait for it (it
+    may be read by the poll just before the wait, or applied just before a threaded
+    wait takes its lock); the worker must still see it, chunk after chunk."""
+    options: dict[str, object] = {"size": 1}
+    if handler == "threaded":
+        options.update(handler="barrier_handler:ThreadedChaosHandler", env=support_env())
+    async with snakepit.open_pool(chaos_config(**options)) as pool:
+        with trio.fail_after(60):  # a missed credit would stall the stream for good
+            async with pool.stream("count", {"n": 300}, window=1) as chunks:
+                assert [chunk async for chunk in chunks] == list(range(300))

@@ -15,11 +15,14 @@ class ControlChannel(Protocol):
 
     The serial server reads them itself when asked (``poll``/``wait``); the threaded
     server's reader thread applies them as they come and ``wait`` sleeps on a condition.
+    ``wait`` returns at once when ``ready()`` already holds: the frame a caller waits for
+    may have been applied by its own last ``poll``, or by the reader just before the
+    caller took the lock, and must not be waited for again.
     """
 
     def poll(self) -> None: ...
 
-    def wait(self, timeout: float | None) -> None: ...
+    def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None: ...
 
 
 class SerialChannel:
@@ -31,8 +34,9 @@ class SerialChannel:
     def poll(self) -> None:
         self._pump(0.0)
 
-    def wait(self, timeout: float | None) -> None:
-        self._pump(timeout)
+    def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None:
+        if not ready():
+            self._pump(timeout)
 
 
 class ThreadedChannel:
@@ -44,9 +48,10 @@ class ThreadedChannel:
     def poll(self) -> None:
         pass
 
-    def wait(self, timeout: float | None) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
+    def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None:
+        with self._changed:  # checked under the lock the reader notifies with
+            if not ready():
+                self._changed.wait(timeout)
 
 
 class CallContext:
@@ -139,8 +144,11 @@ class CallContext:
                 left = remaining if left is None else min(left, remaining)
             if left is not None and left <= 0:
                 break
-            self._channel.wait(left)
+            self._channel.wait(left, self._is_cancelled)
         return self.cancelled
+
+    def _is_cancelled(self) -> bool:
+        return self._cancelled
 
     def _cancel(self) -> None:
         self._cancelled = True
@@ -161,12 +169,14 @@ class CallContext:
 
     def _take_credit(self) -> bool:
         """Wait for one unit of stream credit; False if cancelled (or expired) meanwhile."""
-        while self._credit <= 0:
-            if self.cancelled:
+        while True:
+            if self.cancelled:  # polls the wire: credit may arrive here too
                 return False
+            if self._credit > 0:
+                self._credit -= 1
+                return True
             left = self.time_left()
-            self._channel.wait(None if left is None else max(left, 0.0))
-        if self.cancelled:
-            return False
-        self._credit -= 1
-        return True
+            self._channel.wait(None if left is None else max(left, 0.0), self._has_credit)
+
+    def _has_credit(self) -> bool:
+        return self._credit > 0 or self._cancelled
