@@ -231,6 +231,51 @@ def test_malformed_frame_from_host_is_reported_and_exits(client: Client) -> None
     assert client.proc.wait(10) == 2
 
 
+@pytest.mark.parametrize("frame", [
+    {"t": "cancel", "id": [1]},
+    {"t": "credit", "id": 1, "n": -5},
+    {"t": "credit", "id": 1, "n": "7"},
+    {"t": "ping", "id": {"a": 1}},
+    {"t": "drop", "sid": 3},
+    {"t": "call", "id": 1, "cmd": "echo", "dl": "soon"},
+    {"t": "call", "id": 1, "cmd": "echo", "dl": float("nan")},
+    {"t": "call", "id": 1, "cmd": "echo", "window": 0},
+    {"t": "call", "id": 1, "cmd": "echo", "sid": 5},
+    {"t": "call", "id": True, "cmd": "echo"},
+    {"t": "hello", "version": 1},
+], ids=lambda frame: f"{frame['t']}-{'-'.join(sorted(frame)[:-1])}")
+def test_malformed_control_frame_is_a_protocol_error(client: Client,
+                                                     frame: dict[str, Any]) -> None:
+    client.send(frame)
+    error = client.recv()
+    assert error["t"] == "error" and error["kind"] == "protocol" and error["id"] is None
+    assert client.proc.wait(10) == 2
+    assert client.proc.stderr is not None
+    stderr = client.proc.stderr.read().decode()
+    assert "protocol error from host" in stderr and "Traceback" not in stderr
+
+
+def test_a_reused_call_id_is_a_protocol_error(client: Client, tmp_path: Path) -> None:
+    client.send({"t": "call", "id": 1, "cmd": "block_until",
+                 "args": {"path": str(tmp_path / "gate"), "cooperative": True}})
+    assert client.recv()["t"] == "progress"
+    client.send({"t": "call", "id": 1, "cmd": "echo"})
+    # the running call learns of it first: the host is unusable, so it is cancelled
+    cancelled = client.recv()
+    assert cancelled["id"] == 1 and cancelled["kind"] == "cancelled"
+    assert client.recv()["kind"] == "protocol"
+    assert client.proc.wait(10) == 2
+
+
+def test_oversized_frame_from_host_is_a_protocol_error(client: Client) -> None:
+    assert client.proc.stdin is not None
+    client.proc.stdin.write(struct.pack(">I", (1 << 20) + 1))  # over the hello's limit
+    client.proc.stdin.flush()
+    error = client.recv()
+    assert error["kind"] == "protocol" and "over max_frame_size 1048576" in error["msg"]
+    assert client.proc.wait(10) == 2
+
+
 def test_expired_request_is_refused_without_running(client: Client) -> None:
     import time
 

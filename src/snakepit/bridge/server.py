@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import math
 import os
 import queue
 import select
@@ -57,6 +58,20 @@ _STOP = object()
 
 class _HostGone(BaseException):
     """The wire is closed: the host exited or closed the pipe. Exit quietly."""
+
+
+def _field_id(message: dict[str, Any]) -> int:
+    """The frame's ``id``, which must be an integer."""
+    call_id = message.get("id")
+    if type(call_id) is not int:
+        raise ProtocolError(f"malformed {message.get(wire.TAG)!r:.20} frame, id must be an "
+                            f"integer: {message!r:.200}")
+    return call_id
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float (not a bool), and not NaN."""
+    return type(value) in (int, float) and value == value
 
 
 class BridgeServer:
@@ -183,6 +198,8 @@ class BridgeServer:
         if hello.get(wire.TAG) != wire.HELLO:
             raise ProtocolError(f"expected hello, got {hello.get(wire.TAG)!r}")
         offered = hello.get("codecs") or ["json"]
+        if not isinstance(offered, list) or not all(isinstance(n, str) for n in offered):
+            raise ProtocolError(f"malformed hello, codecs must be a list: {offered!r:.100}")
         usable = [name for name in offered if name in available_codecs()]
         if not usable:
             raise ProtocolError(
@@ -192,8 +209,8 @@ class BridgeServer:
         if type(max_frame) is int and max_frame > 0:
             self._max_frame_size = max_frame
             self._decoder = FrameDecoder(max_frame)
-        heartbeat = hello.get("heartbeat")
-        if isinstance(heartbeat, int | float) and heartbeat > 0:
+        heartbeat: Any = hello.get("heartbeat")
+        if _is_number(heartbeat) and 0 < heartbeat < math.inf:
             self._heartbeat = float(heartbeat)
         handler_type = type(self.handler)
         self._write(encode_frame(JSON.encode({
@@ -216,13 +233,25 @@ class BridgeServer:
             self._route(decode(frames.popleft()))
 
     def _route(self, message: dict[str, Any]) -> None:
+        """Act on one frame from the host.
+
+        Raises:
+            ProtocolError: an unknown message type, or a field of the wrong type or
+                range (the worker then reports it and exits: the host is broken).
+        """
         tag = message.get(wire.TAG)
         if tag == wire.CALL:
-            call_id, name = message.get("id"), message.get("cmd")
-            if type(call_id) is not int or not isinstance(name, str):
+            call_id, name = _field_id(message), message.get("cmd")
+            session_id, deadline = message.get("sid"), message.get("dl")
+            window = message.get("window")
+            if (not isinstance(name, str) or not (session_id is None or isinstance(session_id, str))
+                    or not (deadline is None or _is_number(deadline))
+                    or not (window is None or (type(window) is int and window > 0))):
                 raise ProtocolError(f"malformed call frame: {message!r:.200}")
-            ctx = CallContext(call_id, name, message.get("args"), session_id=message.get("sid"),
-                              deadline=message.get("dl"), window=message.get("window"),
+            if call_id in self._active:
+                raise ProtocolError(f"call id {call_id} is already in use")
+            ctx = CallContext(call_id, name, message.get("args"), session_id=session_id,
+                              deadline=deadline, window=window,
                               report=self.send, channel=self._channel,
                               sessions=self.handler.session_state)
             if ctx.expired:
@@ -237,7 +266,7 @@ class BridgeServer:
             else:
                 self._calls.put(ctx)
         elif tag == wire.CANCEL:
-            target = self._active.get(message.get("id"))  # type: ignore[arg-type]
+            target = self._active.get(_field_id(message))
             if target is not None:
                 with self._changed:
                     target._cancel()
@@ -247,22 +276,25 @@ class BridgeServer:
                     else:
                         self._changed.notify_all()
         elif tag == wire.CREDIT:
-            target = self._active.get(message.get("id"))  # type: ignore[arg-type]
+            target = self._active.get(_field_id(message))
+            n = message.get("n")
+            if type(n) is not int or n < 0:
+                raise ProtocolError(f"malformed credit frame: {message!r:.200}")
             if target is not None:
-                n = message.get("n")
-                target._grant(n if type(n) is int else 0)
                 with self._changed:
+                    target._grant(n)
                     self._changed.notify_all()
         elif tag == wire.PING:
-            self.send({wire.TAG: wire.PONG, "id": message.get("id")})
+            self.send({wire.TAG: wire.PONG, "id": _field_id(message)})
         elif tag == wire.DROP:
             session_id = message.get("sid")
-            if isinstance(session_id, str):
-                self.handler.end_session(session_id)
+            if not isinstance(session_id, str):
+                raise ProtocolError(f"malformed drop frame: {message!r:.200}")
+            self.handler.end_session(session_id)
         elif tag == wire.SHUTDOWN:
             self._stopping = True
         else:
-            raise ProtocolError(f"unexpected message type {tag!r}")
+            raise ProtocolError(f"unexpected message type {tag!r:.100}")
 
     def pump(self, timeout: float | None) -> None:
         """Serial mode: read and apply control frames, waiting up to ``timeout``.
