@@ -1,6 +1,5 @@
 """One deadline per call; cooperative cancellation first, kill and replace after."""
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,37 @@ async def test_non_cooperative_call_times_out_and_worker_is_replaced() -> None:
 
 
 async def test_cooperative_handler_stops_and_worker_stays() -> None:
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    # a cancel_grace no test will wait out: the same pid means the handler stopped
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=60)) as pool:
         pid = await pool.execute("pid")
-        with trio.fail_after(5):
-            with pytest.raises(snakepit.WorkerTimeout):
-                await pool.execute("nap", {"seconds": 60}, timeout=0.2)
+        with pytest.raises(snakepit.WorkerTimeout):
+            await pool.execute("nap", {"seconds": 3600}, timeout=0.2)
+        with trio.fail_after(30):  # only a safety net
             assert await pool.execute("pid") == pid  # same process, next call served
         assert pool.stats().workers[0].restarts == 0
+
+
+async def test_cancelling_the_caller_sends_a_cancel_frame_that_stops_the_handler() -> None:
+    """No deadline anywhere, so only the cancel frame can stop the nap; the worker is
+    serial, so the next call can only run once the nap has stopped."""
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=60)) as pool:
+        pid = await pool.execute("pid")
+        async with trio.open_nursery() as nursery:
+            running = trio.Event()
+            scope = trio.CancelScope()
+
+            async def nap() -> None:
+                with scope:
+                    await pool.execute("nap", {"seconds": 3600},
+                                       on_progress=lambda *_: running.set())
+
+            nursery.start_soon(nap)
+            await running.wait()
+            scope.cancel()
+        assert scope.cancelled_caught
+        with trio.fail_after(30):  # only a safety net: the nap would take an hour
+            assert await pool.execute("pid") == pid
+        assert pool.stats().restarts == 0
 
 
 async def test_zero_cancel_grace_kills_at_once() -> None:
@@ -63,16 +86,16 @@ async def test_answer_to_a_cancelled_call_never_reaches_a_later_call() -> None:
 
 
 async def test_enclosing_cancel_scope_is_honoured_like_timeout() -> None:
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=60)) as pool:
         pid = await pool.execute("pid")
         with trio.move_on_after(0.2) as scope:
-            await pool.execute("nap", {"seconds": 60}, timeout=60)
+            await pool.execute("nap", {"seconds": 3600}, timeout=3600)
         assert scope.cancelled_caught
         # the tighter deadline travelled to the worker too
-        with trio.fail_after(0.5):
-            left = await pool.execute("time_left", timeout=30)
-        assert 0 < left <= 0.5
-        assert await pool.execute("pid") == pid
+        with trio.fail_after(20):
+            left = await pool.execute("time_left", timeout=100)
+        assert 0 < left <= 20
+        assert await pool.execute("pid") == pid  # the nap stopped on its cancel frame
 
 
 async def test_handler_sees_the_deadline() -> None:
@@ -88,24 +111,38 @@ async def test_default_call_timeout_applies() -> None:
         assert 2 < left <= 3
 
 
-async def test_cancelling_one_caller_leaves_other_calls_alone() -> None:
-    async with snakepit.open_pool(chaos_config(size=2)) as pool:
-        results: list[float] = []
+async def test_cancelling_one_caller_leaves_other_calls_alone(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    # pipeline_depth 1: a worker takes a new call only once it has answered the last
+    config = chaos_config(size=2, cancel_grace=60, pipeline_depth=1)
+    async with snakepit.open_pool(config) as pool:
+        pids = {w.pid for w in pool.workers()}
+        results: list[Any] = []
         async with trio.open_nursery() as nursery:
             victim = trio.CancelScope()
+            running = trio.Event()
 
             async def cancelled() -> None:
                 with victim:
-                    await pool.execute("nap", {"seconds": 60})
-
-            async def survivor() -> None:
-                results.append(await pool.execute("nap", {"seconds": 0.3}))
+                    await pool.execute("nap", {"seconds": 3600},
+                                       on_progress=lambda *_: running.set())
 
             nursery.start_soon(cancelled)
-            nursery.start_soon(survivor)
-            await trio.testing.wait_all_tasks_blocked()
+            await running.wait()
+            await block(pool, nursery, gate, results, cooperative=False)
             victim.cancel()
-        assert results == [0.3]
+            open_gate(gate)  # the survivor finishes only now, after the cancel
+        assert results == ["done"]
+        # two calls running at once, so one on each worker: the victim's worker takes
+        # one only after it answered the cancel (no deadline; cancel_grace out of reach)
+        both = tmp_path / "both"
+        with trio.fail_after(30):  # only a safety net: the nap would take an hour
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    await block(pool, nursery, both, results, cooperative=False)
+                open_gate(both)
+        assert results == ["done"] * 3
+        assert {w.pid for w in pool.workers()} == pids
         assert pool.stats().restarts == 0
 
 
@@ -118,7 +155,8 @@ async def test_expired_request_is_refused_by_the_bridge() -> None:
         pending = worker.start_call("echo", 1, deadline=trio.current_time() - 1)
         with pytest.raises(snakepit.QueueTimeout, match="deadline passed"):
             await pending.wait()
-        assert not math.isinf(worker.calls_served)
+        info = await pool.execute("info")
+        assert info["calls_served"] == 0  # the worker never ran it
 
 
 async def block(pool: snakepit.Pool, nursery: trio.Nursery, release: Path, results: list[Any],
