@@ -61,8 +61,9 @@ class Pending:
         self.abandoned = False
         self.settled: trio.Event | None = None  # created when its cancel_grace is watched
         self.never_started = False
-        """Abandoned while queued in the worker, past its deadline: the worker will refuse
-        it, so the caller gets QueueTimeout and no cancel_grace applies."""
+        """Abandoned while queued in the worker, where it will never start (its deadline
+        had passed, or the worker refuses cancelled calls): a caller whose deadline
+        passed gets QueueTimeout, and no cancel_grace is watched."""
         self.grace_deferred = False
         """Abandoned while queued in the worker: its cancel_grace is watched only once it
         may have started."""
