@@ -1,5 +1,6 @@
 """One deadline per call; cooperative cancellation first, kill and replace after."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,8 @@ async def test_deadline_in_a_busy_workers_pipe_is_queue_timeout_and_harms_nothin
 @pytest.mark.parametrize("cooperative", [False, True], ids=["stuck", "cooperative"])
 async def test_cancelling_a_caller_whose_call_waits_in_the_pipe_harms_nothing(
         tmp_path: Path, cooperative: bool) -> None:
+    """cancel_grace 0 would kill the worker at once if the host thought the cancelled
+    call might have started."""
     release = tmp_path / "release"
     async with snakepit.open_pool(chaos_config(size=1, cancel_grace=0)) as pool:
         pid = await pool.execute("pid")
@@ -232,3 +235,41 @@ async def test_cancelling_a_caller_whose_call_waits_in_the_pipe_harms_nothing(
         assert await pool.execute("pid") == pid  # and crash never ran
         assert pool.stats().restarts == 0
 
+
+
+
+async def test_a_deadline_that_passes_while_frames_are_unread_is_still_queue_timeout(
+        tmp_path: Path) -> None:
+    """The host tells QueueTimeout from WorkerTimeout by what it has read; a heartbeat
+    still in the pipe when the deadline fires makes it wait for its reader and look
+    again. (The loop is held until a beat is unread, so that about half the time the
+    caller runs before the reader.)"""
+    gate = tmp_path / "gate"
+    config = chaos_config(size=1, cancel_grace=0, heartbeat_interval=0.01)
+    async with snakepit.open_pool(config) as pool:
+        worker = pool.workers()[0]
+        results: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            await block(pool, nursery, gate, results, cooperative=False)
+            outcome: list[BaseException] = []
+
+            async def queued() -> None:
+                try:
+                    await pool.execute("crash", timeout=0.2)
+                except snakepit.SnakepitError as exc:
+                    outcome.append(exc)
+
+            nursery.start_soon(queued)
+            await trio.testing.wait_all_tasks_blocked()
+            assert worker.in_flight == 2
+            passed = trio.current_time() + 0.3
+            for _ in range(30000):  # no checkpoint: neither the reader nor the caller runs
+                if trio.current_time() > passed and worker.connection.unread_bytes():
+                    break
+                time.sleep(0.001)  # noqa: ASYNC251 -- holding the event loop on purpose
+            assert worker.connection.unread_bytes()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(outcome) == 1 and isinstance(outcome[0], snakepit.QueueTimeout)
+            open_gate(gate)
+        assert results == ["done"]
+        assert pool.stats().restarts == 0

@@ -8,6 +8,7 @@ wait for them, abandoning calls that time out, and ending the worker.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import itertools
 import logging
@@ -233,12 +234,7 @@ class Worker:
         had not taken yet (a heartbeat, say), it waits for the reader -- a scheduling
         round -- and looks again.
         """
-        if pending.grace_deferred and self.connection.unread_bytes():
-            await self.connection.wait_read()
-            if pending.grace_deferred and self._will_never_start(pending):
-                pending.grace_deferred = False
-                self._deferred_graces -= 1
-                pending.never_started = True
+        await self._look_again(pending)
         if pending.never_started:
             return QueueTimeout(f"{what} waited in worker {self.id}'s pipe behind running "
                                 "calls until its deadline passed; it never started")
@@ -278,9 +274,12 @@ class Worker:
             self._send(Cancel(pending.id))
             if self._will_never_start(pending):
                 pending.never_started = True
-            else:
-                pending.grace_deferred = True
-                self._deferred_graces += 1
+                return
+            pending.grace_deferred = True
+            self._deferred_graces += 1
+            if self.connection.unread_bytes() and self._nursery is not None:
+                with contextlib.suppress(RuntimeError):  # the worker's tasks are ending
+                    self._nursery.start_soon(self._look_again, pending)
             return
         if self.config.cancel_grace == 0:
             self.kill(f"call {pending.command!r} was cancelled (cancel_grace is 0)",
@@ -314,6 +313,21 @@ class Worker:
                 pending.grace_deferred = False
                 self._deferred_graces -= 1
                 self._watch_grace(pending)
+
+    async def _look_again(self, pending: Pending, rounds: int = 3) -> None:
+        """A deferred call that could not be told never to start only because the worker
+        had written frames the reader had not taken yet (a heartbeat, progress): once
+        the reader has, look again. The cancel frame was written before, so what held
+        then still holds; the reader may also have brought the call to the front, and
+        then its grace period is being watched already."""
+        for _ in range(rounds):
+            if not (pending.grace_deferred and self.connection.unread_bytes()):
+                return
+            await self.connection.wait_read()
+            if pending.grace_deferred and self._will_never_start(pending):
+                pending.grace_deferred = False
+                self._deferred_graces -= 1
+                pending.never_started = True
 
     def may_have_started(self, pending: Pending) -> bool:
         """Whether the worker may have started ``pending``, by what the host has read.
