@@ -155,3 +155,13 @@ def wall_clock_limit(seconds: float) -> Iterator[None]:
         timer.cancel()
     if scope.cancelled_caught:
         pytest.fail(f"still running after {seconds}s of real time")
+
+
+def open_gate(gate: Path) -> None:
+    """Let every ChaosHandler ``block_until`` waiting for ``gate`` return "done".
+
+    The file appears atomically with its text, so no waiting call reads it empty.
+    """
+    staging = gate.with_suffix(".tmp")
+    staging.write_text("done")
+    staging.rename(gate)

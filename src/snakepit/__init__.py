@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "SnakepitError": "snakepit.errors",
     "UnknownCommand": "snakepit.errors",
     "WorkerCrashed": "snakepit.errors",
+    "WorkerCrashedBeforeStart": "snakepit.errors",
     "WorkerStartupError": "snakepit.errors",
     "WorkerTimeout": "snakepit.errors",
 }
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import SnakepitError as SnakepitError
     from snakepit.errors import UnknownCommand as UnknownCommand
     from snakepit.errors import WorkerCrashed as WorkerCrashed
+    from snakepit.errors import WorkerCrashedBeforeStart as WorkerCrashedBeforeStart
     from snakepit.errors import WorkerStartupError as WorkerStartupError
     from snakepit.errors import WorkerTimeout as WorkerTimeout
     from snakepit.policies import CircuitBreakerPolicy as CircuitBreakerPolicy

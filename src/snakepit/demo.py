@@ -33,7 +33,7 @@ def format_stats(stats: PoolStats) -> str:
 
 async def run_demo(workers: int = 4, calls: int = 2000) -> int:
     config = snakepit.PoolConfig(size=workers, handler="snakepit.testing:ChaosHandler",
-                                 cancel_grace=0.2, max_queue=calls)
+                                 cancel_grace=1.0, max_queue=calls)
     started = time.perf_counter()
     async with contextlib.AsyncExitStack() as stack:
         with worker_progress(Console(stderr=True), workers):
@@ -61,17 +61,25 @@ async def run_demo(workers: int = 4, calls: int = 2000) -> int:
             await pool.execute("nap", {"seconds": 30}, timeout=0.3)
         except snakepit.WorkerTimeout as exc:
             print(f"   WorkerTimeout: {exc}")
-        await trio.sleep(config.cancel_grace)  # let the cancel grace period run out
+        # until the worker has answered the cancel frame (no event marks the answer to
+        # an abandoned call; a demo may look at the stats)
+        while pool.stats().in_flight:  # noqa: ASYNC110
+            await trio.sleep(0.01)
         print("   a cooperative handler stops on the cancel frame and its worker stays: "
               f"{pool.stats().restarts} restarts")
+        exited = trio.Event()
+        handle = snakepit.telemetry.attach("worker.exited", lambda *_: exited.set())
         try:
-            await pool.execute("sleep", {"seconds": 30}, timeout=0.3)
-        except snakepit.WorkerTimeout as exc:
-            print(f"   WorkerTimeout: {exc}")
-        await trio.sleep(config.cancel_grace + 0.1)  # the grace period runs out: killed
+            try:
+                await pool.execute("sleep", {"seconds": 30}, timeout=0.3)
+            except snakepit.WorkerTimeout as exc:
+                print(f"   WorkerTimeout: {exc}")
+            await exited.wait()  # killed once cancel_grace has run out
+        finally:
+            snakepit.telemetry.detach(handle)
         await pool.wait_ready()
         print("   a handler that ignores the cancel is killed after cancel_grace and "
-              f"replaced: {pool.stats().restarts} restart")
+              f"replaced: {pool.stats().restarts} restart(s)")
 
         print("\n3. a worker that crashes mid-call")
         try:

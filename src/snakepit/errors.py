@@ -28,6 +28,7 @@ __all__ = [
     "SnakepitError",
     "UnknownCommand",
     "WorkerCrashed",
+    "WorkerCrashedBeforeStart",
     "WorkerStartupError",
     "WorkerTimeout",
 ]
@@ -99,7 +100,12 @@ class PoolBroken(SnakepitError):
 
 
 class QueueTimeout(SnakepitError):
-    """The call's deadline passed while it waited for a worker; no worker saw it."""
+    """The call's deadline passed while it waited for a worker; it never ran.
+
+    It waited in the pool's queue, or (with ``pipeline_depth`` > 1) in a busy worker's
+    pipe behind running calls -- the worker refuses such a call, and the calls running
+    there are not disturbed. Retry with a longer timeout, or add workers.
+    """
 
     retryable = True
 
@@ -137,6 +143,19 @@ class WorkerCrashed(SnakepitError):
         elif exit_code is not None:
             message = f"{message} (exit code {exit_code})"
         super().__init__(message)
+
+
+class WorkerCrashedBeforeStart(WorkerCrashed):
+    """The worker died while the call waited in its pipe; the call never started.
+
+    With ``pipeline_depth`` > 1 a call may be sent to a busy worker, to run once the
+    call ahead of it is done. If the worker dies first (the call ahead crashed it, or
+    it was killed), the waiting call did not run, so unlike its base class this error
+    is retryable: a ``retry`` policy retries it, and so may the caller. It is still a
+    :class:`WorkerCrashed`, so ``except WorkerCrashed`` sees it too.
+    """
+
+    retryable = True
 
 
 class WorkerStartupError(SnakepitError):

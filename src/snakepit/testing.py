@@ -51,6 +51,26 @@ class ChaosHandler(CommandHandler):
         return float(args["seconds"])
 
     @command
+    def block_until(self, args: dict[str, Any], ctx: CallContext) -> str:
+        """Wait until the file ``path`` exists, then return its text.
+
+        With ``cooperative`` false (the default) it neither looks at the wire nor heeds
+        cancellation, as a stuck handler would; with it true it waits with
+        ``ctx.wait_cancelled`` and stops (``CallCancelled``) when cancelled. Reports
+        progress 0 when it starts, so a test can tell it is running -- and release it
+        exactly when it wants, with no timing involved.
+        """
+        ctx.progress(0, None, "blocked")
+        path = args["path"]
+        while not os.path.exists(path):
+            if not args.get("cooperative"):
+                time.sleep(0.01)
+            elif ctx.wait_cancelled(0.01):
+                raise CallCancelled("block_until cancelled")
+        with open(path) as f:
+            return f.read()
+
+    @command
     def hold_gil(self, args: dict[str, Any], ctx: CallContext) -> None:
         """Block in native code for ``seconds`` *holding the GIL*, as a stuck extension
         would: no Python thread of this process runs meanwhile."""

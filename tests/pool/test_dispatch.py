@@ -13,7 +13,10 @@ from tests.conftest import chaos_config
 
 @asynccontextmanager
 async def busy(pool: snakepit.Pool) -> AsyncIterator[None]:
-    """Keep the pool's only worker busy with a cooperative nap until the block ends."""
+    """Keep the pool's only worker busy with a cooperative nap until the block ends.
+
+    The nap is then cancelled; the tests give the pool a ``cancel_grace`` no test waits
+    out, so the worker is never killed over it, however loaded the machine."""
     async with trio.open_nursery() as nursery:
         async def nap() -> None:
             with pytest.raises(snakepit.WorkerTimeout):
@@ -33,7 +36,7 @@ async def busy(pool: snakepit.Pool) -> AsyncIterator[None]:
 
 
 async def test_waiters_are_served_first_come_first_served() -> None:
-    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1, cancel_grace=60)) as pool:
         order: list[int] = []
         async with trio.open_nursery() as nursery, busy(pool):
             for i in range(5):
@@ -48,7 +51,8 @@ async def test_waiters_are_served_first_come_first_served() -> None:
 
 
 async def test_full_queue_fails_fast_with_retry_after() -> None:
-    async with snakepit.open_pool(chaos_config(size=1, max_queue=2, pipeline_depth=1)) as pool:
+    config = chaos_config(size=1, max_queue=2, pipeline_depth=1, cancel_grace=60)
+    async with snakepit.open_pool(config) as pool:
         async with trio.open_nursery() as nursery, busy(pool):
             for i in range(2):
                 nursery.start_soon(pool.execute, "echo", i)
@@ -62,7 +66,7 @@ async def test_full_queue_fails_fast_with_retry_after() -> None:
 
 
 async def test_deadline_passing_in_the_queue_is_queue_timeout() -> None:
-    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1, cancel_grace=60)) as pool:
         pid = await pool.execute("pid")
         async with busy(pool):
             with pytest.raises(snakepit.QueueTimeout) as info:
@@ -74,7 +78,7 @@ async def test_deadline_passing_in_the_queue_is_queue_timeout() -> None:
 
 
 async def test_cancelled_waiter_leaves_the_queue_and_others_proceed() -> None:
-    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1, cancel_grace=60)) as pool:
         results: list[str] = []
         async with trio.open_nursery() as nursery, busy(pool):
             doomed = trio.CancelScope()
@@ -98,17 +102,19 @@ async def test_cancelled_waiter_leaves_the_queue_and_others_proceed() -> None:
 
 
 async def test_idle_workers_are_preferred_to_pipelining() -> None:
-    async with snakepit.open_pool(chaos_config(size=2, pipeline_depth=2)) as pool:
+    config = chaos_config(size=2, pipeline_depth=2, cancel_grace=60)
+    async with snakepit.open_pool(config) as pool:
         async with trio.open_nursery() as nursery:
             for _ in range(2):
-                nursery.start_soon(pool.execute, "nap", {"seconds": 0.2})
+                nursery.start_soon(pool.execute, "nap", {"seconds": 3600})
             await trio.testing.wait_all_tasks_blocked()
             # one call per worker, not two in one pipe
             assert [w.in_flight for w in pool.stats().workers] == [1, 1]
+            nursery.cancel_scope.cancel()
 
 
 async def test_when_all_workers_are_busy_one_call_waits_in_each_pipe() -> None:
-    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=2)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=2, cancel_grace=60)) as pool:
         order: list[int] = []
         async with trio.open_nursery() as nursery, busy(pool):
             for i in range(3):

@@ -255,6 +255,22 @@ async def test_a_long_call_keeps_its_session_alive(mock_clock: MockClock) -> Non
             assert expiries.ids.value == ()
 
 
+async def test_a_long_stream_keeps_its_session_alive() -> None:
+    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+        async with pool.session(ttl=0.1) as s:
+            assert await s.execute("incr") == 1
+            got = []
+            async with s.stream("session_counts", {"n": 3}, window=1) as chunks:
+                async for chunk in chunks:
+                    got.append(chunk)
+                    # a slow consumer: three TTLs between chunks -- the condition under
+                    # test, not a synchronisation
+                    await trio.sleep(0.3)
+                    assert len(pool.sessions) == 1
+            assert got == [2, 3, 4]  # the worker's state was never dropped
+            assert await s.execute("incr") == 5
+
+
 async def test_leaving_a_session_that_already_expired_is_quiet(mock_clock: MockClock) -> None:
     with wall_clock_limit(60):
         async with snakepit.open_pool(mock_clock_config(size=1)) as pool:

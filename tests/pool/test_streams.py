@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import snakepit
-from tests.conftest import chaos_config
+from tests.conftest import chaos_config, open_gate, support_env
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
@@ -39,7 +39,8 @@ async def test_slow_consumer_bounds_buffering_on_a_long_stream() -> None:
 async def test_leaving_early_closes_the_generator_and_the_worker_stays(tmp_path: Path
                                                                       ) -> None:
     marker = tmp_path / "closed"
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    # a cancel_grace no test waits out: the same pid means the generator was closed
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=60)) as pool:
         pid = await pool.execute("pid")
         async with pool.stream("count", {"n": 1_000_000, "marker": str(marker)}) as chunks:
             async for chunk in chunks:
@@ -52,16 +53,20 @@ async def test_leaving_early_closes_the_generator_and_the_worker_stays(tmp_path:
 
 
 async def test_cancelling_the_consumer_cancels_the_stream(tmp_path: Path) -> None:
+    """No deadline: only the cancel frame can stop this endless stream, and the next
+    call can only run on the serial worker once it has."""
     marker = tmp_path / "closed"
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=60)) as pool:
         pid = await pool.execute("pid")
-        with trio.move_on_after(0.2):
+        with trio.CancelScope() as scope:
             async with pool.stream("count", {"n": 10**9, "marker": str(marker),
                                              "delay": 0.001}) as chunks:
                 async for _ in chunks:
-                    pass
-        assert await pool.execute("pid") == pid
-        assert marker.exists()
+                    scope.cancel()  # the generator has started: a chunk came from it
+        assert scope.cancelled_caught
+        with trio.fail_after(30):  # only a safety net
+            assert await pool.execute("pid") == pid
+        assert marker.read_text() == str(pid)  # its finally ran
 
 
 async def test_crash_mid_stream_delivers_what_arrived_then_worker_crashed() -> None:
@@ -94,7 +99,7 @@ async def test_plain_command_streams_as_one_chunk_and_stream_collects_as_list() 
 
 
 async def test_stream_deadline_is_worker_timeout() -> None:
-    async with snakepit.open_pool(chaos_config(size=1)) as pool:
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=60)) as pool:
         pid = await pool.execute("pid")
         with pytest.raises(snakepit.WorkerTimeout):
             async with pool.stream("count", {"n": 10**9, "delay": 0.01},
@@ -139,3 +144,43 @@ async def test_a_chunk_that_cannot_travel_ends_the_stream_not_the_worker() -> No
         assert received == [0, 1, 2]
         assert await pool.execute("pid") == pid  # no protocol error, no restart
         assert pool.stats().restarts == 0
+
+
+async def test_stream_whose_deadline_passes_in_a_busy_workers_pipe_is_queue_timeout(
+        tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    # cancel_grace 0: a stream thought to be running would get the worker killed at once
+    async with snakepit.open_pool(chaos_config(size=1, cancel_grace=0)) as pool:
+        pid = await pool.execute("pid")
+        results: list[str] = []
+        async with trio.open_nursery() as nursery:
+            running = trio.Event()
+
+            async def blocked() -> None:
+                results.append(await pool.execute("block_until", {"path": str(gate)},
+                                                  on_progress=lambda *_: running.set()))
+
+            nursery.start_soon(blocked)
+            await running.wait()
+            with pytest.raises(snakepit.QueueTimeout):
+                async with pool.stream("count", {"n": 10}, timeout=0.2) as chunks:
+                    async for _ in chunks:
+                        pass
+            open_gate(gate)
+        assert results == ["done"]
+        assert await pool.execute("pid") == pid
+        assert pool.stats().restarts == 0
+
+
+@pytest.mark.parametrize("handler", ["serial", "threaded"])
+async def test_credit_that_arrives_at_once_is_never_missed(handler: str) -> None:
+    """With a window of one the consumer's credit races the worker's wait for it (it
+    may be read by the poll just before the wait, or applied just before a threaded
+    wait takes its lock); the worker must still see it, chunk after chunk."""
+    options: dict[str, object] = {"size": 1}
+    if handler == "threaded":
+        options.update(handler="barrier_handler:ThreadedChaosHandler", env=support_env())
+    async with snakepit.open_pool(chaos_config(**options)) as pool:
+        with trio.fail_after(60):  # a missed credit would stall the stream for good
+            async with pool.stream("count", {"n": 300}, window=1) as chunks:
+                assert [chunk async for chunk in chunks] == list(range(300))

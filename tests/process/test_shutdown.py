@@ -43,16 +43,24 @@ async def test_exit_by_exception_stops_workers() -> None:
 
 
 async def test_exit_by_cancellation_stops_workers_even_mid_call() -> None:
-    with trio.move_on_after(0.5) as scope:
+    pids: list[int] = []
+    with trio.CancelScope() as scope:
         async with snakepit.open_pool(chaos_config(size=2)) as pool:
             pids = [w.pid for w in pool.workers()]
-            await pool.execute("sleep", {"seconds": 60})
+            async with trio.open_nursery() as nursery:
+                await started(pool, nursery, "sleep", {"seconds": 60})
+                scope.cancel()  # with the sleep running in a worker
+                await trio.sleep_forever()
     assert scope.cancelled_caught
+    assert len(pids) == 2
     assert not any(is_alive(pid) for pid in pids)
 
 
 async def test_ladder_escalates_to_sigterm_then_sigkill() -> None:
-    config = chaos_config(size=2, shutdown_grace=0.2, kill_timeout=0.3)
+    # kill_timeout: ample for a clean exit on SIGTERM under load; the stubborn worker
+    # costs that long before its SIGKILL. cancel_grace: no watchdog kill may preempt
+    # the ladder for the calls cancelled below.
+    config = chaos_config(size=2, shutdown_grace=0.2, kill_timeout=5.0, cancel_grace=60)
     async with snakepit.open_pool(config) as pool:
         workers = sorted(pool.workers(), key=lambda w: w.id)
         stubborn = workers[0]

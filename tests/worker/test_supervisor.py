@@ -1,6 +1,9 @@
 """Crashes: exactly the calls in flight fail; slots restart with backoff, within limits."""
 
+import os
 import signal
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -32,6 +35,71 @@ async def test_crash_fails_only_the_call_in_flight_and_slot_restarts() -> None:
         assert stats.restarts == 1
         assert sorted(w.restarts for w in stats.workers) == [0, 1]
         assert await pool.execute("echo", "alive") == "alive"
+
+
+async def crash_with_a_call_queued(pool: snakepit.Pool, gate: Path, queued: str,
+                                   **options: Any) -> tuple[list[BaseException], Any]:
+    """Fill the pool's only worker with calls that block, send ``queued`` into its pipe
+    behind them, then SIGKILL the worker. Returns the blocked calls' errors and what
+    the queued call raised or returned."""
+    worker = pool.workers()[0]
+    running: list[BaseException] = []
+    queued_outcome: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        async def block() -> None:
+            try:
+                await pool.execute("block_until", {"path": str(gate)})
+            except snakepit.WorkerCrashed as exc:
+                running.append(exc)
+
+        async def send_queued() -> None:
+            try:
+                queued_outcome.append(await pool.execute(queued, **options))
+            except snakepit.SnakepitError as exc:
+                queued_outcome.append(exc)
+
+        for _ in range(worker.capacity):
+            nursery.start_soon(block)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(send_queued)
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.stats().in_flight == worker.capacity + 1  # one waits in the pipe
+        os.kill(worker.pid, signal.SIGKILL)
+    return running, queued_outcome[0]
+
+
+@pytest.mark.parametrize("handler", ["serial", "threaded"])
+async def test_a_call_queued_behind_a_crash_never_ran_and_is_retryable(
+        tmp_path: Path, handler: str) -> None:
+    options: dict[str, Any] = {"size": 1}
+    if handler == "threaded":
+        options.update(handler="barrier_handler:ThreadedChaosHandler", env=support_env())
+    async with snakepit.open_pool(chaos_config(**options)) as pool:
+        capacity = pool.workers()[0].capacity
+        # `crash` exits with code 3 if it ever runs: the worker's end would say so
+        running, queued = await crash_with_a_call_queued(pool, tmp_path / "gate", "crash")
+        assert len(running) == capacity
+        assert all(type(exc) is snakepit.WorkerCrashed and not exc.retryable
+                   and exc.signal == signal.SIGKILL for exc in running)
+        assert isinstance(queued, snakepit.WorkerCrashedBeforeStart)
+        assert isinstance(queued, snakepit.WorkerCrashed)  # still caught as a crash
+        assert queued.retryable is True
+        assert "before starting it" in str(queued)
+
+
+async def test_a_retry_policy_retries_a_call_that_never_started(tmp_path: Path) -> None:
+    retry = snakepit.RetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.05)
+    seen: list[str] = []
+    handle = snakepit.telemetry.attach(
+        "call.retry", lambda name, m, meta: seen.append(str(meta["error"])))
+    try:
+        async with snakepit.open_pool(chaos_config(size=1, retry=retry)) as pool:
+            old_pid = pool.workers()[0].pid
+            _, queued = await crash_with_a_call_queued(pool, tmp_path / "gate", "pid")
+            assert isinstance(queued, int) and queued != old_pid  # ran on the replacement
+    finally:
+        snakepit.telemetry.detach(handle)
+    assert seen == ["WorkerCrashedBeforeStart"]  # the blocked calls are not retried
 
 
 async def test_signal_death_is_reported_with_the_signal() -> None:

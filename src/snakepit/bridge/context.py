@@ -15,13 +15,14 @@ class ControlChannel(Protocol):
 
     The serial server reads them itself when asked (``poll``/``wait``); the threaded
     server's reader thread applies them as they come and ``wait`` sleeps on a condition.
-    ``wait`` returns early once ``done()`` holds: the caller's check and the wait must
-    not let a frame that lands in between go unnoticed until the timeout.
+    ``wait`` returns at once when ``ready()`` already holds: the frame a caller waits for
+    may have been applied by its own last ``poll``, or by the reader just before the
+    caller took the lock, and must not be waited for again.
     """
 
     def poll(self) -> None: ...
 
-    def wait(self, timeout: float | None, done: Callable[[], bool]) -> None: ...
+    def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None: ...
 
 
 class SerialChannel:
@@ -33,8 +34,8 @@ class SerialChannel:
     def poll(self) -> None:
         self._pump(0.0)
 
-    def wait(self, timeout: float | None, done: Callable[[], bool]) -> None:
-        if not done():  # frames an earlier poll applied may have done it already
+    def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None:
+        if not ready():
             self._pump(timeout)
 
 
@@ -47,9 +48,10 @@ class ThreadedChannel:
     def poll(self) -> None:
         pass
 
-    def wait(self, timeout: float | None, done: Callable[[], bool]) -> None:
-        with self._changed:  # the reader notifies under this lock after applying a frame
-            self._changed.wait_for(done, timeout)
+    def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None:
+        with self._changed:  # checked under the lock the reader notifies with
+            if not ready():
+                self._changed.wait(timeout)
 
 
 class CallContext:
@@ -63,8 +65,8 @@ class CallContext:
         deadline: Unix time after which the host no longer waits, or ``None``.
     """
 
-    __slots__ = ("_cancelled", "_channel", "_credit", "_report", "_sessions", "args", "command",
-                 "deadline", "id", "session_id", "window")
+    __slots__ = ("_cancelled", "_channel", "_credit", "_refused", "_report", "_sessions",
+                 "_started", "args", "command", "deadline", "id", "session_id", "window")
 
     def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
                  deadline: float | None, window: int | None,
@@ -81,6 +83,10 @@ class CallContext:
         self._sessions = sessions if sessions is not None else {}
         self._cancelled = False
         self._credit = window or 0
+        # Set once, under the server's start lock: the call ran, or was answered as
+        # never started (cancelled or expired while it waited) and never will run.
+        self._started = False
+        self._refused = False
 
     @property
     def session(self) -> dict[str, Any]:
@@ -138,8 +144,11 @@ class CallContext:
                 left = remaining if left is None else min(left, remaining)
             if left is not None and left <= 0:
                 break
-            self._channel.wait(left, lambda: self._cancelled)
+            self._channel.wait(left, self._is_cancelled)
         return self.cancelled
+
+    def _is_cancelled(self) -> bool:
+        return self._cancelled
 
     def _cancel(self) -> None:
         self._cancelled = True
@@ -160,13 +169,14 @@ class CallContext:
 
     def _take_credit(self) -> bool:
         """Wait for one unit of stream credit; False if cancelled (or expired) meanwhile."""
-        while self._credit <= 0:
-            if self.cancelled:
+        while True:
+            if self.cancelled:  # polls the wire: credit may arrive here too
                 return False
+            if self._credit > 0:
+                self._credit -= 1
+                return True
             left = self.time_left()
-            self._channel.wait(None if left is None else max(left, 0.0),
-                               lambda: self._credit > 0 or self._cancelled)
-        if self.cancelled:
-            return False
-        self._credit -= 1
-        return True
+            self._channel.wait(None if left is None else max(left, 0.0), self._has_credit)
+
+    def _has_credit(self) -> bool:
+        return self._credit > 0 or self._cancelled

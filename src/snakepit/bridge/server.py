@@ -6,9 +6,16 @@ Two ways to serve, chosen by the handler's ``concurrency``:
   the call and writes the answer -- no thread handoff on the hot path, which is what
   keeps a worker near the raw-pipe floor. Cancel and credit frames that arrive while a
   call runs are read when the call looks (``ctx.cancelled``, ``ctx.wait_cancelled``, or
-  between chunks of a stream); calls that arrive meanwhile wait in a queue.
+  between chunks of a stream); calls that arrive meanwhile wait in a queue, and the
+  wire is polled once more before each of them starts.
 - **threaded** (``concurrency > 1``): a reader thread applies control frames at once
   and hands calls to a pool of that many threads.
+
+Either way calls start in the order they arrived, at most ``concurrency`` at once, each
+only after an earlier one was answered; and a call is never started once it has been
+cancelled or its deadline has passed: it is answered at once as never started
+(``cancelled`` or ``expired``). The host relies on both rules to tell a call that waited
+in the pipe from one that ran (``QueueTimeout`` versus ``WorkerTimeout``).
 
 The wire uses private duplicates of fds 0 and 1. Fd 0 is then pointed at /dev/null and
 fd 1 at stderr, so a stray ``print`` (or a C library writing to stdout) cannot corrupt
@@ -18,10 +25,13 @@ the wire, and a subprocess a handler spawns does not inherit the wire.
 from __future__ import annotations
 
 import collections
+import fcntl
+import math
 import os
 import queue
 import select
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -50,6 +60,20 @@ class _HostGone(BaseException):
     """The wire is closed: the host exited or closed the pipe. Exit quietly."""
 
 
+def _field_id(message: dict[str, Any]) -> int:
+    """The frame's ``id``, which must be an integer."""
+    call_id = message.get("id")
+    if type(call_id) is not int:
+        raise ProtocolError(f"malformed {message.get(wire.TAG)!r:.20} frame, id must be an "
+                            f"integer: {message!r:.200}")
+    return call_id
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float (not a bool), and not NaN."""
+    return type(value) in (int, float) and value == value
+
+
 class BridgeServer:
     """Serves one :class:`CommandHandler` over a pair of file descriptors."""
 
@@ -68,12 +92,16 @@ class BridgeServer:
         self._count_lock = threading.Lock()
         self._active: dict[int, CallContext] = {}
         self._eof = False
+        self._reading = False  # threaded mode: the reader thread is running
         self._stopping = False
         self._protocol_error: ProtocolError | None = None
         self._heartbeat: float | None = None
         # serial mode: calls read while another ran; threaded mode: the hand-off queue
         self._backlog: collections.deque[CallContext] = collections.deque()
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Threaded mode: held by the reader while it reads and applies a batch of frames,
+        # and by a call thread while it decides to start a call; notified after each
+        # batch. Serial mode: uncontended.
         self._changed = threading.Condition()
         self._channel: ControlChannel = (
             SerialChannel(self.pump) if self.concurrency == 1 else ThreadedChannel(self._changed)
@@ -83,8 +111,11 @@ class BridgeServer:
     def _fill(self, timeout: float | None) -> bool:
         """Read what the wire has, waiting up to ``timeout`` (None: forever) for data.
 
-        Returns False when nothing arrived in time. Sets ``_eof`` at end of stream.
+        Returns False when nothing arrived in time. At end of stream (the host is gone)
+        it sets ``_eof`` and cancels every call.
         """
+        if self._eof:
+            return False
         if timeout is not None:
             ready, _, _ = select.select([self._read_fd], [], [], max(timeout, 0.0))
             if not ready:
@@ -92,9 +123,27 @@ class BridgeServer:
         data = os.read(self._read_fd, _READ_SIZE)
         if not data:
             self._eof = True
+            self._cancel_all()
             return False
         self._frames.extend(self._decoder.feed(data))
         return True
+
+    def _unread(self) -> int:
+        """Bytes the host has written that this side has not read yet."""
+        try:
+            count = fcntl.ioctl(self._read_fd, termios.FIONREAD, bytes(4))
+        except OSError:
+            return 0
+        return int.from_bytes(count, sys.byteorder, signed=True)
+
+    def _cancel_all(self) -> None:
+        """Cancel every call, running or waiting, and wake those that wait (for credit, or
+        in ``ctx.wait_cancelled``): the host is gone or unusable, so nothing may block
+        the exit on a frame that will never come."""
+        with self._changed:
+            for ctx in list(self._active.values()):
+                ctx._cancel()
+            self._changed.notify_all()
 
     def _read_frame(self) -> bytes | None:
         """Blocking read of one frame payload; ``None`` at end of stream."""
@@ -151,6 +200,8 @@ class BridgeServer:
         if hello.get(wire.TAG) != wire.HELLO:
             raise ProtocolError(f"expected hello, got {hello.get(wire.TAG)!r}")
         offered = hello.get("codecs") or ["json"]
+        if not isinstance(offered, list) or not all(isinstance(n, str) for n in offered):
+            raise ProtocolError(f"malformed hello, codecs must be a list: {offered!r:.100}")
         usable = [name for name in offered if name in available_codecs()]
         if not usable:
             raise ProtocolError(
@@ -160,8 +211,8 @@ class BridgeServer:
         if type(max_frame) is int and max_frame > 0:
             self._max_frame_size = max_frame
             self._decoder = FrameDecoder(max_frame)
-        heartbeat = hello.get("heartbeat")
-        if isinstance(heartbeat, int | float) and heartbeat > 0:
+        heartbeat: Any = hello.get("heartbeat")
+        if _is_number(heartbeat) and 0 < heartbeat < math.inf:
             self._heartbeat = float(heartbeat)
         handler_type = type(self.handler)
         self._write(encode_frame(JSON.encode({
@@ -184,44 +235,68 @@ class BridgeServer:
             self._route(decode(frames.popleft()))
 
     def _route(self, message: dict[str, Any]) -> None:
+        """Act on one frame from the host.
+
+        Raises:
+            ProtocolError: an unknown message type, or a field of the wrong type or
+                range (the worker then reports it and exits: the host is broken).
+        """
         tag = message.get(wire.TAG)
         if tag == wire.CALL:
-            call_id, name = message.get("id"), message.get("cmd")
-            if type(call_id) is not int or not isinstance(name, str):
+            call_id, name = _field_id(message), message.get("cmd")
+            session_id, deadline = message.get("sid"), message.get("dl")
+            window = message.get("window")
+            if (not isinstance(name, str) or not (session_id is None or isinstance(session_id, str))
+                    or not (deadline is None or _is_number(deadline))
+                    or not (window is None or (type(window) is int and window > 0))):
                 raise ProtocolError(f"malformed call frame: {message!r:.200}")
-            ctx = CallContext(call_id, name, message.get("args"), session_id=message.get("sid"),
-                              deadline=message.get("dl"), window=message.get("window"),
+            if call_id in self._active:
+                raise ProtocolError(f"call id {call_id} is already in use")
+            ctx = CallContext(call_id, name, message.get("args"), session_id=session_id,
+                              deadline=deadline, window=window,
                               report=self.send, channel=self._channel,
                               sessions=self.handler.session_state)
             if ctx.expired:
                 self._send_error(call_id, wire.KIND_EXPIRED, None,
                                  "the call's deadline passed before the worker received it")
                 return
+            if self._eof:  # read before the end of the wire: the host is gone anyway
+                ctx._cancel()
             self._active[call_id] = ctx
             if self.concurrency == 1:
                 self._backlog.append(ctx)
             else:
                 self._calls.put(ctx)
-        elif tag == wire.CANCEL or tag == wire.CREDIT:
-            target = self._active.get(message.get("id"))  # type: ignore[arg-type]
+        elif tag == wire.CANCEL:
+            target = self._active.get(_field_id(message))
             if target is not None:
-                if tag == wire.CANCEL:
-                    target._cancel()
-                else:
-                    n = message.get("n")
-                    target._grant(n if type(n) is int else 0)
                 with self._changed:
+                    target._cancel()
+                    if not (target._started or target._refused):
+                        target._refused = True  # still queued: answer now, never run it
+                        self._refuse(target)
+                    else:
+                        self._changed.notify_all()
+        elif tag == wire.CREDIT:
+            target = self._active.get(_field_id(message))
+            n = message.get("n")
+            if type(n) is not int or n < 0:
+                raise ProtocolError(f"malformed credit frame: {message!r:.200}")
+            if target is not None:
+                with self._changed:
+                    target._grant(n)
                     self._changed.notify_all()
         elif tag == wire.PING:
-            self.send({wire.TAG: wire.PONG, "id": message.get("id")})
+            self.send({wire.TAG: wire.PONG, "id": _field_id(message)})
         elif tag == wire.DROP:
             session_id = message.get("sid")
-            if isinstance(session_id, str):
-                self.handler.end_session(session_id)
+            if not isinstance(session_id, str):
+                raise ProtocolError(f"malformed drop frame: {message!r:.200}")
+            self.handler.end_session(session_id)
         elif tag == wire.SHUTDOWN:
             self._stopping = True
         else:
-            raise ProtocolError(f"unexpected message type {tag!r}")
+            raise ProtocolError(f"unexpected message type {tag!r:.100}")
 
     def pump(self, timeout: float | None) -> None:
         """Serial mode: read and apply control frames, waiting up to ``timeout``.
@@ -231,18 +306,58 @@ class BridgeServer:
         cancelled: the host is unusable.
         """
         if self._eof or self._protocol_error is not None:
+            # No frame will come again, and every call is cancelled, so no caller should
+            # be here; one that is anyway waits rather than spins.
+            time.sleep(1.0 if timeout is None else max(timeout, 0.0))
             return
         try:
             if self._fill(timeout):
                 self._route_pending()
         except ProtocolError as exc:
             self._protocol_error = exc
-            for ctx in self._active.values():
-                ctx._cancel()
+            self._cancel_all()
 
     # -- running calls -------------------------------------------------------------
+    def _start(self, ctx: CallContext) -> bool:
+        """Decide, once, whether ``ctx`` runs now: not when it was already answered, nor
+        when it was cancelled or its deadline passed while it waited (it is then
+        answered as never started).
+
+        Every cancel frame the host wrote before this moment is applied first: the
+        serial loop polls the wire before starting a call that waited; here, in
+        threaded mode, the call thread waits until the reader has read and applied all
+        there is. The decision is made holding the reader's lock, so a cancel the
+        reader applies at the same moment either refuses the call or finds it started
+        -- never both, never neither.
+        """
+        with self._changed:
+            if self.concurrency > 1:
+                while self._reading and self._unread() > 0:
+                    self._changed.wait(0.1)
+            if ctx._refused:
+                return False
+            if not (ctx._cancelled or ctx.expired):
+                ctx._started = True
+                return True
+            ctx._refused = True
+        self._refuse(ctx)
+        return False
+
+    def _refuse(self, ctx: CallContext) -> None:
+        """Answer a call that never started and never will (cancelled or expired)."""
+        self._active.pop(ctx.id, None)
+        if ctx.expired:
+            self._send_error(ctx.id, wire.KIND_EXPIRED, None,
+                             "the call's deadline passed before the worker started it")
+        else:
+            self._send_error(ctx.id, wire.KIND_CANCELLED, None,
+                             f"call {ctx.id} ({ctx.command}) was cancelled before it started",
+                             etype="CallCancelled")
+
     def run_call(self, ctx: CallContext) -> None:
         """Run one call and send its answer (result, stream or error)."""
+        if not self._start(ctx):
+            return
         try:
             cmd = self.handler.lookup(ctx.command)
             if cmd is None:
@@ -250,8 +365,6 @@ class BridgeServer:
                                  f"unknown command {ctx.command!r}", etype="UnknownCommand")
                 return
             try:
-                if ctx._cancelled:
-                    raise CallCancelled(f"call {ctx.id} ({ctx.command}) was cancelled")
                 result = cmd(ctx.args, ctx)
                 if cmd.streaming and ctx.window is None:  # plain call of a stream: collect
                     self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": list(result)})
@@ -288,35 +401,60 @@ class BridgeServer:
 
     def _serve_serial(self) -> None:
         backlog = self._backlog
+        polled = True  # the wire has been read since the last call ran
         while True:
             if not backlog:
                 if self._stopping or self._eof:
                     return
                 self._fill(None)
                 self._route_pending()
+                polled = True
+                continue
+            if not polled:
+                # These calls waited while another ran: apply every cancel frame that
+                # came meanwhile before starting one (a select per pipelined call).
+                while self._fill(0.0):
+                    self._route_pending()
+                polled = True
                 continue
             self.run_call(backlog.popleft())
+            polled = False
             if self._protocol_error is not None:
                 raise self._protocol_error
 
     def _serve_threaded(self) -> None:
+        self._reading = True
         threading.Thread(target=self._read_forever, name="snakepit-reader", daemon=True).start()
         with ThreadPoolExecutor(self.concurrency, "snakepit-call") as pool:
-            while (ctx := self._calls.get()) is not _STOP:
-                pool.submit(self._run_guarded, ctx)
+            try:
+                while (ctx := self._calls.get()) is not _STOP:
+                    pool.submit(self._run_guarded, ctx)
+            except BaseException:  # SIGTERM/SIGINT: stop the calls the pool waits for
+                self._cancel_all()
+                raise
 
     def _read_forever(self) -> None:
-        """Threaded mode's reader: apply frames as they arrive until EOF or shutdown."""
+        """Threaded mode's reader: apply frames as they arrive until EOF or shutdown.
+
+        It waits for data without the lock, then reads and applies a batch holding it
+        (see :meth:`_start`).
+        """
         try:
             while not (self._stopping or self._eof):
-                self._fill(None)
-                self._route_pending()
+                select.select([self._read_fd], [], [])
+                with self._changed:
+                    if self._fill(0.0):
+                        self._route_pending()
+                    self._changed.notify_all()
         except ProtocolError as exc:
             self._protocol_error = exc
             self._report_protocol_error(exc)
         except (_HostGone, OSError):
             pass
         finally:
+            with self._changed:
+                self._reading = False
+                self._changed.notify_all()
             self._calls.put(_STOP)
 
     def _report_protocol_error(self, exc: ProtocolError) -> None:
@@ -333,6 +471,7 @@ class BridgeServer:
             if self._heartbeat is not None:
                 threading.Thread(target=self._beat, name="snakepit-heartbeat",
                                  daemon=True).start()
+            self._route_pending()  # frames that came in the same read as the hello
             if self.concurrency == 1:
                 self._serve_serial()
             else:

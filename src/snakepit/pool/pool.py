@@ -43,7 +43,7 @@ from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats, percentile
 from snakepit.pool.stream import ChunkStream
 from snakepit.process.registry import reap_orphans
 from snakepit.resilience.breaker import CircuitBreaker
-from snakepit.sessions.store import AffinityMode
+from snakepit.sessions.store import AffinityMode, Session
 from snakepit.worker.calls import ProgressCallback
 from snakepit.worker.run import offered_codecs, registry
 from snakepit.worker.supervisor import Slot
@@ -285,12 +285,16 @@ class Pool(CallPath, DynamicCalls):
         """
         call_id, submitted = self._call_started(command, stream=True)
         attempt: list[Any] = [None, submitted]
+        session: Session | None = None
         try:
             deadline = self._deadline(timeout)
             if session_id is None:
                 worker = await self._acquire(deadline)
             else:
+                # In use for the stream's whole life, as a session is for a call's run:
+                # its TTL cannot expire (and drop the worker's state) mid-stream.
                 session = self.sessions.touch(session_id)
+                session.in_use += 1
                 worker = await self._affinity.acquire(session, deadline)
             attempt[:] = [worker, trio.current_time()]
             stream = ChunkStream(worker, command, args, deadline,
@@ -302,6 +306,10 @@ class Pool(CallPath, DynamicCalls):
         except BaseException as exc:
             self._call_failed(exc, command, call_id, submitted, attempt, stream=True)
             raise
+        finally:
+            if session is not None:
+                session.in_use -= 1
+                session.last_used = trio.current_time()  # its TTL counts from here
         self._call_succeeded(command, call_id, submitted, attempt,
                              measurements={"chunks": stream.received}, stream=True)
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import trio
 
-from snakepit.errors import WorkerTimeout
 from snakepit.worker.worker import Worker
 
 
@@ -64,8 +63,8 @@ class ChunkStream:
                 self._taken = 0
             return value
         assert scope.cancelled_caught
-        raise WorkerTimeout(f"stream {self._pending.command!r} on worker {self.worker.id} "
-                            "passed its deadline")
+        raise await self.worker.deadline_error(self._pending,
+                                               f"stream {self._pending.command!r}")
 
     def close(self) -> None:
         """Stop the stream early: the worker is told to close its generator."""

@@ -28,6 +28,12 @@ Worker to host::
 ``dl`` is the call's deadline as Unix time in seconds (host and worker share the clock
 on one machine). ``window`` marks a streaming call and is the initial number of chunks
 the worker may send before it waits for ``credit``.
+
+A worker starts calls in the order they arrive, at most ``concurrency`` at once, each
+only after it has answered an earlier one; it never starts a call whose ``dl`` has
+passed (it answers ``expired``), and it answers a ``cancel`` for a call it has not
+started at once (``cancelled`` or ``expired``). The host relies on these rules to tell
+a call that waited in a busy worker's pipe from one that ran.
 """
 
 from __future__ import annotations
@@ -65,7 +71,11 @@ KIND_PAYLOAD = "payload"  # the result could not be encoded or was too large
 KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 
 #: Capabilities a bridge of this version announces in its welcome.
-CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat")
+#: ``refuse``: a cancel frame written before a call starts keeps it from ever starting
+#: (the worker answers it at once as never started), so the host need not watch a
+#: ``cancel_grace`` for a call it cancelled while it still waited in the worker.
+CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat",
+                "refuse")
 
 #: Environment variable carrying the pool's ``allowed_targets`` to enhanced workers.
 ALLOWED_TARGETS_ENV = "SNAKEPIT_ALLOWED_TARGETS"

@@ -49,16 +49,25 @@ def error_from_wire(message: Error) -> SnakepitError:
 class Pending:
     """One call in flight: who waits for it and what has arrived."""
 
-    __slots__ = ("abandoned", "answered", "command", "id", "on_progress", "settled", "stream",
-                 "task")
+    __slots__ = ("abandoned", "answered", "command", "grace_deferred", "id", "never_started",
+                 "on_progress", "settled", "stream", "task", "wall_deadline")
 
-    def __init__(self, call_id: int, command: str) -> None:
+    def __init__(self, call_id: int, command: str, wall_deadline: float | None = None) -> None:
         self.id = call_id
         self.command = command
+        self.wall_deadline = wall_deadline
+        """The deadline the worker was told (Unix time), or None."""
         self.task: trio.lowlevel.Task | None = None
         self.answered = False
         self.abandoned = False
-        self.settled: trio.Event | None = None  # created only when abandoned
+        self.settled: trio.Event | None = None  # created when its cancel_grace is watched
+        self.never_started = False
+        """Abandoned while queued in the worker, where it will never start (its deadline
+        had passed, or the worker refuses cancelled calls): a caller whose deadline
+        passed gets QueueTimeout, and no cancel_grace is watched."""
+        self.grace_deferred = False
+        """Abandoned while queued in the worker: its cancel_grace is watched only once it
+        may have started."""
         self.on_progress: ProgressCallback | None = None
         self.stream: ChunkBuffer | None = None
 

@@ -9,8 +9,11 @@ read, so one wake-up can settle many calls.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
+import sys
+import termios
 from collections.abc import Callable
 
 import trio
@@ -39,6 +42,8 @@ class Connection:
         self._decoder = FrameDecoder(max_frame_size)
         self._unsent = bytearray()
         self._unsent_lot = trio.lowlevel.ParkingLot()
+        self._read_lot = trio.lowlevel.ParkingLot()  # woken after each read and at the end
+        self._reading = True
         self.last_heard = trio.current_time()
         """When the worker last sent anything (the heartbeat watchdog reads it)."""
 
@@ -102,6 +107,23 @@ class Connection:
                 return
             del self._unsent[:written]
 
+    @property
+    def flushed(self) -> bool:
+        """Whether every frame sent so far has been written to the pipe."""
+        return not self._unsent
+
+    def unread_bytes(self) -> int | None:
+        """Bytes the worker has written that the reader has not taken yet (None: unknown).
+
+        The reader delivers every frame of a read before any other task runs, so 0 means
+        the host has acted on everything the worker wrote until now.
+        """
+        try:
+            count = fcntl.ioctl(self._read_fd, termios.FIONREAD, bytes(4))
+        except (OSError, ValueError):  # closed, or a transport without FIONREAD
+            return None
+        return int.from_bytes(count, sys.byteorder, signed=True)
+
     async def read_payloads(self) -> list[bytes] | None:
         """Wait for data and return every complete frame payload in it; None at EOF."""
         fd = self._read_fd
@@ -128,21 +150,33 @@ class Connection:
         fd = self._read_fd
         decode, decoder = self.codec.decode, self._decoder
         reads = 0
-        while True:
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                reads = 0
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            except OSError:  # a reset socket (ECONNRESET): the worker is gone
-                return
-            if not data:
-                return
-            self.last_heard = trio.current_time()
-            for payload in decoder.feed(data):
-                deliver(from_wire(decode(payload)))
-            reads += 1
-            if reads >= _READS_PER_YIELD:
-                reads = 0
-                await trio.lowlevel.checkpoint()
+        try:
+            while True:
+                try:
+                    data = os.read(fd, _READ_SIZE)
+                except BlockingIOError:
+                    reads = 0
+                    await trio.lowlevel.wait_readable(fd)
+                    continue
+                except OSError:  # a reset socket (ECONNRESET): the worker is gone
+                    return
+                if not data:
+                    return
+                self.last_heard = trio.current_time()
+                for payload in decoder.feed(data):
+                    deliver(from_wire(decode(payload)))
+                if self._read_lot:
+                    self._read_lot.unpark_all()
+                reads += 1
+                if reads >= _READS_PER_YIELD:
+                    reads = 0
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self._reading = False
+            self._read_lot.unpark_all()
+
+    async def wait_read(self) -> None:
+        """Return once the reader has taken and delivered what the worker wrote so far
+        (or has stopped reading)."""
+        while self._reading and self.unread_bytes():
+            await self._read_lot.park()

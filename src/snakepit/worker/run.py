@@ -115,9 +115,11 @@ async def start(worker: Worker, offered: list[str]) -> None:
 async def serve(worker: Worker) -> None:
     """Route the worker's frames until it goes away, then fail what is left in flight."""
     config, process = worker.config, worker.process
+    drained = True  # read to EOF: every frame the worker wrote has been acted on
     try:
         await worker.connection.read_forever(worker.on_message)
     except ProtocolError as exc:
+        drained = False
         worker.kill(f"protocol error: {exc}")
         worker.end_reason = exc
     if worker.state is WorkerState.READY:
@@ -128,7 +130,7 @@ async def serve(worker: Worker) -> None:
                                  kill_timeout=config.kill_timeout)
     worker.state = WorkerState.DEAD
     worker.fail_all(worker.end_reason or WorkerCrashed(
-        f"worker {worker.id} (pid {worker.pid}) died", exit_code=code))
+        f"worker {worker.id} (pid {worker.pid}) died", exit_code=code), drained=drained)
 
 
 async def retire_after(worker: Worker, seconds: float) -> None:

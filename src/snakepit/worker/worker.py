@@ -8,6 +8,7 @@ wait for them, abandoning calls that time out, and ending the worker.
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import itertools
 import logging
@@ -25,8 +26,10 @@ from snakepit.config import PoolConfig
 from snakepit.errors import (
     PoolClosed,
     ProtocolError,
+    QueueTimeout,
     SnakepitError,
     WorkerCrashed,
+    WorkerCrashedBeforeStart,
     WorkerTimeout,
 )
 from snakepit.process.launch import WorkerProcess
@@ -89,7 +92,10 @@ class Worker:
         self._send = self.connection.send
         self._release = release
         self._inflight: dict[int, Pending] = {}
+        """Calls sent and not answered, in the order they were sent."""
         self._ids = itertools.count(1)
+        self._deferred_graces = 0
+        """Abandoned calls whose cancel_grace waits for them to reach the front."""
         self._nursery: trio.Nursery | None = None
         self.end_reason: SnakepitError | None = None
         """The error calls in flight get when the worker ends (None: a crash)."""
@@ -168,6 +174,13 @@ class Worker:
         self.calls_served += 1
         pending.settle(answer)
         self._release(self)
+        if self._deferred_graces:
+            if pending.grace_deferred:  # answered while it waited: refused, most likely
+                pending.grace_deferred = False
+                self._deferred_graces -= 1
+                pending.never_started = (isinstance(answer, outcome.Error)
+                                         and isinstance(answer.error, QueueTimeout))
+            self._watch_deferred_graces()
         if self.killed_on_purpose and not self._inflight and not self.shutdown_sent:
             self.request_shutdown()  # a retiring worker's last call is done
 
@@ -191,7 +204,7 @@ class Worker:
         except SnakepitError:  # PayloadError: unencodable or oversized
             self._release(self)
             raise
-        pending = Pending(call_id, command)
+        pending = Pending(call_id, command, wall_deadline)
         if window is not None:
             pending.stream = ChunkBuffer()
         self._inflight[call_id] = pending
@@ -212,7 +225,22 @@ class Worker:
             return await self._wait_answer(pending)
         with trio.CancelScope(deadline=deadline):
             return await self._wait_answer(pending)
-        raise WorkerTimeout(f"call {command!r} on worker {self.id} passed its deadline")
+        raise await self.deadline_error(pending, f"call {command!r}")
+
+    async def deadline_error(self, pending: Pending, what: str) -> SnakepitError:
+        """The error for an abandoned call (or stream) whose deadline passed after it was
+        sent: ``QueueTimeout`` if it was still waiting in the worker's pipe (it will
+        never run), else ``WorkerTimeout``.
+
+        When that could not be told because the worker had written frames the reader
+        had not taken yet (a heartbeat, say), it waits for the reader -- a scheduling
+        round -- and looks again.
+        """
+        await self._look_again(pending)
+        if pending.never_started:
+            return QueueTimeout(f"{what} waited in worker {self.id}'s pipe behind running "
+                                "calls until its deadline passed; it never started")
+        return WorkerTimeout(f"{what} on worker {self.id} passed its deadline")
 
     async def _wait_answer(self, pending: Pending) -> Any:
         try:
@@ -232,7 +260,11 @@ class Worker:
 
         The call keeps its capacity unit until the worker answers, and that answer is
         discarded. A worker that does not answer within ``cancel_grace`` is killed,
-        since its state is then unknown.
+        since its state is then unknown. A call still queued in the worker's pipe
+        behind running calls is refused by the worker (it answers a cancel for a call
+        it has not started, and never starts one whose deadline has passed), so its
+        grace period starts only once it may have started -- the calls running ahead of
+        it are never put at risk by it.
         """
         if pending.abandoned or pending.answered:
             return
@@ -240,11 +272,30 @@ class Worker:
         pending.task = None
         if not self.accepting and self.state is not WorkerState.STOPPING:
             return
+        if not self.may_have_started(pending):
+            self._send(Cancel(pending.id))
+            if self._will_never_start(pending):
+                pending.never_started = True
+                return
+            pending.grace_deferred = True
+            self._deferred_graces += 1
+            if self.connection.unread_bytes() and self._nursery is not None:
+                with contextlib.suppress(RuntimeError):  # the worker's tasks are ending
+                    self._nursery.start_soon(self._look_again, pending)
+            return
         if self.config.cancel_grace == 0:
             self.kill(f"call {pending.command!r} was cancelled (cancel_grace is 0)",
                       on_purpose=True)
             return
         self._send(Cancel(pending.id))
+        self._watch_grace(pending)
+
+    def _watch_grace(self, pending: Pending) -> None:
+        """Kill the worker unless it answers ``pending`` within ``cancel_grace``.
+
+        A task watches, even for a ``cancel_grace`` of 0: a deferred call's refusal
+        may be in the very batch of frames that brought it to the front.
+        """
         pending.settled = trio.Event()
         try:
             if self._nursery is None:
@@ -255,10 +306,68 @@ class Worker:
             # around us): nobody is left to watch the grace period, so do not wait.
             self.kill("cancelled while the worker was shutting down", on_purpose=True)
 
+    def _watch_deferred_graces(self) -> None:
+        """Start the grace period of abandoned calls that have reached the front."""
+        for index, pending in enumerate(self._inflight.values()):
+            if index >= self.capacity:
+                return
+            if pending.grace_deferred:
+                pending.grace_deferred = False
+                self._deferred_graces -= 1
+                self._watch_grace(pending)
+
+    async def _look_again(self, pending: Pending, rounds: int = 3) -> None:
+        """A deferred call that could not be told never to start only because the worker
+        had written frames the reader had not taken yet (a heartbeat, progress): once
+        the reader has, look again. The cancel frame was written before, so what held
+        then still holds; the reader may also have brought the call to the front, and
+        then its grace period is being watched already."""
+        for _ in range(rounds):
+            if not (pending.grace_deferred and self.connection.unread_bytes()):
+                return
+            await self.connection.wait_read()
+            if pending.grace_deferred and self._will_never_start(pending):
+                pending.grace_deferred = False
+                self._deferred_graces -= 1
+                pending.never_started = True
+
+    def may_have_started(self, pending: Pending) -> bool:
+        """Whether the worker may have started ``pending``, by what the host has read.
+
+        A worker starts calls in the order they were sent, at most ``capacity`` at a
+        time, and each only after answering an earlier one. So a call with
+        ``capacity`` older calls still unanswered has not started -- unless such an
+        answer is already on its way, which :meth:`_will_never_start` rules out.
+        """
+        older = 0
+        for call_id in self._inflight:
+            if call_id == pending.id or older >= self.capacity:
+                break
+            older += 1
+        return older < self.capacity
+
+    def _will_never_start(self, pending: Pending) -> bool:
+        """Whether ``pending``, just cancelled, has not started and never will.
+
+        Needs ``capacity`` older calls unanswered and nothing the worker wrote left
+        unread: then no older call had finished, so ``pending`` had not started. It never
+        will if its deadline has passed (a worker never starts a call past its deadline;
+        the clock is read first, so the deadline had passed before that moment) or if
+        the worker has the ``refuse`` capability and the cancel frame is already in the
+        pipe (written before ``pending`` could start, so it keeps it from starting).
+        """
+        if self.may_have_started(pending):
+            return False
+        expired = pending.wall_deadline is not None and time.time() >= pending.wall_deadline
+        refuses = (self.connection.flushed and self.welcome is not None
+                   and "refuse" in self.welcome.capabilities)
+        return (expired or refuses) and self.connection.unread_bytes() == 0
+
     async def _cancel_watchdog(self, pending: Pending) -> None:
         assert pending.settled is not None
         with trio.move_on_after(self.config.cancel_grace):
             await pending.settled.wait()
+        if pending.settled.is_set():  # answered, perhaps just as the grace ran out
             return
         self.kill(f"call {pending.command!r} did not stop within cancel_grace "
                   f"({self.config.cancel_grace}s) after it was cancelled", on_purpose=True)
@@ -323,9 +432,20 @@ class Worker:
             self.end_reason = self.end_reason or PoolClosed("the pool is shutting down")
             self._send(Shutdown())
 
-    def fail_all(self, error: SnakepitError) -> None:
-        """Every call still in flight gets ``error``."""
+    def fail_all(self, error: SnakepitError, *, drained: bool = False) -> None:
+        """Every call still in flight gets ``error``.
+
+        ``drained``: the worker is gone and every frame it wrote has been read. Then,
+        when ``error`` is a :class:`WorkerCrashed`, the calls that were still queued in
+        its pipe (``capacity`` older calls unanswered: they cannot have started) get
+        the retryable :class:`WorkerCrashedBeforeStart` instead.
+        """
         pending_calls = list(self._inflight.values())
         self._inflight.clear()
-        for pending in pending_calls:
-            pending.settle(outcome.Error(error))
+        for index, pending in enumerate(pending_calls):
+            if drained and index >= self.capacity and isinstance(error, WorkerCrashed):
+                pending.settle(outcome.Error(WorkerCrashedBeforeStart(
+                    f"call {pending.command!r} was queued in worker {self.id}, which died "
+                    f"before starting it ({error})")))
+            else:
+                pending.settle(outcome.Error(error))
