@@ -276,6 +276,28 @@ state_dir = "{state_dir}"
     assert table.returncode == 1 and "some checks failed" in table.stdout
 
 
+def test_doctor_reports_a_missing_runtime_and_a_missing_gpu(state_dir: Path) -> None:
+    config = write_config(state_dir, f"""
+[pools.js]
+adapter = "node"
+state_dir = "{state_dir}"
+
+[pools.neural]
+kind = "gpu"
+state_dir = "{state_dir}"
+""")
+    # a PATH with neither node nor nvidia-smi (workers run sys.executable by its path)
+    result = subprocess.run([*SNAKEPIT, "doctor", str(config), "--json"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PATH": str(state_dir)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = {f["scope"]: f for f in json.loads(result.stdout) if f["status"] == "fail"}
+    assert failed["js"]["check"] == "executable" and "node" in failed["js"]["detail"]
+    assert "pools.js.options.node" in failed["js"]["fix"]
+    assert "GPU" in failed["neural"]["detail"]
+    assert "pools.neural.options.fallback_cpu = true" in failed["neural"]["fix"]
+
+
 def test_doctor_names_every_config_error(state_dir: Path) -> None:
     config = write_config(state_dir, """
 [pools.general]

@@ -137,6 +137,9 @@ def _fix_for_startup(error: WorkerStartupError, config: PoolConfig) -> str:
     if "ModuleNotFoundError" in tail or "ImportError" in tail or "AttributeError" in tail:
         return (f"make handler {config.handler!r} importable by {config.python} "
                 f"(is {module!r} installed there, or on PYTHONPATH / cwd?)")
+    if "GPU" in str(error):
+        return ("run on a machine with an NVIDIA GPU and its driver (nvidia-smi), or set "
+                f"pools.{config.name}.options.fallback_cpu = true")
     if "startup_timeout" in str(error):
         return "the worker is slow to start: raise startup_timeout, or look at its stderr"
     return "run the worker's command by hand and read its stderr (shown above)"
@@ -151,13 +154,20 @@ async def pool_findings(config: PoolConfig, *,
     found: list[Finding] = []
     try:
         adapter = find_adapter(config)
-        found.append(Finding(name, "adapter", "pass", f"{adapter.name} (codecs "
-                             f"{', '.join(adapter.codecs)})"))
-        spec = adapter.launch(config, f"{name}-doctor")
     except ConfigError as exc:
         found.append(Finding(name, "adapter", "fail", "; ".join(exc.errors),
                              f"install the plugin that provides adapter {config.adapter!r} "
                              "(`snakepit plugins` lists what is installed)"))
+        return found
+    found.append(Finding(name, "adapter", "pass", f"{adapter.name} (codecs "
+                         f"{', '.join(adapter.codecs)})"))
+    try:
+        spec = adapter.launch(config, f"{name}-doctor")
+    except ConfigError as exc:  # the adapter cannot start a worker as configured
+        fields = sorted({error.partition(":")[0] for error in exc.errors})
+        found.append(Finding(name, "executable", "fail", "; ".join(exc.errors),
+                             "install what the detail names, or set "
+                             + ", ".join(f"pools.{name}.{f}" for f in fields)))
         return found
     try:
         kind = find_kind(config)
