@@ -163,10 +163,13 @@ class PoolConfig:
     """Default ``timeout`` of calls that pass none (``None``: no limit)."""
     max_queue: int = 1024
     """Calls that may wait for a worker; the next one gets :class:`PoolSaturated`."""
-    pipeline_depth: int = 2
-    """Calls a worker may hold per unit of its concurrency: with 2, when every worker is
-    busy, one more call waits in each worker's pipe so it never idles between calls.
-    1 disables pipelining (a call then always goes to whichever worker frees first)."""
+    pipeline_depth: int = 8
+    """Most calls a worker may hold per unit of its concurrency. When every worker is
+    busy, further calls wait in the workers' pipes, so a worker never idles between
+    calls -- as deep as about a millisecond of expected work (quick calls go up to this
+    deep, calls of a millisecond or more at most 2: one running, one waiting). 2 fixes
+    the depth at one waiting call; 1 disables pipelining (a call then always goes to
+    whichever worker frees first)."""
     cancel_grace: float = 0.5
     """Seconds a worker has to stop a cancelled or timed-out call before it is killed."""
     shutdown_grace: float = 5.0

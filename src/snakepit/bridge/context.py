@@ -160,6 +160,8 @@ class CallContext:
         while self._credit <= 0:
             if self.cancelled:
                 return False
+            if self._credit > 0:
+                break  # the poll inside ``cancelled`` brought credit: do not wait
             left = self.time_left()
             self._channel.wait(None if left is None else max(left, 0.0))
         if self.cancelled:

@@ -1,32 +1,46 @@
 """The framed connection to one worker process: its codec and its two pipe ends.
 
-Writes are synchronous on purpose: a frame written to a pipe with room costs one
-syscall and no task switch (~10 µs each, DESIGN.md); only when the pipe is full do the
-remaining bytes wait for the flusher task. Reads parse every complete frame of each
-read, so one wake-up can settle many calls.
+Writes are *corked* for the rest of the scheduler batch: ``send`` queues the frame and
+an :class:`trio.abc.Instrument` writes every connection's queue with one ``writev``
+just before Trio next waits for I/O, that is once every runnable task has run. A
+reader that settles eight calls wakes eight callers, each sends its next call, and the
+worker gets all eight in one syscall and one wake-up instead of eight: on the 2-core
+reference box that took the worker's CPU per trivial call from ~26 µs to ~13-20 µs,
+and the host's by ~3 µs (docs/performance.md). No frame waits longer than the batch
+that sent it, and nobody needs a task switch to flush. Only when the pipe is full do
+the remaining bytes wait for the flusher task.
+
+Reads parse every complete frame of each read, so one wake-up can settle many calls;
+``result`` frames skip the cattrs structuring (the commonest frame by far).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
+from snakepit.errors import PayloadError
+from snakepit.protocol import wire
 from snakepit.protocol.codecs import JSON, Codec
-from snakepit.protocol.framing import FrameDecoder, encode_frame
+from snakepit.protocol.framing import HEADER, FrameDecoder
 from snakepit.protocol.messages import Message, from_wire, to_wire
 
 _READ_SIZE = 1 << 20
 # Reads handled back to back before the reader yields to let callers run.
 _READS_PER_YIELD = 8
+# Buffers handed to one writev (Linux's IOV_MAX is 1024).
+_IOV_MAX = 1024
 
 
 class Connection:
     """Frames over a pair of non-blocking file descriptors (the worker's stdin/stdout).
 
     The seam for other transports (a TCP stream to a remote worker) is this class:
-    ``send``, ``flush_forever``, ``read_payloads`` and ``read_forever``.
+    ``send``, ``send_map``, ``flush_forever``, ``read_payloads`` and ``read_forever``.
     """
 
     def __init__(self, write_fd: int, read_fd: int, max_frame_size: int) -> None:
@@ -35,47 +49,95 @@ class Connection:
         self.max_frame_size = max_frame_size
         self.codec: Codec = JSON
         self._decoder = FrameDecoder(max_frame_size)
-        self._unsent = bytearray()
-        self._unsent_lot = trio.lowlevel.ParkingLot()
+        self._unsent: collections.deque[bytes | memoryview] = collections.deque()
+        """Frame pieces (headers and payloads) not written yet, in order."""
+        self._blocked = False
+        """The pipe was full: the flusher task owns ``_unsent`` until it drains."""
+        self._flusher_lot = trio.lowlevel.ParkingLot()
+        self._batch = _batch_writer()
         self.last_heard = trio.current_time()
         """When the worker last sent anything (the heartbeat watchdog reads it)."""
 
     def send(self, message: Message) -> None:
-        """Write one frame now, or queue it behind bytes the pipe has not taken yet.
+        """Queue one frame; it is written before Trio next waits for I/O.
 
         Raises:
             PayloadError: the message cannot be encoded or exceeds ``max_frame_size``.
         """
-        frame = encode_frame(self.codec.encode(to_wire(message)), self.max_frame_size)
-        if self._unsent:
-            self._unsent += frame
+        self.send_map(to_wire(message))
+
+    def send_map(self, data: dict[str, Any]) -> None:
+        """:meth:`send` for a message already in its wire form (the call hot path).
+
+        Raises:
+            PayloadError: the map cannot be encoded or exceeds ``max_frame_size``.
+        """
+        payload = self.codec.encode(data)
+        size = len(payload)
+        if size > self.max_frame_size:
+            raise PayloadError(f"frame of {size} bytes exceeds max_frame_size "
+                               f"{self.max_frame_size}")
+        unsent = self._unsent
+        # Header and payload stay separate buffers: writev sends both, and a large
+        # payload is never copied again after encoding.
+        unsent.append(HEADER.pack(size))
+        unsent.append(payload)
+        if not self._blocked and len(unsent) == 2:
+            self._batch.dirty.append(self)
+
+    def close(self) -> None:
+        """Forget what is unsent: the pipes are about to be closed, and their fd numbers
+        may soon belong to another worker's pipes."""
+        self._write_fd = -1
+        self._unsent.clear()
+
+    def write_batch(self) -> None:
+        """Write what is queued now (the batch writer calls this once per batch)."""
+        if self._blocked or not self._unsent:
             return
+        if self._write_fd < 0:
+            self._unsent.clear()
+            return
+        if not self._write_some():
+            self._blocked = True
+            self._flusher_lot.unpark_all()
+            # The loop already chose how long to sleep; make it look again so the
+            # flusher task runs and waits for the pipe to drain.
+            trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
+
+    def _write_some(self) -> bool:
+        """One writev of the queue; True when everything was written."""
+        unsent = self._unsent
         try:
-            written = os.write(self._write_fd, frame)
+            if len(unsent) <= _IOV_MAX:
+                written = os.writev(self._write_fd, unsent)
+            else:
+                written = os.writev(self._write_fd, [unsent[i] for i in range(_IOV_MAX)])
         except BlockingIOError:
-            written = 0
+            return False
         except OSError:  # the worker is gone; the reader will see EOF and report it
-            return
-        if written < len(frame):
-            self._unsent += frame[written:]
-            self._unsent_lot.unpark_all()
+            unsent.clear()
+            return True
+        while written:
+            piece = unsent[0]
+            if written >= len(piece):
+                written -= len(piece)
+                unsent.popleft()
+            else:
+                unsent[0] = memoryview(piece)[written:]
+                written = 0
+        return not unsent
 
     async def flush_forever(self) -> None:
-        """Write queued bytes as the pipe takes them (the flusher task)."""
+        """Write queued bytes as a full pipe takes them (the flusher task)."""
         fd = self._write_fd
         while True:
-            if not self._unsent:
-                await self._unsent_lot.park()
+            if not self._blocked or fd != self._write_fd:
+                await self._flusher_lot.park()
                 continue
             await trio.lowlevel.wait_writable(fd)
-            try:
-                written = os.write(fd, self._unsent)
-            except BlockingIOError:
-                continue
-            except OSError:
-                self._unsent.clear()
-                return
-            del self._unsent[:written]
+            if self._write_some():
+                self._blocked = False
 
     async def read_payloads(self) -> list[bytes] | None:
         """Wait for data and return every complete frame payload in it; None at EOF."""
@@ -92,8 +154,12 @@ class Connection:
             if payloads:
                 return payloads
 
-    async def read_forever(self, deliver: Callable[[Message], None]) -> None:
+    async def read_forever(self, deliver: Callable[[Message], None],
+                           deliver_result: Callable[[int, Any], None] | None = None) -> None:
         """Decode every frame and ``deliver`` it, until EOF.
+
+        ``deliver_result(id, value)``, when given, takes well-formed ``result`` frames
+        directly: structuring them through cattrs cost ~0.7 µs a call for nothing.
 
         Raises:
             ProtocolError: a malformed or oversized frame.
@@ -112,8 +178,47 @@ class Connection:
                 return
             self.last_heard = trio.current_time()
             for payload in decoder.feed(data):
-                deliver(from_wire(decode(payload)))
+                message = decode(payload)
+                if (deliver_result is not None and message.get(wire.TAG) == wire.RESULT
+                        and type(call_id := message.get("id")) is int):
+                    deliver_result(call_id, message.get("value"))
+                else:
+                    deliver(from_wire(message))
             reads += 1
             if reads >= _READS_PER_YIELD:
                 reads = 0
                 await trio.lowlevel.checkpoint()
+
+
+def _nothing() -> None:
+    pass
+
+
+class _BatchWriter(trio.abc.Instrument):
+    """Writes the corked frames of every connection once per scheduler batch."""
+
+    def __init__(self) -> None:
+        self.dirty: list[Connection] = []
+
+    def before_io_wait(self, timeout: float) -> None:
+        # Called by the run loop after every batch of task steps, before epoll.
+        if self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for connection in dirty:
+                connection.write_batch()
+
+
+_BATCH_WRITER: trio.lowlevel.RunVar[_BatchWriter] = trio.lowlevel.RunVar(
+    "snakepit_batch_writer")
+
+
+def _batch_writer() -> _BatchWriter:
+    """This Trio run's batch writer, installed on first use (and left in place: with
+    nothing queued it costs one list check per loop iteration)."""
+    try:
+        return _BATCH_WRITER.get()
+    except LookupError:
+        writer = _BatchWriter()
+        trio.lowlevel.add_instrument(writer)
+        _BATCH_WRITER.set(writer)
+        return writer

@@ -112,7 +112,7 @@ async def serve(worker: Worker) -> None:
     """Route the worker's frames until it goes away, then fail what is left in flight."""
     config, process = worker.config, worker.process
     try:
-        await worker.connection.read_forever(worker.on_message)
+        await worker.connection.read_forever(worker.on_message, worker.on_result)
     except ProtocolError as exc:
         worker.kill(f"protocol error: {exc}")
         worker.end_reason = exc
@@ -188,6 +188,7 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
                 worker.state = WorkerState.DEAD
                 worker.fail_all(worker.end_reason or PoolClosed("the pool is shutting down"))
             worker.stderr.drain()
+            worker.connection.close()
             process.close_pipes()
             registry(config).remove(process.pid)
     return worker

@@ -32,7 +32,6 @@ from snakepit.errors import (
 from snakepit.process.launch import OsProcess
 from snakepit.protocol.messages import (
     Beat,
-    Call,
     Cancel,
     Chunk,
     Credit,
@@ -46,6 +45,7 @@ from snakepit.protocol.messages import (
     Result,
     Shutdown,
     Welcome,
+    call_to_wire,
 )
 from snakepit.worker.calls import ChunkBuffer, Pending, ProgressCallback, error_from_wire
 from snakepit.worker.connection import Connection
@@ -87,6 +87,7 @@ class Worker:
         self.connection = Connection(process.stdin, process.stdout, config.max_frame_size)
         self.stderr = StderrLog(worker_id, process.stderr)
         self._send = self.connection.send
+        self._send_map = self.connection.send_map
         self._release = release
         self._inflight: dict[int, Pending] = {}
         self._ids = itertools.count(1)
@@ -154,6 +155,10 @@ class Worker:
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} from worker {self.id}")
 
+    def on_result(self, call_id: int, value: Any) -> None:
+        """A ``result`` frame (the reader's fast path, skipping :meth:`on_message`)."""
+        self._finish(call_id, outcome.Value(value))
+
     def _lookup(self, call_id: int) -> Pending:
         pending = self._inflight.get(call_id)
         if pending is None:
@@ -171,8 +176,12 @@ class Worker:
 
     # -- calls ---------------------------------------------------------------------
     def start_call(self, command: str, args: Any, *, deadline: float,
-                   session_id: str | None = None, window: int | None = None) -> Pending:
+                   session_id: str | None = None, window: int | None = None,
+                   effective_deadline: float | None = None) -> Pending:
         """Send a call on a capacity unit the caller holds; returns its :class:`Pending`.
+
+        ``effective_deadline``: the caller's deadline with its enclosing cancel scopes
+        taken into account, when the call is sent from another task (a queued call).
 
         Raises:
             PayloadError: the arguments cannot be encoded or are too large; nothing was
@@ -180,12 +189,15 @@ class Worker:
         """
         call_id = next(self._ids)
         # The worker gets the tighter of the call's deadline and any enclosing scope's.
-        deadline = min(deadline, trio.current_effective_deadline())
+        if effective_deadline is None:
+            effective_deadline = trio.current_effective_deadline()
+        deadline = min(deadline, effective_deadline)
         wall_deadline = None
         if not math.isinf(deadline):
             wall_deadline = time.time() + (deadline - trio.current_time())
         try:
-            self._send(Call(call_id, command, args, session_id, wall_deadline, window))
+            self._send_map(call_to_wire(call_id, command, args, session_id, wall_deadline,
+                                        window))
         except SnakepitError:  # PayloadError: unencodable or oversized
             self._release(self)
             raise
