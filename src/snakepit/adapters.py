@@ -63,7 +63,8 @@ class PythonAdapter:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (extra, config.env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
                 if p)
-        return LaunchSpec(tuple(python_argv(config.python, config.handler)), env, config.cwd)
+        return LaunchSpec(tuple(python_argv(config.python, config.handler, config.preload)),
+                          env, config.cwd)
 
 
 class CommandAdapter:

@@ -63,6 +63,7 @@ def _handler_spec(value: Any) -> bool:
 
 
 _CPU_MULTIPLE = re.compile(r"^\s*(\d+)\s*x\s*$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def resolve_size(value: Any) -> Any:
@@ -116,6 +117,9 @@ _POOL_CHECKS: list[Check] = [
      "must be a list of module prefixes"),
     ("control", lambda v: isinstance(v, bool), "must be true or false"),
     ("state_dir", _optional(lambda v: isinstance(v, str) and v != ""), "must be a path"),
+    ("preload", lambda v: all(isinstance(m, str) and _MODULE_NAME.match(m) for m in v),
+     "must be a list of module names"),
+    ("warm_start", lambda v: isinstance(v, bool), "must be true or false"),
     ("retry", _optional(lambda v: isinstance(v, RetryPolicy)), "must be a RetryPolicy"),
     ("circuit_breaker", _optional(lambda v: isinstance(v, CircuitBreakerPolicy)),
      "must be a CircuitBreakerPolicy"),
@@ -217,6 +221,13 @@ class PoolConfig:
     state_dir: str | None = None
     """Directory of the run registry (``None``: ``$SNAKEPIT_STATE_DIR``, else
     ``$XDG_RUNTIME_DIR/snakepit``, else a per-user directory under the temp dir)."""
+    preload: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """Modules every worker imports before it serves (``"numpy"``, a model library).
+    With ``warm_start`` they are imported once, in the template, not in each worker."""
+    warm_start: bool = False
+    """Fork workers from a template process that imported ``preload`` and the handler's
+    module once, instead of starting each interpreter cold; replacements are forked too
+    (Linux, the python adapter; see docs/performance.md for what forking implies)."""
 
     def __attrs_post_init__(self) -> None:
         _run_checks(self, _POOL_CHECKS)
@@ -287,7 +298,7 @@ def _config_errors(exc: BaseException, path: str) -> Iterator[str]:
         yield f"{path}: {exc}"
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _structure_strict(kind: type[Any]) -> Callable[[Any, Any], Any]:
@@ -303,7 +314,7 @@ def _structure_strict(kind: type[Any]) -> Callable[[Any, Any], Any]:
 
 converter = cattrs.Converter(forbid_extra_keys=True)
 """Structures configuration data; no silent coercion of ``"4"`` into ``4``."""
-for _kind in (int, float, str):
+for _kind in (int, float, str, bool):
     converter.register_structure_hook(_kind, _structure_strict(_kind))
 # The codec is checked with the other values, for one message style.
 converter.register_structure_hook_func(lambda t: t is Codec, _structure_strict(str))

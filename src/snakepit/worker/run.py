@@ -19,6 +19,7 @@ from snakepit import telemetry
 from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import PoolClosed, ProtocolError, WorkerCrashed, WorkerStartupError
+from snakepit.process.forkserver import Spawner
 from snakepit.process.launch import host_environment, spawn
 from snakepit.process.registry import (
     RUN_ID_ENV,
@@ -135,19 +136,23 @@ async def retire_after(worker: Worker, seconds: float) -> None:
 
 async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Worker], None],
                      on_ready: Callable[[Worker], None], launch: LaunchSpec,
-                     offered: list[str]) -> Worker:
+                     offered: list[str], spawner: Spawner | None = None) -> Worker:
     """Run one worker from spawn to reaped exit.
 
     Calls ``on_ready`` with the :class:`Worker` once its handshake is done; returns it
     once its process has exited and every call in flight on it has been answered or
     failed. (A callback rather than ``task_status``: the slot runs workers one after
     another in its own task, so no nursery -- and no exception group -- sits between.)
+    ``spawner`` starts the process (a fork server's); by default it is started cold.
 
     Raises:
         WorkerStartupError: the process could not be started or did not handshake.
     """
-    process = spawn(launch.argv, env=worker_environment(config, launch),
-                    cwd=launch.cwd or config.cwd)
+    env, cwd = worker_environment(config, launch), launch.cwd or config.cwd
+    if spawner is None:
+        process = spawn(launch.argv, env=env, cwd=cwd)
+    else:
+        process = await spawner(launch.argv, env=env, cwd=cwd)
     registry(config).add(process.pid)
     worker = Worker(worker_id, process, config, release)
     if telemetry.enabled("worker.started"):
