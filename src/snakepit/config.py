@@ -120,6 +120,8 @@ _POOL_CHECKS: list[Check] = [
     ("preload", lambda v: all(isinstance(m, str) and _MODULE_NAME.match(m) for m in v),
      "must be a list of module names"),
     ("warm_start", lambda v: isinstance(v, bool), "must be true or false"),
+    ("shm_threshold", _optional(_at_least(1024, integer=True)),
+     "must be a number of bytes >= 1024 or None"),
     ("retry", _optional(lambda v: isinstance(v, RetryPolicy)), "must be a RetryPolicy"),
     ("circuit_breaker", _optional(lambda v: isinstance(v, CircuitBreakerPolicy)),
      "must be a CircuitBreakerPolicy"),
@@ -224,6 +226,11 @@ class PoolConfig:
     preload: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     """Modules every worker imports before it serves (``"numpy"``, a model library).
     With ``warm_start`` they are imported once, in the template, not in each worker."""
+    shm_threshold: int | None = 1 << 20
+    """Buffers (``bytes``, ``bytearray``, ``memoryview``) of at least this many bytes go
+    through a shared-memory segment in ``/dev/shm`` instead of the pipe, both ways
+    (msgpack codec, workers that support it; ``None``: always through the pipe).
+    Each segment is bounded by ``max_frame_size``."""
     warm_start: bool = False
     """Fork workers from a template process that imported ``preload`` and the handler's
     module once, instead of starting each interpreter cold; replacements are forked too

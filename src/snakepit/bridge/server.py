@@ -38,7 +38,7 @@ from snakepit.bridge.process import (
     private_wire_fds,
 )
 from snakepit.errors import CallCancelled, PayloadError, ProtocolError
-from snakepit.protocol import wire
+from snakepit.protocol import shm, wire
 from snakepit.protocol.codecs import JSON, Codec, available_codecs, get_codec
 from snakepit.protocol.framing import FrameDecoder, encode_frame
 
@@ -161,6 +161,9 @@ class BridgeServer:
         heartbeat = hello.get("heartbeat")
         if isinstance(heartbeat, int | float) and heartbeat > 0:
             self._heartbeat = float(heartbeat)
+        threshold = hello.get("shm")
+        use_shm = (isinstance(threshold, int) and threshold > 0 and usable[0] == "msgpack"
+                   and shm.available())
         handler_type = type(self.handler)
         self._write(encode_frame(JSON.encode({
             wire.TAG: wire.WELCOME,
@@ -168,11 +171,15 @@ class BridgeServer:
             "pid": os.getpid(),
             "codec": usable[0],
             "concurrency": self.concurrency,
-            "capabilities": list(wire.CAPABILITIES),
+            "capabilities": [*wire.CAPABILITIES, *([wire.SHM] if use_shm else [])],
             "python": sys.version.split()[0],
             "handler": f"{handler_type.__module__}:{handler_type.__qualname__}",
         }), self._max_frame_size))
         self._codec = get_codec(usable[0])
+        if use_shm and isinstance(threshold, int):  # large results go out of band
+            prefix = shm.segment_prefix(os.environ.get(shm.RUN_ID_ENV, "0-0"), os.getpid())
+            self._codec = shm.SharedMemoryCodec(threshold, prefix, self._max_frame_size,
+                                                track=False)
 
     # -- routing frames ----------------------------------------------------------------
     def _route_pending(self) -> None:

@@ -28,6 +28,8 @@ from typing import Any
 
 import attrs
 
+from snakepit.protocol.shm import remove_segments
+
 log = logging.getLogger("snakepit.registry")
 
 RUN_ID_ENV = "SNAKEPIT_RUN_ID"
@@ -205,6 +207,8 @@ def reap_orphans(state_dir: Path) -> list[Reaped]:
                     socket_path.unlink()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        # shared-memory segments of the dead run (large call arguments and results)
+        remove_segments(f"snakepit-{run_id}-")
     for item in reaped:
         log.warning("reaped pid %d left by dead run %s (%s)", item.pid, item.run_id, item.why)
     return reaped

@@ -51,6 +51,9 @@ class Hello:
     worker_id: str
     heartbeat: float | None = None
     """Seconds between the worker's heartbeat frames (``None``: no heartbeat)."""
+    shm: int | None = None
+    """Buffers of at least this many bytes may travel as shared-memory segments, both
+    ways, if the worker announces the ``shm`` capability (``None``: never)."""
 
 
 @attrs.frozen

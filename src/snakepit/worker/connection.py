@@ -168,16 +168,25 @@ class Connection:
         decode, decoder = self.codec.decode, self._decoder
         reads = 0
         while True:
+            window = decoder.window()
             try:
-                data = os.read(fd, _READ_SIZE)
+                if window is None:
+                    data = os.read(fd, _READ_SIZE)
+                    count = len(data)
+                else:  # the rest of a large payload: read straight into its buffer
+                    count = os.readv(fd, [window])
             except BlockingIOError:
                 reads = 0
                 await trio.lowlevel.wait_readable(fd)
                 continue
-            if not data:
+            finally:
+                if window is not None:
+                    window.release()
+            if not count:
                 return
             self.last_heard = trio.current_time()
-            for payload in decoder.feed(data):
+            payloads = decoder.feed(data) if window is None else decoder.filled(count)
+            for payload in payloads:
                 message = decode(payload)
                 if (deliver_result is not None and message.get(wire.TAG) == wire.RESULT
                         and type(call_id := message.get("id")) is int):

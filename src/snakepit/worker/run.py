@@ -9,6 +9,7 @@ leaves no process behind.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from snakepit.process.registry import (
     registry_for,
 )
 from snakepit.process.shutdown import shutdown_ladder
-from snakepit.protocol import wire
+from snakepit.protocol import shm, wire
 from snakepit.protocol.codecs import JSON, available_codecs, get_codec
 from snakepit.protocol.messages import Error, Hello, Welcome, from_wire
 from snakepit.worker.worker import Worker, WorkerState
@@ -64,8 +65,10 @@ async def handshake(worker: Worker, offered: list[str]) -> None:
         ProtocolError: the worker exited, refused, or answered out of protocol.
     """
     config, connection = worker.config, worker.connection
+    use_shm = config.shm_threshold is not None and shm.available()
     connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id,
-                          config.heartbeat_interval))
+                          config.heartbeat_interval,
+                          config.shm_threshold if use_shm else None))
     payloads = await connection.read_payloads()
     if payloads is None:
         raise ProtocolError("the worker exited before its handshake")
@@ -83,6 +86,12 @@ async def handshake(worker: Worker, offered: list[str]) -> None:
         raise ProtocolError("worker sent frames before the handshake completed")
     worker.welcome = welcome
     connection.codec = get_codec(welcome.codec)
+    if use_shm and wire.SHM in welcome.capabilities and welcome.codec == "msgpack":
+        assert config.shm_threshold is not None
+        connection.codec = worker.shared_memory = shm.SharedMemoryCodec(
+            config.shm_threshold,
+            shm.segment_prefix(registry(config).run_id, os.getpid(), welcome.pid),
+            config.max_frame_size)
     worker.capacity = max(1, welcome.concurrency)
     worker.state = WorkerState.READY
 
@@ -195,5 +204,9 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
             worker.stderr.drain()
             worker.connection.close()
             process.close_pipes()
+            if worker.shared_memory is not None:
+                # what the worker never read, and what it wrote that we never read
+                worker.shared_memory.release_all()
+                shm.remove_segments(shm.segment_prefix(registry(config).run_id, process.pid))
             registry(config).remove(process.pid)
     return worker

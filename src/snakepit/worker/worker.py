@@ -47,6 +47,7 @@ from snakepit.protocol.messages import (
     Welcome,
     call_to_wire,
 )
+from snakepit.protocol.shm import SharedMemoryCodec
 from snakepit.worker.calls import ChunkBuffer, Pending, ProgressCallback, error_from_wire
 from snakepit.worker.connection import Connection
 from snakepit.worker.stderr import StderrLog
@@ -104,6 +105,8 @@ class Worker:
         one window across its workers so per-worker percentiles survive restarts."""
         self.killed_on_purpose = False
         """Set when the host killed the worker over a call (timeout, cancel), not a fault."""
+        self.shared_memory: SharedMemoryCodec | None = None
+        """The codec, when large buffers travel through shared memory (see run.py)."""
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -168,6 +171,8 @@ class Worker:
     def _finish(self, call_id: int, answer: outcome.Outcome[Any]) -> None:
         pending = self._lookup(call_id)
         del self._inflight[call_id]
+        if self.shared_memory is not None and self.shared_memory.exported:
+            self.shared_memory.release(call_id)  # the worker has read its arguments
         self.calls_served += 1
         pending.settle(answer)
         self._release(self)
