@@ -75,8 +75,10 @@ class FrameDecoder:
         self._large, self._large_filled = None, 0
         return [large]
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add ``data`` and return the payloads of all frames now complete, in order.
+
+        ``data`` is not kept: a reader may pass a view of a buffer it reuses.
 
         Raises:
             ProtocolError: a header announces a frame larger than ``max_frame_size``.
