@@ -165,28 +165,42 @@ def throughput(workers: int, calls: int, depth: int = 8) -> float:
             _close(child)
 
 
-def latencies(seq: int) -> list[float]:
-    """Seconds of ``seq`` blocking round trips on one child (after a warm-up)."""
-    child = _child(_ECHO_CHILD)
-    assert child.stdin is not None and child.stdout is not None
-    wfd, rfd = child.stdin.fileno(), child.stdout.fileno()
+class Echo:
+    """One echo child for blocking round trips (the sequential floor)."""
 
-    def round_trip(call_id: int) -> None:
-        os.write(wfd, _request(call_id))
-        (size,) = HEADER.unpack(_read_exactly(rfd, 4))
-        msgpack.unpackb(_read_exactly(rfd, size))
+    def __init__(self) -> None:
+        self._child = _child(_ECHO_CHILD)
+        assert self._child.stdin is not None and self._child.stdout is not None
+        self._write_fd = self._child.stdin.fileno()
+        self._read_fd = self._child.stdout.fileno()
+        for i in range(200):  # started and warm
+            self.round_trip(i)
 
-    try:
-        for i in range(200):
-            round_trip(i)
+    def round_trip(self, call_id: int) -> None:
+        os.write(self._write_fd, _request(call_id))
+        (size,) = HEADER.unpack(_read_exactly(self._read_fd, 4))
+        msgpack.unpackb(_read_exactly(self._read_fd, size))
+
+    def timed(self, count: int) -> list[float]:
+        """Seconds of each of ``count`` round trips."""
         samples = []
-        for i in range(seq):
+        for i in range(count):
             start = time.perf_counter()
-            round_trip(i)
+            self.round_trip(i)
             samples.append(time.perf_counter() - start)
         return samples
+
+    def close(self) -> None:
+        _close(self._child)
+
+
+def latencies(seq: int) -> list[float]:
+    """Seconds of ``seq`` blocking round trips on one child (after a warm-up)."""
+    echo = Echo()
+    try:
+        return echo.timed(seq)
     finally:
-        _close(child)
+        echo.close()
 
 
 def _read_exactly(fd: int, size: int) -> bytes:

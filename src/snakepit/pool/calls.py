@@ -134,8 +134,10 @@ class CallPath:
                    attempt: list[Any] | None = None) -> Any:
         call_id, submitted = self._call_started(command)
         # the worker and the start of the last try (the caller may want to know who served)
-        attempt = [None, submitted] if attempt is None else attempt
-        attempt[:] = [None, submitted]
+        if attempt is None:
+            attempt = [None, submitted]
+        else:
+            attempt[:] = [None, submitted]
         tries = 1
         try:
             deadline = self._deadline(timeout)
@@ -177,8 +179,9 @@ class CallPath:
                 self._check_open()
                 free = self._dispatcher.try_acquire()
                 if free is None:
-                    result = await self._call_when_free(command, args, deadline, on_progress,
-                                                        attempt)
+                    queued = QueuedCall(command, args, deadline, on_progress, attempt)
+                    result = await (self._dispatcher.run_queued(queued) if math.isinf(deadline)
+                                    else self._call_when_free(queued, deadline))
                 else:
                     attempt[0] = free
                     attempt[1] = trio.current_time()
@@ -205,17 +208,16 @@ class CallPath:
             breaker.after(command, None)
         return result
 
-    async def _call_when_free(self, command: str, args: Any, deadline: float,
-                              on_progress: ProgressCallback | None, attempt: list[Any]) -> Any:
-        """No unit is free: queue the call itself; it is sent as soon as one frees."""
-        queued = QueuedCall(command, args, deadline, on_progress, attempt)
-        if math.isinf(deadline):
-            return await self._dispatcher.run_queued(queued)
+    async def _call_when_free(self, queued: QueuedCall, deadline: float) -> Any:
+        """No unit was free: the call waits in the queue, and is sent as soon as one
+        frees, within ``deadline`` (an infinite one needs no scope: ``_attempt`` then
+        awaits the dispatcher directly, one coroutine less a call)."""
         with trio.CancelScope(deadline=deadline):
             return await self._dispatcher.run_queued(queued)
         if queued.pending is None:
             raise QueueTimeout("the call's deadline passed while it waited for a worker")
-        raise WorkerTimeout(f"call {command!r} on worker {attempt[0].id} passed its deadline")
+        raise WorkerTimeout(f"call {queued.command!r} on worker {queued.attempt[0].id} "
+                            "passed its deadline")
 
     def _retry_delay(self, error: SnakepitError, tries: int, deadline: float,
                      idempotent: bool) -> float | None:

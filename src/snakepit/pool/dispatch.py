@@ -274,7 +274,7 @@ class Dispatcher:
             PayloadError: the arguments cannot be sent (nothing ran).
             ...and whatever the call itself raises.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # no checkpoint first: this always parks, and parking delivers a pending cancel
         if self._closed:
             raise PoolClosed("the pool is closed")
         if self._broken:

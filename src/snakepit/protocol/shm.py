@@ -26,6 +26,7 @@ them without any bookkeeping crossing the process boundary:
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import itertools
 import os
@@ -95,9 +96,10 @@ class SharedMemoryCodec(Codec):
     def __init__(self, threshold: int, prefix: str, max_size: int, *,
                  track: bool = True) -> None:
         assert msgpack is not None
-        packer_options = {"use_bin_type": True}
-        super().__init__("msgpack", lambda value: msgpack.packb(value, **packer_options),
-                         self._unpack)
+        # partials, not methods: no Python frame between the codec and msgpack
+        super().__init__("msgpack", functools.partial(msgpack.packb, use_bin_type=True),
+                         functools.partial(msgpack.unpackb, raw=False, strict_map_key=False,
+                                           ext_hook=self._read_segment))
         self.threshold = threshold
         self.prefix = prefix
         self.max_size = max_size
@@ -181,10 +183,6 @@ class SharedMemoryCodec(Codec):
             self.release(message_id)
 
     # -- receiving -------------------------------------------------------------------
-    def _unpack(self, payload: bytes | bytearray) -> Any:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=False,
-                               ext_hook=self._read_segment)
-
     def _read_segment(self, code: int, data: bytes) -> Any:
         if code != EXT_CODE:
             return msgpack.ExtType(code, data)
