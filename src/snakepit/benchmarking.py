@@ -61,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="concurrent trivial calls per throughput run (20000)")
     parser.add_argument("--seq", type=int, default=3_000,
                         help="sequential calls for p50/p99 (3000)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each measurement; medians are reported (3)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="runs of each measurement, interleaved; medians are reported "
+                             "and targets judged on the median of per-run ratios (5)")
     parser.add_argument("--start-workers", type=int, default=16,
                         help="workers for the start-up measurement (16)")
     parser.add_argument("--heavy-module", default=None,

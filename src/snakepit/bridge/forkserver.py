@@ -133,14 +133,17 @@ def _fork_workers(batch: list[tuple[dict[str, Any], list[int]]],
     if intermediate == 0:
         try:
             os.close(report_read)
+            # end of file on this pipe tells the workers the intermediate has exited
+            gone_read, gone_write = os.pipe()
             for index, (request, fds) in enumerate(batch):
                 worker = os.fork()
                 if worker == 0:
+                    os.close(gone_write)
                     os.close(report_write)
                     for _, others in batch[:index] + batch[index + 1:]:
                         for fd in others:
                             os.close(fd)
-                    _become_worker(request, fds, control)  # never returns
+                    _become_worker(request, fds, control, gone_read)  # never returns
                 os.write(report_write, worker.to_bytes(4, "little"))
         finally:
             os._exit(0)
@@ -158,7 +161,8 @@ def _fork_workers(batch: list[tuple[dict[str, Any], list[int]]],
     return [int.from_bytes(report[i:i + 4], "little") for i in range(0, len(report), 4)]
 
 
-def _become_worker(request: dict[str, Any], fds: list[int], control: socket.socket) -> None:
+def _become_worker(request: dict[str, Any], fds: list[int], control: socket.socket,
+                   intermediate_gone: int) -> None:
     """In the forked worker: take the pipes, the environment, then serve; never returns."""
     code = 1
     try:
@@ -172,11 +176,13 @@ def _become_worker(request: dict[str, Any], fds: list[int], control: socket.sock
         os.environ.update(request["env"])
         if request.get("cwd"):
             os.chdir(request["cwd"])
+        os.read(intermediate_gone, 1)  # end of file: the intermediate is exiting
+        os.close(intermediate_gone)
         give_up = time.monotonic() + _ADOPTION_TIMEOUT
-        while os.getppid() != host_pid:  # until the intermediate has exited
+        while os.getppid() != host_pid:  # it closes its files just before re-parenting
             if time.monotonic() > give_up:
                 return
-            time.sleep(0.0002)
+            time.sleep(0.0001)
         code = bridge_main(["--handler", request["handler"]])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

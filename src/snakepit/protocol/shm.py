@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import glob
 import itertools
 import os
 import struct
@@ -70,10 +69,12 @@ def segment_prefix(run_id: str, pid: int, peer: int | None = None) -> str:
 def remove_segments(prefix: str) -> int:
     """Unlink every segment whose name starts with ``prefix``; returns how many."""
     removed = 0
-    for path in glob.glob(os.path.join(SEGMENT_DIR, glob.escape(prefix) + "*")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed += 1
+    with contextlib.suppress(FileNotFoundError), os.scandir(SEGMENT_DIR) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
     return removed
 
 
