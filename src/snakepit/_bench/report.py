@@ -174,27 +174,33 @@ def chart(report: dict[str, Any], history: Path, path: Path) -> bool:
         ours = _find(entry.get("calls", []), SNAKEPIT)
         ppe = _find(entry.get("calls", []), "ProcessPoolExecutor")
         if ours:
-            past.append((ours["calls_per_s"], ours["calls_per_s"] / ppe["calls_per_s"]
-                         if ppe else None))
+            past.append((ours["calls_per_s"],
+                         _ratio(ours, ppe, "calls_per_s") if ppe else None))
     figure, (now, trend) = plt.subplots(1, 2, figsize=(11, 3.2))
     names = [row["name"] for row in rows]
     now.barh(names, [row["calls_per_s"] for row in rows],
              color=["#2a7" if name == SNAKEPIT else "#999" for name in names])
     now.invert_yaxis()
-    now.set_xlabel("trivial calls per second")
+    now.set_xscale("log")  # the raw floor is an order of magnitude above the pools
+    now.set_xlabel("trivial calls per second (log scale)")
     now.set_title(f"{report['options']['workers']} workers, {report['cpus']} CPUs, "
                   f"Python {report['python']}")
     trend.plot(range(1, len(past) + 1), [rate for rate, _ in past], marker="o",
                color="#2a7", label="snakepit calls/s")
-    trend.set_xlabel("run")
+    trend.set_xlabel("run (history.jsonl)")
+    trend.set_ylabel("calls/s")
     trend.set_title("snakepit over time")
+    trend.xaxis.get_major_locator().set_params(integer=True)
     ratios = [(i + 1, ratio) for i, (_, ratio) in enumerate(past) if ratio is not None]
     if ratios:
         twin = trend.twinx()
         twin.plot([i for i, _ in ratios], [r for _, r in ratios], marker=".", color="#c63",
-                  label="x ProcessPoolExecutor")
+                  label="x ProcessPoolExecutor (target 2)")
         twin.axhline(2.0, color="#c63", linestyle=":", linewidth=1)
-        twin.set_ylabel("x ProcessPoolExecutor (target 2)")
+        twin.set_ylim(bottom=0)
+        twin.set_ylabel("x ProcessPoolExecutor")
+        twin.legend(loc="lower right", fontsize="small")
+    trend.legend(loc="lower left", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
