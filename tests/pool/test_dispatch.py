@@ -207,6 +207,23 @@ def test_the_pipeline_deepens_for_quick_calls_and_shrinks_for_slow_ones() -> Non
     assert held_after_draining(dispatcher) == 2
 
 
+def test_a_deepening_pipeline_never_adds_primary_units() -> None:
+    # a unit put in circulation as the pipeline deepens queues behind a running call:
+    # it must not pass for an idle worker, or a caller would queue behind a call while
+    # another worker sits idle
+    dispatcher = Dispatcher(max_queue=10, pipeline_depth=8)
+    busy_one, idle_one = cast(Worker, StubWorker()), cast(Worker, StubWorker())
+    dispatcher.add_worker(busy_one)
+    dispatcher.add_worker(idle_one)
+    dispatcher.mean_service_time = 0.0001
+    for _ in range(10):
+        assert dispatcher.try_acquire() is not None
+        dispatcher.release(busy_one if busy_one.reserved else idle_one)
+        for worker in (busy_one, idle_one):
+            primary = list(dispatcher._idle).count(worker)  # type: ignore[attr-defined]
+            assert primary + worker.reserved <= worker.capacity
+
+
 def test_a_fixed_depth_stays_fixed() -> None:
     dispatcher = Dispatcher(max_queue=10, pipeline_depth=2)
     worker = cast(Worker, StubWorker())

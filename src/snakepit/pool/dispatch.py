@@ -127,10 +127,14 @@ class Dispatcher:
             if units < target:  # calls got quicker: put one more unit in circulation
                 self._units[worker] = units + 1
                 self._offer(worker)
+                self._offer(worker, spare=True)  # the new one queues behind a call
+                return
         self._offer(worker)
 
-    def _offer(self, worker: Worker) -> None:
-        """Hand a free unit of ``worker`` to whoever waits for it, or keep it."""
+    def _offer(self, worker: Worker, *, spare: bool = False) -> None:
+        """Hand a free unit of ``worker`` to whoever waits for it, or keep it: as a
+        primary unit while the worker runs fewer calls than its concurrency (and the
+        unit is not a ``spare`` one), else as a spare."""
         pinned = self._pinned.get(worker)
         if pinned:
             worker.reserved += 1
@@ -142,7 +146,7 @@ class Dispatcher:
                 waiter.start(worker)
             else:
                 trio.lowlevel.reschedule(waiter, outcome.Value(worker))  # type: ignore[arg-type]
-        elif worker.reserved < worker.capacity:
+        elif not spare and worker.reserved < worker.capacity:
             self._idle.append(worker)
         else:
             self._spare.append(worker)
