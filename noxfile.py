@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
-PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node", "prometheus", "otel")
+PLUGINS = ("pandas", "dspy", "transformers", "gpu", "node", "prometheus", "otel", "ray")
 # plugins whose tests need their own `test` extra (the OpenTelemetry SDK)
 TEST_EXTRAS = ("otel",)
 
@@ -33,6 +33,38 @@ def plugin(session: nox.Session, plugin: str) -> None:
     target = f"plugins/snakepit-{plugin}" + ("[test]" if plugin in TEST_EXTRAS else "")
     session.install("-e", ".[test]", "-e", target, *extra)
     session.run("pytest", f"plugins/snakepit-{plugin}", *session.posargs)
+
+
+def network_namespace() -> list[str] | None:
+    """``unshare`` arguments that give a private network namespace here, or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    for command in (["unshare", "-n"], ["unshare", "-rn"]):
+        if subprocess.run([*command, "ip", "link", "set", "lo", "up"],
+                          capture_output=True).returncode == 0:
+            return command
+    return None
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """The Ray pool's suite against a local Ray (2 CPUs), all traffic on loopback.
+
+    A local Ray picks the machine's interface address even when asked for 127.0.0.1,
+    so the suite runs in a private network namespace with only ``lo`` up.
+    """
+    unshare = network_namespace()
+    if unshare is None:
+        session.skip("cannot create a network namespace here (unshare -n needs root, or "
+                     "user namespaces for unshare -rn): the Ray suite runs only on loopback")
+    session.install("-e", ".[test]", "-e", "plugins/snakepit-ray")
+    session.run(*unshare, "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                "python", "-m", "pytest", "plugins/snakepit-ray/tests/suite",
+                "-o", "python_files=suite_*.py", "-p", "no:cacheprovider", *session.posargs,
+                external=True, env={"RAY_USAGE_STATS_ENABLED": "0"})
 
 
 @nox.session

@@ -6,21 +6,42 @@ from plugins: an entry point in the ``snakepit.adapters`` group naming a module 
 object) with an ``ADAPTERS`` list, or a pluggy plugin implementing
 ``snakepit_adapters``. The seam is deliberately small -- an argv, an environment and the
 codecs spoken -- so the pool never cares what language a worker is written in.
+
+Where a worker runs is a second, optional seam: ``LaunchSpec.open``. Left ``None``, the
+pool spawns the argv as a local child on pipes; set (by an adapter, or by a pool kind
+such as ``ray``), the pool awaits it instead and speaks the same frames over whatever
+pair of byte streams the :class:`~snakepit.process.launch.WorkerProcess` it returns
+holds (a TCP socket to another machine, say).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
-from snakepit.process.launch import bridge_pythonpath, python_argv
+from snakepit.process.launch import (
+    WorkerProcess,
+    bridge_pythonpath,
+    python_argv,
+    resolve_python,
+    virtualenv_of,
+)
 
-__all__ = ["Adapter", "CommandAdapter", "LaunchSpec", "PythonAdapter", "find_adapter"]
+__all__ = ["Adapter", "CommandAdapter", "LaunchSpec", "Opener", "PythonAdapter",
+           "WorkerProcess", "find_adapter"]
+
+Opener = Callable[[PoolConfig, str, "LaunchSpec", Mapping[str, str]], Awaitable[WorkerProcess]]
+"""``open(config, worker_id, spec, env)``: start the worker ``spec`` describes somewhere
+and return the host's handle on it, its wire connected but no frame sent yet. ``env``
+holds what snakepit adds to a worker's environment (the pool's ``env``, the adapter's,
+the kind's, ``SNAKEPIT_RUN_ID``...) but not the host's own environment, which another
+machine should not inherit. Raises ``WorkerStartupError`` when the worker cannot be
+started; cancelled, it must leave nothing running."""
 
 
 @attrs.frozen
@@ -31,10 +52,21 @@ class LaunchSpec:
     env: Mapping[str, str] = attrs.field(factory=dict)
     """Variables added to the worker's environment (over the host's and the pool's)."""
     cwd: str | None = None
+    open: Opener | None = None
+    """How to start it, when not as a local child process on pipes (the default):
+    an :data:`Opener`. Processes it starts are not in the host's run registry, so the
+    opener must see to it that none outlives the host."""
 
 
 class Adapter(Protocol):
-    """Starts workers of one kind of runtime."""
+    """Starts workers of one kind of runtime.
+
+    ``launch`` runs on the event loop before every spawn: it must be quick (no
+    installs, no network). An adapter with slow set-up to do -- installing its runtime's
+    dependencies, say -- may also define ``async def prepare(self, config)``: the pool
+    awaits it once as it starts, before any worker, and it should run blocking work in
+    a thread (``trio.to_thread.run_sync``). Its ``ConfigError`` fails the pool start.
+    """
 
     name: str
     """The name ``PoolConfig.adapter`` selects it by."""
@@ -58,13 +90,20 @@ class PythonAdapter:
 
     def launch(self, config: PoolConfig, worker_id: str) -> LaunchSpec:
         env: dict[str, str] = {}
-        extra = bridge_pythonpath(config.python)
+        python = resolve_python(config.python)
+        extra = bridge_pythonpath(python)
         if extra is not None:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (extra, config.env.get("PYTHONPATH", os.environ.get("PYTHONPATH")))
                 if p)
-        return LaunchSpec(tuple(python_argv(config.python, config.handler, config.preload)),
-                          env, config.cwd)
+            venv = virtualenv_of(python)
+            if venv is not None:  # as if activated: its scripts first on PATH
+                env["VIRTUAL_ENV"] = venv
+                env["PATH"] = os.pathsep.join(
+                    p for p in (os.path.dirname(os.path.abspath(python)),
+                                config.env.get("PATH", os.environ.get("PATH"))) if p)
+        return LaunchSpec(tuple(python_argv(python, config.handler, config.preload)), env,
+                          config.cwd)
 
 
 class CommandAdapter:

@@ -73,10 +73,12 @@ def resolve_size(value: Any) -> Any:
     return value
 
 
-DEFAULT_ALLOWED_TARGETS = ("json", "math", "statistics", "operator", "functools", "itertools",
-                           "collections", "datetime", "decimal", "fractions", "string",
-                           "textwrap", "difflib", "unicodedata")
-"""Standard-library modules that compute on their arguments (no files, no processes)."""
+DEFAULT_ALLOWED_TARGETS = ("json", "math", "statistics", "itertools", "collections", "datetime",
+                           "decimal", "fractions", "textwrap", "difflib", "unicodedata")
+"""Standard-library modules that compute on their arguments (no files, no processes).
+``operator`` and ``functools`` are not among them (``attrgetter``, ``methodcaller`` and
+friends read any attribute, private ones included), nor ``string`` (``Formatter`` does
+the same through format fields)."""
 
 
 _POOL_CHECKS: list[Check] = [
@@ -143,8 +145,9 @@ class PoolConfig:
     handler: str = "snakepit.bridge:CommandHandler"
     """``module:Class`` of the :class:`snakepit.bridge.CommandHandler` the workers serve."""
     python: str = sys.executable
-    """Python interpreter the workers run (its environment needs only msgpack, or nothing
-    with ``codec="json"``)."""
+    """Python interpreter the workers run, or a virtualenv's directory (its
+    ``bin/python``, run as if the virtualenv were activated). Its environment needs only
+    msgpack, or nothing with ``codec="json"``."""
     adapter: str = "python"
     """How workers start: ``python`` (the bridge), ``command`` (``command`` below), or
     an adapter a plugin installed (``node``)."""
@@ -210,7 +213,9 @@ class PoolConfig:
                                                    converter=tuple)
     """Module prefixes whose callables the enhanced bridge may call (``pool.call``):
     calling arbitrary code is a security decision, so frameworks (``"dspy"``,
-    ``"pandas"``) must be added explicitly."""
+    ``"pandas"``) must be added explicitly. Only objects that belong to these modules
+    are reachable (not, say, a builtin or another module one of them imported); an
+    entry may also name one callable exactly (``"os.getpid"``). See docs/plugins.md."""
     retry: RetryPolicy | None = None
     """Automatic retries (``None``: none); see :class:`RetryPolicy`."""
     circuit_breaker: CircuitBreakerPolicy | None = None

@@ -229,9 +229,11 @@ class CircuitOpen(SnakepitError):
 
 
 class RefLost(SnakepitError):
-    """The worker that held a :class:`~snakepit.Ref`'s object died (or was recycled).
+    """A :class:`~snakepit.Ref`'s object is gone: the worker that held it died (or was
+    recycled), or the object was released (``ref.release()``) or deleted.
 
-    The object is gone with it; the call was not run. Recreate the object.
+    The call was not run (in a pipeline: from the step that used the object on).
+    Recreate the object.
     """
 
 

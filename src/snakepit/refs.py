@@ -5,6 +5,11 @@ A result the enhanced bridge cannot send (a ``dspy.Predict``, an open model) sta
 the worker that made it; the host gets a :class:`Ref`. Calls through the ref -- and any
 call that passes it as an argument -- go to that worker; if it has died, they fail
 with :class:`~snakepit.errors.RefLost` without running.
+
+Lifetime: an object made outside a session stays in its worker while the host holds a
+Ref to it; when the last such Ref is garbage-collected the worker is told to free it
+(:mod:`snakepit.pool.releases`). ``await ref.release()`` frees it at once. An object
+made in a session goes with the session.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from snakepit.errors import PayloadError
 
 if TYPE_CHECKING:
     from snakepit.pool.pool import Pool
+    from snakepit.pool.releases import RefReleases
 
 __all__ = ["Ref"]
 
@@ -33,10 +39,10 @@ class Ref:
         session_id: the session it belongs to, or ``None``.
     """
 
-    __slots__ = ("id", "pid", "pool", "repr", "session_id", "type", "worker")
+    __slots__ = ("_releases", "id", "pid", "pool", "repr", "session_id", "type", "worker")
 
     def __init__(self, pool: Pool, *, id: str, type: str, repr: str, worker: str, pid: int,
-                 session_id: str | None) -> None:
+                 session_id: str | None, releases: RefReleases | None = None) -> None:
         self.pool = pool
         self.id = id
         self.type = type
@@ -44,6 +50,14 @@ class Ref:
         self.worker = worker
         self.pid = pid
         self.session_id = session_id
+        self._releases = releases
+        if releases is not None:
+            releases.made((worker, pid, id))
+
+    def __del__(self) -> None:
+        releases = getattr(self, "_releases", None)
+        if releases is not None:  # a counted ref: tell the worker it may free the object
+            releases.dropped((self.worker, self.pid, self.id))
 
     def __repr__(self) -> str:
         return f"<Ref {self.id} {self.type} in {self.worker} (pid {self.pid}): {self.repr}>"
@@ -68,7 +82,8 @@ class Ref:
         return result
 
     async def release(self) -> bool:
-        """Drop the object from the worker's store; True if it was there."""
+        """Drop the object from the worker's store now, even if other Refs to it
+        remain (they then raise RefLost); True if it was there."""
         released: bool = await self.pool.invoke_on(self, "delete", {"name": self.id})
         return released
 
@@ -93,7 +108,11 @@ def to_wire(value: Any, serializers: Sequence[Serializer]) -> Any:
     if type(value) not in (list, tuple, dict):  # plugin forms first, subclasses included
         for serializer in serializers:
             if serializer.claims(value):
-                return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+                try:
+                    return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+                except Exception as exc:  # a plugin's error must not escape untyped
+                    raise PayloadError(f"serializer {serializer.name!r} cannot encode this "
+                                       f"{type(value).__qualname__}: {exc}") from exc
     if isinstance(value, list | tuple):
         return [to_wire(item, serializers) for item in value]
     if isinstance(value, dict):
@@ -103,18 +122,22 @@ def to_wire(value: Any, serializers: Sequence[Serializer]) -> Any:
 
 
 def from_wire(data: Any, serializers: Sequence[Serializer], pool: Pool, worker: str, pid: int,
-              session_id: str | None) -> Any:
+              session_id: str | None, releases: RefReleases | None = None) -> Any:
     """Wire data to host values: ref markers become Refs of ``worker``, tagged maps
-    objects (when a serializer for them is installed on the host)."""
+    objects (when a serializer for them is installed on the host). Refs of counted
+    markers are counted in ``releases``, which frees their objects when they go."""
     if isinstance(data, list):
-        return [from_wire(item, serializers, pool, worker, pid, session_id) for item in data]
+        return [from_wire(item, serializers, pool, worker, pid, session_id, releases)
+                for item in data]
     if not isinstance(data, dict):
         return data
     if len(data) == 1 and REF_KEY in data and isinstance(data[REF_KEY], dict):
         marker = data[REF_KEY]
+        counted = releases if marker.get("counted") and session_id is None else None
         return Ref(pool, id=marker["id"], type=marker.get("type", ""),
-                   repr=marker.get("repr", ""), worker=worker, pid=pid, session_id=session_id)
+                   repr=marker.get("repr", ""), worker=worker, pid=pid, session_id=session_id,
+                   releases=counted)
     if is_tagged(data):
         return decode_tagged(data, serializers)
-    return {key: from_wire(item, serializers, pool, worker, pid, session_id)
+    return {key: from_wire(item, serializers, pool, worker, pid, session_id, releases)
             for key, item in data.items()}

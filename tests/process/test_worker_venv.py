@@ -1,5 +1,6 @@
 """A pool whose workers run in their own virtualenv, which has nothing but msgpack."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,21 @@ async def test_workers_run_in_another_interpreter_with_only_msgpack(bare_venv: P
 async def test_the_same_venv_in_json_mode(bare_venv: Path) -> None:
     async with snakepit.open_pool(size=1, python=str(bare_venv), codec="json") as pool:
         assert await pool.execute("compute", {"op": "mul", "a": 6, "b": 7}) == 42
+
+
+async def test_a_virtualenv_directory_stands_for_its_python(bare_venv: Path) -> None:
+    venv = bare_venv.parent.parent
+    async with snakepit.open_pool(size=1, python=str(venv),
+                                  handler="snakepit.testing:ChaosHandler") as pool:
+        assert (await pool.execute("info"))["executable"] == str(bare_venv)
+        # run as if activated: scripts installed in the venv are found first
+        assert await pool.execute("getenv", {"name": "VIRTUAL_ENV"}) == str(venv)
+        path = await pool.execute("getenv", {"name": "PATH"})
+        assert path.split(os.pathsep)[0] == str(venv / "bin")
+
+
+async def test_a_directory_that_is_no_virtualenv_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(snakepit.ConfigError, match=r"python: .* is a directory but no "
+                                                   r"virtualenv"):
+        async with snakepit.open_pool(size=1, python=str(tmp_path)):
+            pass  # pragma: no cover

@@ -47,3 +47,29 @@ async def test_examples_travel_with_their_inputs() -> None:
     assert isinstance(back, dspy.Example)
     assert back.toDict() == {"question": "q?", "answer": "a!"}
     assert set(back.inputs().keys()) == {"question"}
+
+
+class Quiz(dspy.Signature):
+    """Answer arithmetic questions with a number."""
+
+    question: str = dspy.InputField(desc="a question about arithmetic")
+    hints: list[str] = dspy.InputField(desc="facts that may help")
+    answer: int = dspy.OutputField(desc="the number only")
+
+
+def fields_of(signature: type) -> dict[str, tuple[object, str]]:
+    every = {**signature.input_fields, **signature.output_fields}  # type: ignore[attr-defined]
+    return {name: (field.annotation, field.json_schema_extra["desc"])
+            for name, field in every.items()}
+
+
+async def test_signatures_keep_field_descriptions_and_types() -> None:
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        predict = await pool.call("dspy.Predict", Quiz)  # the class goes to the worker...
+        back = await predict.getattr("signature")  # ...and comes back from it
+    assert fields_of(back) == fields_of(Quiz) == {
+        "question": (str, "a question about arithmetic"),
+        "hints": (list[str], "facts that may help"),
+        "answer": (int, "the number only")}
+    assert back.instructions == "Answer arithmetic questions with a number."
+    assert list(back.input_fields) == ["question", "hints"]

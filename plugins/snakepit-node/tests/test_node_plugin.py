@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -236,15 +238,124 @@ async def test_a_killed_node_worker_is_replaced() -> None:
         assert await pool.execute("greet", {"name": "again"}) == "Hello, again!"
 
 
-async def test_concurrency_runs_async_calls_at_once() -> None:
-    async with snakepit.open_pool(node_config(options={"module": HANDLER, "concurrency": 4})
-                                  ) as pool:
+MEETING = """'use strict';
+// Each call waits until `n` calls are in flight at once, then all of them return.
+const events = [];
+let waiting = [];
+module.exports = {
+  async meet(args) {
+    events.push(['start', args.id]);
+    await new Promise((resolve) => {
+      waiting.push(resolve);
+      if (waiting.length === args.n) { waiting.forEach((wake) => wake()); waiting = []; }
+    });
+    events.push(['end', args.id]);
+    return args.id;
+  },
+  log() { return events; },
+};
+"""
+
+
+async def test_concurrency_runs_async_calls_at_once(tmp_path: Path) -> None:
+    handler = tmp_path / "meet.js"
+    handler.write_text(MEETING)
+    async with snakepit.open_pool(node_config(options={"module": str(handler),
+                                                       "concurrency": 4})) as pool:
         assert pool.workers()[0].capacity == 4
-        started = trio.current_time()
         async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(pool.execute, "slow", {"seconds": 0.3})
-        assert trio.current_time() - started < 1.0  # 4 x 0.3 s would be 1.2 s serially
+            for n in range(4):  # run one at a time, the first would wait for the others
+                nursery.start_soon(functools.partial(  # forever: the timeout is a safety net
+                    pool.execute, "meet", {"id": n, "n": 4}, timeout=60))
+        events = await pool.execute("log")
+        assert [kind for kind, _ in events] == ["start"] * 4 + ["end"] * 4
+        assert sorted(n for _, n in events[:4]) == [0, 1, 2, 3]
+
+
+# -- installing the npm dependency ------------------------------------------------------
+FAKE_NPM = r"""
+import os, shutil, socket, sys
+
+# a stand-in for npm: reports that it runs, waits for the test's word, then "installs"
+# (copies the real, already installed node_modules) or fails as npm does
+gate = socket.socket(socket.AF_UNIX)
+gate.settimeout(30)
+gate.connect(os.environ["FAKE_NPM_GATE"])
+gate.sendall(b"npm " + " ".join(sys.argv[1:]).encode() + b"\n")
+word = gate.recv(16)
+if word != b"install":
+    print("npm ERR! code E404\nnpm ERR! 404 Not Found - @msgpack/msgpack", file=sys.stderr)
+    sys.exit(1)
+shutil.copytree(os.environ["FAKE_NPM_SOURCE"], "node_modules")
+"""
+
+
+@pytest.fixture
+def fake_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A node (the real one, by a symlink) with a fake npm beside it, a fresh install
+    home, and the Unix socket path the fake npm reports to."""
+    source = ensure_node_modules() / "node_modules"  # the real dependency, installed
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    node = bin_dir / "node"
+    node.symlink_to(shutil.which("node") or "node")
+    npm = bin_dir / "npm"
+    npm.write_text(f"#!{sys.executable}\n{FAKE_NPM}")
+    npm.chmod(0o755)
+    gate = str(tmp_path / "npm.sock")
+    monkeypatch.setenv("SNAKEPIT_NODE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FAKE_NPM_GATE", gate)
+    monkeypatch.setenv("FAKE_NPM_SOURCE", str(source))
+    return str(node), gate
+
+
+async def npm_started(gate: str) -> trio.SocketStream:
+    """Wait for the fake npm to report; returns the connection to answer it on."""
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(gate)
+    listener.listen(1)
+    with listener, trio.fail_after(60):
+        connection, _ = await listener.accept()
+    stream = trio.SocketStream(connection)
+    assert (await stream.receive_some(100)).startswith(b"npm ci ")
+    return stream
+
+
+async def test_npm_installs_off_the_event_loop(fake_npm: tuple[str, str], tmp_path: Path
+                                               ) -> None:
+    node, gate = fake_npm
+    greeting: list[str] = []
+
+    async def open_and_greet() -> None:
+        config = node_config(options={"module": HANDLER, "node": node})
+        async with snakepit.open_pool(config) as pool:
+            greeting.append(await pool.execute("greet", {"name": "npm"}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_and_greet)
+        # npm is running and waits for us: this loop, which must answer it, still runs
+        # (npm run on the loop, as before, would block it until the fake gave up)
+        npm = await npm_started(gate)
+        assert not greeting
+        await npm.send_all(b"install")
+    assert greeting == ["Hello, npm!"]
+    assert list((tmp_path / "home").glob("*/node_modules/.snakepit-node-installed"))
+
+
+async def test_a_failed_npm_install_fails_the_pool_start_clearly(fake_npm: tuple[str, str]
+                                                                ) -> None:
+    node, gate = fake_npm
+
+    async def answer() -> None:
+        npm = await npm_started(gate)
+        await npm.send_all(b"fail")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer)
+        with pytest.raises(snakepit.ConfigError, match=r"(?s)failed with exit code 1.*E404"):
+            async with snakepit.open_pool(node_config(options={"module": HANDLER,
+                                                               "node": node})):
+                pass  # pragma: no cover
 
 
 # -- the raw protocol --------------------------------------------------------------------
@@ -424,12 +535,27 @@ def test_sessions_are_dropped_on_request(raw: Any) -> None:
     assert [r["value"] for r in results if r is not None] == [1, 2, 1]
 
 
+HOLD = """'use strict';
+const { setTimeout: sleep } = require('node:timers/promises');
+module.exports = {
+  // says that it runs, then waits (a cancel or the deadline wakes it)
+  async hold(args, ctx) {
+    ctx.progress(0, 1, 'holding');
+    await sleep(30000, undefined, { signal: ctx.signal });
+  },
+};
+"""
+
+
 @pytest.mark.parametrize("how", ["eof", "SIGTERM", "SIGINT"])
-def test_exits_cleanly_on_eof_and_signals(raw: Any, how: str) -> None:
-    worker = raw("--handler", HANDLER)
+def test_exits_cleanly_on_eof_and_signals(raw: Any, how: str, tmp_path: Path) -> None:
+    handler = tmp_path / "hold.js"
+    handler.write_text(HOLD)
+    worker = raw("--handler", str(handler))
     worker.handshake()
-    worker.send({"t": "call", "id": 1, "cmd": "slow", "args": {"seconds": 30}})
-    time.sleep(0.1)
+    worker.send({"t": "call", "id": 1, "cmd": "hold"})
+    running = worker.read(timeout=30)
+    assert running is not None and running["t"] == "progress"  # the call is in flight
     if how == "eof":
         assert worker.proc.stdin is not None
         worker.proc.stdin.close()

@@ -71,3 +71,88 @@ async def test_json_pools_say_why_frames_cannot_travel(codec: str) -> None:
     async with snakepit.open_pool(CONFIG, codec=codec, size=1) as pool:
         with pytest.raises(snakepit.PayloadError):
             await pool.call("pandas.concat", [sample()])
+
+
+# -- the dtypes beyond numpy's ---------------------------------------------------------------
+async def round_trip(value: object) -> object:
+    """Host -> worker -> host: ``pandas.concat`` of one frame (or series) is itself."""
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        return await pool.call("pandas.concat", [value])
+
+
+async def test_nullable_dtypes_keep_na_and_their_dtype() -> None:
+    frame = pandas.DataFrame({
+        "Int64": pandas.array([1, None, 3], dtype="Int64"),
+        "UInt8": pandas.array([None, 2, 255], dtype="UInt8"),
+        "Float64": pandas.array([0.5, None, 2.5], dtype="Float64"),
+        "boolean": pandas.array([True, None, False], dtype="boolean"),
+        "string": pandas.array(["a", None, "c"], dtype="string"),
+        "str": pandas.Series(["a", None, "c"], dtype="str"),
+    })
+    back = await round_trip(frame)
+    assert isinstance(back, pandas.DataFrame)
+    pandas.testing.assert_frame_equal(back, frame)
+    assert back["Int64"].dtype == "Int64" and back["Int64"].isna().tolist() == [
+        False, True, False]  # NA stays NA: the column is not turned into floats
+    assert back["boolean"][1] is pandas.NA and back["string"][1] is pandas.NA
+
+
+async def test_timezones_periods_intervals_and_categoricals() -> None:
+    when = pandas.Series(pandas.date_range("2026-03-28", periods=3, freq="D",
+                                           tz="Europe/Paris"))
+    when[1] = pandas.NaT
+    frame = pandas.DataFrame({
+        "when": when,  # across a daylight-saving change
+        "month": pandas.period_range("2026-01", periods=3, freq="M"),
+        "bucket": pandas.arrays.IntervalArray.from_breaks([0, 1, 5, 10], closed="left"),
+        "kind": pandas.Categorical(["x", None, "y"], categories=["y", "x"], ordered=True),
+    }, index=pandas.DatetimeIndex(["2026-01-01", "2026-01-02", "2026-01-03"], tz="UTC",
+                                  name="at"))
+    back = await round_trip(frame)
+    pandas.testing.assert_frame_equal(back, frame)
+    quarters = pandas.Series([1.5, 2.5], index=pandas.period_range("2026Q1", periods=2,
+                                                                   freq="Q"), name="q")
+    pandas.testing.assert_series_equal(await round_trip(quarters), quarters)
+
+
+async def test_multiindexes_and_repeated_column_labels() -> None:
+    rows = pandas.MultiIndex.from_product([["a", "b"], [1, 2]], names=["letter", "n"])
+    columns = pandas.MultiIndex.from_tuples([("x", "p"), ("x", "q"), ("y", "p")],
+                                            names=["top", "sub"])
+    frame = pandas.DataFrame(numpy.arange(12).reshape(4, 3), index=rows, columns=columns)
+    pandas.testing.assert_frame_equal(await round_trip(frame), frame)
+    column = frame[("x", "p")]  # a series named by a tuple
+    pandas.testing.assert_series_equal(await round_trip(column), column)
+    repeated = pandas.DataFrame([[1, 2.5, "s"]], columns=["a", "a", 7])
+    repeated.columns.name = "labels"
+    back = await round_trip(repeated)
+    pandas.testing.assert_frame_equal(back, repeated)
+    assert list(back.columns) == ["a", "a", 7] and back.columns.name == "labels"
+
+
+async def test_what_cannot_travel_is_a_clear_error_both_ways() -> None:
+    sparse = pandas.DataFrame({"sp": pandas.arrays.SparseArray([0.0, 1.0, 0.0])})
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        with pytest.raises(snakepit.PayloadError, match=r"column 'sp' of dtype Sparse"):
+            await pool.call("pandas.concat", [sparse])  # host -> worker
+        array = await pool.call("pandas.arrays.SparseArray", [0.0, 1.0])
+        with pytest.raises(snakepit.RemoteError) as info:  # worker -> host
+            await pool.call("pandas.DataFrame", {"sp": array})
+        assert info.value.remote_type == "snakepit_pandas.UnsupportedPandasData"
+        assert "convert to a numpy, nullable" in info.value.remote_message
+
+
+def test_nullable_and_timezone_columns_travel_as_bytes_not_cells() -> None:
+    size = 100_000
+    frame = pandas.DataFrame({
+        "n": pandas.array(numpy.arange(size), dtype="Int64"),
+        "t": pandas.date_range("2026-01-01", periods=size, freq="s", tz="UTC"),
+        "p": pandas.period_range("2026-01-01", periods=size, freq="D"),
+    })
+    encoded = DataFrameSerializer().encode(frame)
+    masked, zoned, periods = encoded["data"]
+    assert masked["kind"] == "masked" and len(masked["data"]["bytes"]) == 8 * size
+    assert len(masked["mask"]["bytes"]) == size
+    assert zoned["kind"] == "datetimetz" and len(zoned["data"]["bytes"]) == 8 * size
+    assert periods["kind"] == "period" and len(periods["data"]["bytes"]) == 8 * size
+    pandas.testing.assert_frame_equal(DataFrameSerializer().decode(encoded), frame)

@@ -15,11 +15,13 @@ class ControlChannel(Protocol):
 
     The serial server reads them itself when asked (``poll``/``wait``); the threaded
     server's reader thread applies them as they come and ``wait`` sleeps on a condition.
+    ``wait`` returns early once ``done()`` holds: the caller's check and the wait must
+    not let a frame that lands in between go unnoticed until the timeout.
     """
 
     def poll(self) -> None: ...
 
-    def wait(self, timeout: float | None) -> None: ...
+    def wait(self, timeout: float | None, done: Callable[[], bool]) -> None: ...
 
 
 class SerialChannel:
@@ -31,8 +33,9 @@ class SerialChannel:
     def poll(self) -> None:
         self._pump(0.0)
 
-    def wait(self, timeout: float | None) -> None:
-        self._pump(timeout)
+    def wait(self, timeout: float | None, done: Callable[[], bool]) -> None:
+        if not done():  # frames an earlier poll applied may have done it already
+            self._pump(timeout)
 
 
 class ThreadedChannel:
@@ -44,9 +47,9 @@ class ThreadedChannel:
     def poll(self) -> None:
         pass
 
-    def wait(self, timeout: float | None) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
+    def wait(self, timeout: float | None, done: Callable[[], bool]) -> None:
+        with self._changed:  # the reader notifies under this lock after applying a frame
+            self._changed.wait_for(done, timeout)
 
 
 class CallContext:
@@ -135,7 +138,7 @@ class CallContext:
                 left = remaining if left is None else min(left, remaining)
             if left is not None and left <= 0:
                 break
-            self._channel.wait(left)
+            self._channel.wait(left, lambda: self._cancelled)
         return self.cancelled
 
     def _cancel(self) -> None:
@@ -163,7 +166,8 @@ class CallContext:
             if self._credit > 0:
                 break  # the poll inside ``cancelled`` brought credit: do not wait
             left = self.time_left()
-            self._channel.wait(None if left is None else max(left, 0.0))
+            self._channel.wait(None if left is None else max(left, 0.0),
+                               lambda: self._credit > 0 or self._cancelled)
         if self.cancelled:
             return False
         self._credit -= 1

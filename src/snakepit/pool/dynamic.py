@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from snakepit.errors import PayloadError, RefLost, SessionWorkerLost
+from snakepit.errors import PayloadError, RefLost, RemoteError, SessionWorkerLost
 from snakepit.plugins import host_serializers
+from snakepit.pool.releases import RefReleases
 from snakepit.refs import Ref, from_wire, refs_in, to_wire
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class DynamicCalls:
     The pool's workers must serve ``snakepit.bridge.enhanced:EnhancedHandler`` (or a
     subclass), and targets must be under ``PoolConfig.allowed_targets``.
     """
+
+    _releases: RefReleases | None = None
 
     async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
         """Call the dotted callable ``target`` in a worker: ``await pool.call("json.dumps",
@@ -79,6 +82,33 @@ class DynamicCalls:
         """Run an enhanced-bridge ``command`` on the worker holding ``ref``."""
         return await self._dynamic(command, payload, [ref], timeout, ref.session_id)
 
+    async def release(self, *refs: Ref) -> int:
+        """Free the objects of ``refs`` in their workers now (``await ref.release()``
+        for each); returns how many were still there. Other Refs to them raise
+        :class:`~snakepit.errors.RefLost` from then on."""
+        released = 0
+        for ref in refs:
+            released += await ref.release()
+        return released
+
+    async def collect_refs(self) -> None:
+        """Free, now, the worker objects whose every host Ref has been garbage-collected.
+
+        This happens in the background anyway, shortly after the last Ref to an object
+        goes; call this to be sure it has happened (before measuring a worker's memory,
+        say). It runs the garbage collector and waits for the workers' answers.
+        """
+        if self._releases is not None:
+            await self._releases.collect()
+
+    def _counted_refs(self, pool: Pool) -> RefReleases:
+        """This pool's :class:`RefReleases`, made (and its background task started) on
+        first use."""
+        if self._releases is None:
+            self._releases = RefReleases(pool)
+            pool._nursery.start_soon(self._releases.run)
+        return self._releases
+
     async def _dynamic(self, command: str, payload: dict[str, Any], refs: list[Ref],
                        timeout: float | None, session_id: str | None) -> Any:
         pool: Pool = self  # type: ignore[assignment]
@@ -88,12 +118,43 @@ class DynamicCalls:
         if len(owners) > 1:
             raise PayloadError("refs held by different workers cannot meet in one call")
         if refs:
-            session_id = refs[0].session_id if session_id is None else session_id
+            session_id = _scope(refs, session_id)
+            if session_id is not None:
+                pool.sessions.touch(session_id)  # SessionNotFound once it ended; keeps it alive
             pinned = pool.slot_worker(refs[0].worker)
             if pinned is None or pinned.pid != refs[0].pid:
                 raise RefLost(f"the worker that held {refs[0]!r} died; the object is gone")
         attempt: list[Any] = []
-        data = await pool._run(command, to_wire(payload, serializers), timeout, None,
-                               session_id, pinned=pinned, attempt=attempt)
+        try:
+            data = await pool._run(command, to_wire(payload, serializers), timeout, None,
+                                   session_id, pinned=pinned, attempt=attempt)
+        except RemoteError as exc:
+            if exc.remote_type.rpartition(".")[2] == "RefNotFound":
+                raise RefLost(exc.remote_message) from exc
+            raise
         worker = attempt[0]
-        return from_wire(data, serializers, pool, worker.id, worker.pid, session_id)
+        releases = self._counted_refs(pool) if session_id is None else None
+        return from_wire(data, serializers, pool, worker.id, worker.pid, session_id, releases)
+
+
+def _scope(refs: list[Ref], session_id: str | None) -> str | None:
+    """The session a call with ``refs`` runs in: theirs. Refs of different scopes (two
+    sessions, or a session and the worker's global store) cannot meet, and a call in a
+    session cannot use another scope's refs: the worker keeps each scope's objects apart.
+
+    Raises:
+        PayloadError: the scopes differ.
+    """
+    def scope(session: str | None) -> str:
+        return "the worker's global store" if session is None else f"session {session!r}"
+
+    scopes = {ref.session_id for ref in refs}
+    if len(scopes) > 1:
+        raise PayloadError("refs of different scopes cannot meet in one call: "
+                           + ", ".join(sorted(scope(s) for s in scopes)))
+    (owner,) = scopes
+    if session_id is not None and owner != session_id:
+        where = "outside sessions (pool.call)" if owner is None else "in its own session"
+        raise PayloadError(f"{refs[0]!r} belongs to {scope(owner)}, not to "
+                           f"{scope(session_id)}: use it {where}")
+    return owner

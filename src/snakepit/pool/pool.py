@@ -31,7 +31,7 @@ from snakepit.errors import (
     SessionWorkerLost,
     SnakepitError,
 )
-from snakepit.kinds import KindRuntime, find_kind
+from snakepit.kinds import KindRuntime, apply_kind, find_kind
 from snakepit.plugins import plugin_manager
 from snakepit.pool.calls import CallPath
 from snakepit.pool.dispatch import Dispatcher
@@ -103,7 +103,13 @@ class Pool(CallPath, DynamicCalls):
         errors: list[SnakepitError] = []
         started = trio.current_time()
         await trio.to_thread.run_sync(reap_orphans, registry(self.config).state_dir)
+        prepare = getattr(self._adapter, "prepare", None)
+        if prepare is not None:  # slow set-up (installing a runtime's deps), off the loop
+            await prepare(self.config)
         self._kind = find_kind(self.config).prepare(self.config)
+        run = getattr(self._kind, "run", None)
+        if run is not None:  # the kind's background work (device readings), for our life
+            await self._nursery.start(run)
         if self.config.warm_start:
             self._fork_server = await open_fork_server(self.config, self._adapter,
                                                        self._nursery)
@@ -137,7 +143,7 @@ class Pool(CallPath, DynamicCalls):
         kind's environment for this slot (a GPU, say), and the codecs to offer."""
         spec = self._adapter.launch(self.config, worker_id)
         if self._kind is not None:
-            spec = attrs.evolve(spec, env={**spec.env, **self._kind.worker_env(worker_id)})
+            spec = apply_kind(self._kind, spec, worker_id)
         return spec, offered_codecs(self.config, self._adapter.codecs)
 
     def _worker_ready(self, worker: Worker) -> None:

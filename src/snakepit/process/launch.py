@@ -16,12 +16,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import trio
 
 from snakepit.errors import WorkerStartupError
 
-__all__ = ["OsProcess", "grow_pipe", "spawn"]
+__all__ = ["OsProcess", "WorkerProcess", "grow_pipe", "spawn"]
 
 # Linux's F_SETPIPE_SZ; a 1 MiB pipe buffer doubles 1 MiB transfer speed (DESIGN.md).
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -32,6 +33,49 @@ def grow_pipe(fd: int) -> None:
     """Raise the pipe's buffer to :data:`PIPE_SIZE` where the system allows."""
     with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
         fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+
+
+class WorkerProcess(Protocol):
+    """The host's handle on one running worker: all that ``run_worker`` needs of it.
+
+    :class:`OsProcess`, a local child on three pipes, is one. An adapter or a pool kind
+    may supply another through ``LaunchSpec.open`` -- a worker on another machine behind
+    a TCP socket, say (``plugins/snakepit-ray``). The fds are read and written with
+    ``os.read``/``os.write`` on the Trio thread, so they must be non-blocking; a
+    connected socket serves as both ``stdin`` and ``stdout``.
+    """
+
+    pid: int
+    """The worker's pid on its machine (for display, sessions and refs)."""
+    stdin: int
+    """Fd the host writes frames to."""
+    stdout: int
+    """Fd the host reads frames from (may be the same fd as ``stdin``)."""
+    stderr: int
+    """Fd carrying the worker's log lines."""
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once reaped; negative for a signal."""
+        ...
+
+    def signal_group(self, signum: int) -> None:
+        """Deliver ``signum`` to the worker and what it started. Must not block: a
+        remote handle queues the request. SIGKILL must end the worker for the host at
+        once (the wire reaches end of file soon after)."""
+        ...
+
+    async def wait_exit(self) -> None:
+        """Return once the worker has exited (cancellable; call again to resume)."""
+        ...
+
+    def reap(self) -> int:
+        """After :meth:`wait_exit`: clean up what is left and return the exit status."""
+        ...
+
+    def close_pipes(self) -> None:
+        """Close the host's fds (after every task using them has stopped)."""
+        ...
 
 
 class OsProcess:
@@ -171,6 +215,31 @@ def host_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env["SNAKEPIT_HOST_PID"] = str(os.getpid())
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def resolve_python(python: str) -> str:
+    """The interpreter ``PoolConfig.python`` names: an executable as it is, or a
+    virtualenv's directory standing for its ``bin/python``.
+
+    Raises:
+        ConfigError: a directory that holds no virtualenv interpreter.
+    """
+    if not os.path.isdir(python):
+        return python
+    for name in ("bin/python", "bin/python3", "Scripts/python.exe"):
+        candidate = os.path.join(python, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    from snakepit.errors import ConfigError
+
+    raise ConfigError([f"python: {python!r} is a directory but no virtualenv (it has no "
+                       "bin/python); name the interpreter or the virtualenv's directory"])
+
+
+def virtualenv_of(python: str) -> str | None:
+    """The virtualenv ``python`` belongs to (its ``pyvenv.cfg`` is a level up), or None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    return root if os.path.isfile(os.path.join(root, "pyvenv.cfg")) else None
 
 
 def python_argv(python: str, handler: str, preload: Sequence[str] = ()) -> list[str]:

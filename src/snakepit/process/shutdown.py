@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 import trio
 
-from snakepit.process.launch import OsProcess
+from snakepit.process.launch import WorkerProcess
 
 log = logging.getLogger("snakepit.process")
 
 
 async def shutdown_ladder(
-    process: OsProcess,
+    process: WorkerProcess,
     *,
     request_shutdown: Callable[[], None] | None,
     grace: float,

@@ -1,4 +1,5 @@
-"""The framed connection to one worker process: its codec and its two pipe ends.
+"""The framed connection to one worker process: its codec and its two pipe ends
+(or one connected socket, for a worker on another machine).
 
 Writes are *corked* for the rest of the scheduler batch: ``send`` queues the frame and
 an :class:`trio.abc.Instrument` writes every connection's queue with one ``writev``
@@ -39,8 +40,8 @@ _IOV_MAX = 1024
 class Connection:
     """Frames over a pair of non-blocking file descriptors (the worker's stdin/stdout).
 
-    The seam for other transports (a TCP stream to a remote worker) is this class:
-    ``send``, ``send_map``, ``flush_forever``, ``read_payloads`` and ``read_forever``.
+    Both may be one connected socket (a worker on another machine): ``readv`` and
+    ``writev`` work on it alike, and a reset connection reads as end of file.
     """
 
     def __init__(self, write_fd: int, read_fd: int, max_frame_size: int) -> None:
@@ -148,6 +149,8 @@ class Connection:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
                 continue
+            except OSError:  # a reset socket: the worker is gone, as at end of file
+                return None
             if not data:
                 return None
             payloads = self._decoder.feed(data)
@@ -179,6 +182,8 @@ class Connection:
                 reads = 0
                 await trio.lowlevel.wait_readable(fd)
                 continue
+            except OSError:  # a reset socket (ECONNRESET): the worker is gone
+                return
             finally:
                 if window is not None:
                     window.release()

@@ -1,9 +1,9 @@
 """A worker's life from spawn to reaped exit: the node under a supervisor slot.
 
-``run_worker`` spawns the process, runs the handshake, reports the ready
-:class:`~snakepit.worker.worker.Worker`, routes its frames until the process goes away,
-and in its ``finally`` runs the shutdown ladder shielded, so leaving it by any route
-leaves no process behind.
+``run_worker`` spawns the process (or has ``LaunchSpec.open`` start it elsewhere), runs
+the handshake, reports the ready :class:`~snakepit.worker.worker.Worker`, routes its
+frames until the process goes away, and in its ``finally`` runs the shutdown ladder
+shielded, so leaving it by any route leaves no process behind.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import PoolClosed, ProtocolError, WorkerCrashed, WorkerStartupError
 from snakepit.process.forkserver import Spawner
-from snakepit.process.launch import host_environment, spawn
+from snakepit.process.launch import OsProcess, WorkerProcess, host_environment, spawn
 from snakepit.process.registry import (
     RUN_ID_ENV,
     RunRegistry,
@@ -42,12 +42,16 @@ def registry(config: PoolConfig) -> RunRegistry:
     return registry_for(Path(config.state_dir) if config.state_dir else default_state_dir())
 
 
+def worker_extras(config: PoolConfig, launch: LaunchSpec) -> dict[str, str]:
+    """What a worker's environment gets over its machine's: the pool's, adapter's and
+    kind's variables, and ours (the run id is inherited by all it starts)."""
+    return {**config.env, **launch.env, RUN_ID_ENV: registry(config).run_id,
+            wire.ALLOWED_TARGETS_ENV: ",".join(config.allowed_targets)}
+
+
 def worker_environment(config: PoolConfig, launch: LaunchSpec) -> dict[str, str]:
-    """The environment of one worker: host's, pool's, adapter's and kind's, and ours."""
-    env = host_environment({**config.env, **launch.env})
-    env[RUN_ID_ENV] = registry(config).run_id  # inherited by all it starts
-    env[wire.ALLOWED_TARGETS_ENV] = ",".join(config.allowed_targets)
-    return env
+    """The environment of one local worker: the host's, plus :func:`worker_extras`."""
+    return host_environment(worker_extras(config, launch))
 
 
 def offered_codecs(config: PoolConfig, spoken: tuple[str, ...]) -> list[str]:
@@ -65,7 +69,9 @@ async def handshake(worker: Worker, offered: list[str]) -> None:
         ProtocolError: the worker exited, refused, or answered out of protocol.
     """
     config, connection = worker.config, worker.connection
-    use_shm = config.shm_threshold is not None and shm.available()
+    # shared memory needs the worker on this machine: a local child, not a remote one
+    use_shm = (config.shm_threshold is not None and isinstance(worker.process, OsProcess)
+               and shm.available())
     connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id,
                           config.heartbeat_interval,
                           config.shm_threshold if use_shm else None))
@@ -157,12 +163,17 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
     Raises:
         WorkerStartupError: the process could not be started or did not handshake.
     """
-    env, cwd = worker_environment(config, launch), launch.cwd or config.cwd
-    if spawner is None:
-        process = spawn(launch.argv, env=env, cwd=cwd)
-    else:
-        process = await spawner(launch.argv, env=env, cwd=cwd)
-    registry(config).add(process.pid)
+    local = launch.open is None
+    process: WorkerProcess
+    if launch.open is None:
+        env, cwd = worker_environment(config, launch), launch.cwd or config.cwd
+        if spawner is None:
+            process = spawn(launch.argv, env=env, cwd=cwd)
+        else:  # forked from the pool's template
+            process = await spawner(launch.argv, env=env, cwd=cwd)
+        registry(config).add(process.pid)
+    else:  # elsewhere (a Ray node): the opener places it and sees that none outlives us
+        process = await launch.open(config, worker_id, launch, worker_extras(config, launch))
     worker = Worker(worker_id, process, config, release)
     if telemetry.enabled("worker.started"):
         telemetry.emit("worker.started", {}, {"pool": config.name, "worker": worker_id,
@@ -208,5 +219,6 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
                 # what the worker never read, and what it wrote that we never read
                 worker.shared_memory.release_all()
                 shm.remove_segments(shm.segment_prefix(registry(config).run_id, process.pid))
-            registry(config).remove(process.pid)
+            if local:
+                registry(config).remove(process.pid)
     return worker

@@ -45,6 +45,8 @@ class StderrLog:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
                 continue
+            except OSError:  # a reset socket (a remote worker's stderr): as at EOF
+                break
             if not data:
                 break
             self._take(data)

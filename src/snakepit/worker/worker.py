@@ -29,7 +29,7 @@ from snakepit.errors import (
     WorkerCrashed,
     WorkerTimeout,
 )
-from snakepit.process.launch import OsProcess
+from snakepit.process.launch import WorkerProcess
 from snakepit.protocol.messages import (
     Beat,
     Cancel,
@@ -71,7 +71,7 @@ class Worker:
     calls than it declared.
     """
 
-    def __init__(self, worker_id: str, process: OsProcess, config: PoolConfig,
+    def __init__(self, worker_id: str, process: WorkerProcess, config: PoolConfig,
                  release: Callable[[Worker], None]) -> None:
         self.id = worker_id
         self.process = process

@@ -76,7 +76,27 @@ class ExampleSerializer:
         return example.with_inputs(*data["inputs"]) if data["inputs"] is not None else example
 
 
+# Field types that travel by name; a field of any other type arrives as ``str``.
+_TYPES: dict[str, Any] = {name: kind for kind in (str, int, float, bool)
+                          for name in (kind.__name__,)}
+_TYPES.update({f"list[{name}]": list[kind] for name, kind in list(_TYPES.items())})
+_TYPES.update({"dict[str, str]": dict[str, str], "dict[str, int]": dict[str, int],
+               "dict[str, float]": dict[str, float], "dict[str, Any]": dict[str, Any]})
+_TYPE_NAMES = {kind: name for name, kind in _TYPES.items()}  # list[str] == list[str]
+
+
+def _type_name(annotation: Any) -> str | None:
+    try:
+        return _TYPE_NAMES.get(annotation)
+    except TypeError:  # unhashable
+        return None
+
+
 class SignatureSerializer:
+    """A Signature class: its fields in order, each with its description and (for the
+    common types) its type, and the instructions. The prefix travels for information;
+    DSPy 3 derives it from the field's name."""
+
     name = "dspy.Signature"
 
     def claims(self, value: Any) -> bool:
@@ -84,10 +104,11 @@ class SignatureSerializer:
         return signature is not None and isinstance(value, type) and issubclass(value, signature)
 
     def encode(self, signature: Any) -> dict[str, Any]:
-        def fields(group: dict[str, Any]) -> dict[str, Any]:
-            return {name: {"desc": field.json_schema_extra.get("desc", ""),
-                           "prefix": field.json_schema_extra.get("prefix", "")}
-                    for name, field in group.items()}
+        def fields(group: dict[str, Any]) -> list[dict[str, Any]]:
+            return [{"name": name, "desc": field.json_schema_extra.get("desc", ""),
+                     "prefix": field.json_schema_extra.get("prefix", ""),
+                     "type": _type_name(field.annotation)}
+                    for name, field in group.items()]
 
         return {"signature": signature.signature, "instructions": signature.instructions,
                 "inputs": fields(signature.input_fields),
@@ -96,7 +117,17 @@ class SignatureSerializer:
     def decode(self, data: dict[str, Any]) -> Any:
         import dspy
 
-        return dspy.Signature(data["signature"], data["instructions"])
+        inputs, outputs = data.get("inputs"), data.get("outputs")
+        if not isinstance(inputs, list) or not isinstance(outputs, list):
+            # written by version 1: names only
+            return dspy.Signature(data["signature"], data["instructions"])
+        fields: dict[str, Any] = {}
+        for group, make in ((inputs, dspy.InputField), (outputs, dspy.OutputField)):
+            for field in group:
+                kind = _TYPES.get(field.get("type") or "str", str)
+                # no prefix: DSPy 3 derives it from the name (passing one is deprecated)
+                fields[field["name"]] = (kind, make(desc=field["desc"]))
+        return dspy.Signature(fields, data["instructions"])
 
 
 def lm_history(lm: Any, last: int | None = None) -> list[dict[str, Any]]:

@@ -15,9 +15,9 @@ Python bridge. Options:
 Other keys are left alone (they may belong to the pool kind).
 
 The worker's one npm dependency (``@msgpack/msgpack``) is installed by
-:func:`ensure_node_modules` on first use (``npm ci`` against the shipped lock file, so
-the npm registry must be reachable once), or ahead of time with
-``python -m snakepit_node install``.
+:func:`ensure_node_modules` when the first pool starts (``npm ci`` against the shipped
+lock file, so the npm registry must be reachable once), in a thread so that the event
+loop keeps running meanwhile; or ahead of time with ``python -m snakepit_node install``.
 
 The host loads this module through the ``snakepit.adapters`` entry point; it needs
 neither pluggy nor trio at import time.
@@ -41,7 +41,7 @@ from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
 
 __all__ = ["ADAPTERS", "EXAMPLE_HANDLER", "JS_DIR", "WORKER_JS", "NodeAdapter",
-           "ensure_node_modules", "find_node"]
+           "ensure_node_modules", "find_node", "installed_dir"]
 
 __version__ = "0.1.0"
 
@@ -91,18 +91,21 @@ def _find_npm(node: str) -> str:
 
 
 def _install_dir() -> Path:
-    """Where the worker's node_modules live: next to the shipped files when that
-    directory is writable, else a copy in the user's cache directory."""
-    if (JS_DIR / "node_modules" / _MARKER).exists() or (JS_DIR / _DEPENDENCY).exists():
-        return JS_DIR
-    if os.access(JS_DIR, os.W_OK):
-        return JS_DIR
+    """Where the worker's node_modules live: a copy of the shipped files under
+    ``$SNAKEPIT_NODE_HOME`` when it is set; else next to the shipped files when that
+    directory is writable (or already installed), else a copy in the user's cache."""
+    home = os.environ.get("SNAKEPIT_NODE_HOME")
+    if not home:
+        if (JS_DIR / "node_modules" / _MARKER).exists() or (JS_DIR / _DEPENDENCY).exists():
+            return JS_DIR
+        if os.access(JS_DIR, os.W_OK):
+            return JS_DIR
+        home = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                            "snakepit-node")
     digest = hashlib.sha256()
     for name in _JS_FILES:
         with contextlib.suppress(OSError):
             digest.update((JS_DIR / name).read_bytes())
-    home = os.environ.get("SNAKEPIT_NODE_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "snakepit-node")
     target = Path(home) / f"{__version__}-{digest.hexdigest()[:12]}"
     if not (target / "worker.js").exists():
         target.mkdir(parents=True, exist_ok=True)
@@ -125,7 +128,7 @@ def ensure_node_modules(node: str | None = None) -> Path:
             reachable the first time).
     """
     node = find_node(node)
-    ready = _ready.get(node)
+    ready = _ready.get(_ready_key(node))
     if ready is not None:
         return ready
     with _install_lock:
@@ -142,8 +145,31 @@ def ensure_node_modules(node: str | None = None) -> Path:
                         (modules / _MARKER).write_text("installed by snakepit-node\n")
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
-        _ready[node] = target
+        _ready[_ready_key(node)] = target
         return target
+
+
+def _ready_key(node: str) -> tuple[str, str | None]:
+    return node, os.environ.get("SNAKEPIT_NODE_HOME")
+
+
+def installed_dir(node: str) -> Path:
+    """The directory holding ``worker.js`` and its installed ``node_modules`` for
+    ``node``, without installing anything (quick: the event loop may call it).
+
+    Raises:
+        ConfigError: the dependencies are not installed yet.
+    """
+    ready = _ready.get(_ready_key(node))
+    if ready is not None:
+        return ready
+    target = _install_dir()
+    if (target / "node_modules" / _MARKER).exists() or (target / _DEPENDENCY).exists():
+        _ready[_ready_key(node)] = target
+        return target
+    raise ConfigError([f"adapter: the node worker's npm dependencies are not installed in "
+                       f"{target}; a pool installs them as it starts, or run "
+                       "'python -m snakepit_node install'"])
 
 
 def _npm_install(node: str, target: Path) -> None:
@@ -186,31 +212,57 @@ def _option_errors(options: Mapping[str, Any]) -> list[str]:
     return errors
 
 
+def _checked_options(config: PoolConfig) -> tuple[str | None, str]:
+    """The handler module's absolute path (or None) and the node executable.
+
+    Raises:
+        ConfigError: bad options, no node, or a missing handler module.
+    """
+    options: Mapping[str, Any] = config.options
+    errors = _option_errors(options)
+    module = options.get("module")
+    if not errors and module is not None:
+        base = config.cwd or os.getcwd()
+        module = os.path.abspath(os.path.join(base, os.path.expanduser(module)))
+        if not os.path.isfile(module):
+            errors.append(f"options.module: no such file {module!r}")
+    if errors:
+        raise ConfigError(errors)
+    return module, find_node(options.get("node"))
+
+
 class NodeAdapter:
     """Starts workers running ``worker.js`` under Node.js (``PoolConfig.adapter="node"``)."""
 
     name = "node"
     codecs = ("msgpack", "json")
 
+    async def prepare(self, config: PoolConfig) -> None:
+        """At pool start: check the options and install the npm dependencies if they are
+        missing, in a thread (``npm ci`` may take a while; the event loop goes on).
+
+        A cancelled pool start waits for a running ``npm`` to finish (at most
+        10 minutes), so that no process outlives the pool.
+
+        Raises:
+            ConfigError: bad options, no node, or the install failed (with npm's output).
+        """
+        import trio  # the host side only: workers never import this module
+
+        _, node = _checked_options(config)
+        await trio.to_thread.run_sync(ensure_node_modules, node)
+
     def launch(self, config: PoolConfig, worker_id: str) -> LaunchSpec:
         """The command for one worker: ``node [node_args] worker.js [--handler MODULE]``.
+        Quick: it installs nothing (:meth:`prepare` did).
 
         Raises:
             ConfigError: bad options, no node, a missing handler module, or the npm
-                dependencies cannot be installed.
+                dependencies are not installed.
         """
+        module, node = _checked_options(config)
         options: Mapping[str, Any] = config.options
-        errors = _option_errors(options)
-        module = options.get("module")
-        if not errors and module is not None:
-            base = config.cwd or os.getcwd()
-            module = os.path.abspath(os.path.join(base, os.path.expanduser(module)))
-            if not os.path.isfile(module):
-                errors.append(f"options.module: no such file {module!r}")
-        if errors:
-            raise ConfigError(errors)
-        node = find_node(options.get("node"))
-        js_dir = ensure_node_modules(node)
+        js_dir = installed_dir(node)
         argv = [node, *options.get("node_args", ()), str(js_dir / "worker.js")]
         if module is not None:
             argv += ["--handler", module]

@@ -2,6 +2,22 @@
 
 Loaded by workers (without pluggy) and by the host, through the
 ``snakepit.serializers`` entry point: keep imports lazy and pandas-free at import time.
+
+Every column travels as a whole, never one Python object per cell for numeric data:
+
+- numpy numbers, booleans, datetimes and timedeltas: the raw bytes and the numpy dtype;
+- timezone-aware datetimes: the UTC instants' raw bytes and the dtype (unit, zone);
+- nullable ``Int*``/``UInt*``/``Float*``/``boolean``: the data's raw bytes plus a
+  mask, so ``NA`` stays ``NA`` (it does not turn the column into float);
+- periods: their ordinals' raw bytes and the frequency;
+- categoricals: codes plus categories; intervals: left and right ends plus ``closed``;
+- strings (``str``, ``string``) and other object columns: a list (``None`` for missing),
+  the dtype kept;
+- indexes (``RangeIndex`` as its range, ``MultiIndex`` as levels plus codes) and the
+  columns (any labels, duplicates included, with their names), each as an index.
+
+Anything else (sparse or Arrow-backed columns, say) raises :class:`UnsupportedPandasData`
+rather than arriving changed.
 """
 
 from __future__ import annotations
@@ -9,9 +25,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["SERIALIZERS", "DataFrameSerializer", "SeriesSerializer"]
+__all__ = ["SERIALIZERS", "DataFrameSerializer", "SeriesSerializer", "UnsupportedPandasData"]
 
 _RAW_KINDS = "biufcmM"  # bool, ints, floats, complex, timedelta, datetime: raw bytes
+
+
+class UnsupportedPandasData(TypeError):
+    """A column (or index) of a kind snakepit-pandas cannot send as it is."""
 
 
 def _pandas() -> Any:
@@ -25,50 +45,143 @@ def _is(value: Any, name: str) -> bool:
     return pandas is not None and isinstance(value, getattr(pandas, name))
 
 
-def encode_array(values: Any) -> dict[str, Any]:
-    """A 1-d array: raw bytes for numeric kinds, a list otherwise."""
+def _raw(array: Any) -> dict[str, Any]:
+    import numpy
+
+    return {"dtype": array.dtype.str, "bytes": numpy.ascontiguousarray(array).tobytes()}
+
+
+def _from_raw(data: dict[str, Any]) -> Any:
+    import numpy
+
+    return numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"])).copy()
+
+
+def _label(value: Any) -> Any:
+    """A name or label as wire data (tuples, from MultiIndex columns, stay tuples)."""
+    if isinstance(value, tuple):
+        return {"tuple": [_label(item) for item in value]}
+    item = getattr(value, "item", None)  # a numpy scalar
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
+
+
+def _unlabel(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"tuple"}:
+        return tuple(_unlabel(item) for item in value["tuple"])
+    return value
+
+
+def _masked_dtypes(pandas: Any) -> tuple[type, ...]:
+    """The nullable dtypes: numpy data plus a mask of NA."""
+    names = ("Int8Dtype", "Int16Dtype", "Int32Dtype", "Int64Dtype", "UInt8Dtype",
+             "UInt16Dtype", "UInt32Dtype", "UInt64Dtype", "Float32Dtype", "Float64Dtype",
+             "BooleanDtype")
+    return tuple(getattr(pandas, name) for name in names)
+
+
+def encode_array(values: Any, what: str = "values") -> dict[str, Any]:
+    """A 1-d pandas or numpy array as wire data (see the module's docstring).
+
+    Raises:
+        UnsupportedPandasData: a dtype this plugin cannot send unchanged.
+    """
     import numpy
 
     pandas = _pandas()
-    if isinstance(values.dtype, pandas.CategoricalDtype):
+    dtype = values.dtype
+    if isinstance(dtype, pandas.CategoricalDtype):
         return {"kind": "category", "codes": encode_array(numpy.asarray(values.codes)),
-                "categories": encode_array(numpy.asarray(values.categories)),
+                "categories": encode_array(values.categories.array, what),
                 "ordered": bool(values.ordered)}
+    if isinstance(dtype, pandas.DatetimeTZDtype):
+        utc = values.tz_convert("UTC").tz_localize(None)
+        return {"kind": "datetimetz", "dtype": str(dtype), "data": _raw(numpy.asarray(utc))}
+    if isinstance(dtype, pandas.PeriodDtype):
+        return {"kind": "period", "dtype": str(dtype),
+                "data": _raw(numpy.asarray(values.asi8))}
+    if isinstance(dtype, pandas.IntervalDtype):
+        return {"kind": "interval", "closed": values.closed,
+                "left": encode_array(values.left.array, what),
+                "right": encode_array(values.right.array, what)}
+    if isinstance(dtype, pandas.StringDtype):
+        return {"kind": "string", "storage": dtype.storage,
+                "na_nan": dtype.na_value is not pandas.NA,
+                "values": values.to_numpy(dtype=object, na_value=None).tolist()}
+    if isinstance(dtype, _masked_dtypes(pandas)):
+        numpy_dtype = dtype.numpy_dtype
+        filler = False if numpy_dtype.kind == "b" else 0
+        return {"kind": "masked", "dtype": str(dtype),
+                "data": _raw(values.to_numpy(dtype=numpy_dtype, na_value=filler)),
+                "mask": _raw(numpy.asarray(values.isna(), dtype=bool))}
+    if isinstance(dtype, pandas.api.extensions.ExtensionDtype) and not isinstance(
+            values, pandas.arrays.NumpyExtensionArray):
+        raise UnsupportedPandasData(
+            f"snakepit-pandas cannot send {what} of dtype {dtype} unchanged; convert to a "
+            "numpy, nullable, string or categorical dtype first")
     array = numpy.asarray(values)
     if array.dtype.kind in _RAW_KINDS:
-        return {"kind": "raw", "dtype": array.dtype.str,
-                "bytes": numpy.ascontiguousarray(array).tobytes()}
-    return {"kind": "list", "dtype": str(values.dtype), "values": array.tolist()}
+        return {"kind": "raw", **_raw(array)}
+    if array.dtype.kind != "O":  # fixed-width numpy strings or bytes, void...
+        raise UnsupportedPandasData(f"snakepit-pandas cannot send {what} of numpy dtype "
+                                    f"{array.dtype}; use object or a pandas string dtype")
+    return {"kind": "list", "dtype": "object", "values": array.tolist()}
 
 
 def decode_array(data: dict[str, Any]) -> Any:
     import numpy
 
     pandas = _pandas()
-    if data["kind"] == "raw":
-        return numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"])).copy()
-    if data["kind"] == "category":
+    kind = data["kind"]
+    if kind == "raw":
+        return _from_raw(data)
+    if kind == "category":
         return pandas.Categorical.from_codes(decode_array(data["codes"]),
                                              categories=decode_array(data["categories"]),
                                              ordered=data["ordered"])
+    if kind == "datetimetz":
+        dtype = pandas.api.types.pandas_dtype(data["dtype"])
+        return pandas.array(_from_raw(data["data"])).tz_localize("UTC").tz_convert(dtype.tz)
+    if kind == "period":
+        return pandas.arrays.PeriodArray(_from_raw(data["data"]),
+                                         dtype=pandas.api.types.pandas_dtype(data["dtype"]))
+    if kind == "interval":
+        return pandas.arrays.IntervalArray.from_arrays(
+            decode_array(data["left"]), decode_array(data["right"]), closed=data["closed"])
+    if kind == "string":
+        dtype = pandas.StringDtype(storage=data["storage"],
+                                   na_value=numpy.nan if data["na_nan"] else pandas.NA)
+        return pandas.array(data["values"], dtype=dtype)
+    if kind == "masked":
+        array = pandas.array(_from_raw(data["data"]), dtype=data["dtype"])
+        array[_from_raw(data["mask"])] = pandas.NA
+        return array
     values = data["values"]
-    return pandas.array(values, dtype=data["dtype"]) if data["dtype"] != "object" else (
-        numpy.array(values, dtype=object))
+    return numpy.array(values, dtype=object) if data["dtype"] == "object" else (
+        pandas.array(values, dtype=data["dtype"]))  # written by older versions
 
 
-def encode_index(index: Any) -> dict[str, Any]:
+def encode_index(index: Any, what: str = "index") -> dict[str, Any]:
+    import numpy
+
     pandas = _pandas()
     if isinstance(index, pandas.RangeIndex):
-        return {"range": [index.start, index.stop, index.step], "name": index.name}
-    return {"values": encode_array(index.array if hasattr(index, "array") else index),
-            "name": index.name}
+        return {"range": [index.start, index.stop, index.step], "name": _label(index.name)}
+    if isinstance(index, pandas.MultiIndex):
+        return {"levels": [encode_index(level, what) for level in index.levels],
+                "codes": [_raw(numpy.asarray(codes)) for codes in index.codes],
+                "names": [_label(name) for name in index.names]}
+    return {"values": encode_array(index.array, what), "name": _label(index.name)}
 
 
 def decode_index(data: dict[str, Any]) -> Any:
     pandas = _pandas()
     if "range" in data:
-        return pandas.RangeIndex(*data["range"], name=data["name"])
-    return pandas.Index(decode_array(data["values"]), name=data["name"])
+        return pandas.RangeIndex(*data["range"], name=_unlabel(data["name"]))
+    if "levels" in data:
+        return pandas.MultiIndex(levels=[decode_index(level) for level in data["levels"]],
+                                 codes=[_from_raw(codes) for codes in data["codes"]],
+                                 names=[_unlabel(name) for name in data["names"]])
+    return pandas.Index(decode_array(data["values"]), name=_unlabel(data["name"]))
 
 
 class DataFrameSerializer:
@@ -78,14 +191,19 @@ class DataFrameSerializer:
         return _is(value, "DataFrame")
 
     def encode(self, frame: Any) -> dict[str, Any]:
-        return {"columns": list(frame.columns), "index": encode_index(frame.index),
-                "data": [encode_array(frame[column].array) for column in frame.columns]}
+        # by position: column labels may repeat, and need not be strings
+        return {"columns": encode_index(frame.columns, "column labels"),
+                "index": encode_index(frame.index),
+                "data": [encode_array(frame.iloc[:, i].array, f"column {label!r}")
+                         for i, label in enumerate(frame.columns)]}
 
     def decode(self, data: dict[str, Any]) -> Any:
         pandas = _pandas()
         columns = {i: decode_array(column) for i, column in enumerate(data["data"])}
         frame = pandas.DataFrame(columns, index=decode_index(data["index"]))
-        frame.columns = data["columns"]
+        labels = data["columns"]
+        # version 1 wrote a plain list of names
+        frame.columns = decode_index(labels) if isinstance(labels, dict) else labels
         return frame
 
 
@@ -96,12 +214,12 @@ class SeriesSerializer:
         return _is(value, "Series")
 
     def encode(self, series: Any) -> dict[str, Any]:
-        return {"name": series.name, "index": encode_index(series.index),
-                "values": encode_array(series.array)}
+        return {"name": _label(series.name), "index": encode_index(series.index),
+                "values": encode_array(series.array, f"series {series.name!r}")}
 
     def decode(self, data: dict[str, Any]) -> Any:
         return _pandas().Series(decode_array(data["values"]), index=decode_index(data["index"]),
-                                name=data["name"])
+                                name=_unlabel(data["name"]))
 
 
 SERIALIZERS = [DataFrameSerializer(), SeriesSerializer()]
