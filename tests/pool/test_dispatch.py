@@ -224,6 +224,34 @@ def test_a_deepening_pipeline_never_adds_primary_units() -> None:
             assert primary + worker.reserved <= worker.capacity
 
 
+def test_a_worker_whose_pipeline_shrinks_still_gets_calls_when_idle() -> None:
+    # Regression: the units taken out of circulation as calls got slower could be a
+    # worker's primary one, and then sequential calls all went to the other worker.
+    dispatcher = Dispatcher(max_queue=10, pipeline_depth=8)
+    first, second = cast(Worker, StubWorker()), cast(Worker, StubWorker())
+    dispatcher.add_worker(first)
+    dispatcher.add_worker(second)
+    dispatcher.mean_service_time = 0.0001  # quick calls: both pipelines deepen
+    for _ in range(20):
+        held = []
+        while (worker := dispatcher.try_acquire()) is not None:
+            held.append(worker)
+        for worker in held:
+            dispatcher.release(worker)
+    dispatcher.mean_service_time = 0.01  # slow calls: back to one waiting call each
+    for _ in range(20):  # sequential calls: take a unit, give it back
+        worker = dispatcher.try_acquire()
+        assert worker is not None
+        dispatcher.release(worker)
+    served = set()
+    for _ in range(4):
+        worker = dispatcher.try_acquire()
+        assert worker is not None
+        served.add(id(worker))
+        dispatcher.release(worker)
+    assert served == {id(first), id(second)}  # both idle workers take calls in turn
+
+
 def test_a_fixed_depth_stays_fixed() -> None:
     dispatcher = Dispatcher(max_queue=10, pipeline_depth=2)
     worker = cast(Worker, StubWorker())

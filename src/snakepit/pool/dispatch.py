@@ -19,6 +19,7 @@ millisecond or more queue no deeper than before.
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import outcome
@@ -121,9 +122,16 @@ class Dispatcher:
         if self.pipeline_depth > 2:
             units = self._units.get(worker, 0)
             target = worker.capacity * self._depth()
-            if units > target:  # calls got slower: take this unit out of circulation
-                self._units[worker] = units - 1
-                return
+            if units > target:  # calls got slower: take a unit out of circulation
+                if worker.reserved >= worker.capacity:  # this one would be a spare
+                    self._units[worker] = units - 1
+                    return
+                # This one must stay a primary unit (the worker has room), or an idle
+                # worker would get calls only when every other is busy: retire one of
+                # its waiting spare units instead, or one later if all are in flight.
+                with contextlib.suppress(ValueError):
+                    self._spare.remove(worker)
+                    self._units[worker] = units - 1
             if units < target:  # calls got quicker: put one more unit in circulation
                 self._units[worker] = units + 1
                 self._offer(worker)
