@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,18 @@ def is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def processes_of_run(run_id: str) -> list[int]:
+    """Live processes (not zombies) carrying ``SNAKEPIT_RUN_ID=run_id`` in their
+    environment: every worker a run started, and whatever those started in turn --
+    found the way the run registry finds them, not from pids a test happened to see."""
+    from snakepit.process.registry import RUN_ID_ENV, process_environment_has
+
+    entry = f"{RUN_ID_ENV}={run_id}".encode()
+    return [int(proc.name) for proc in Path("/proc").iterdir()
+            if proc.name.isdigit() and int(proc.name) != os.getpid()
+            and process_environment_has(int(proc.name), entry) and is_alive(int(proc.name))]
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> object:
     before = child_pids()
@@ -53,6 +67,20 @@ def chaos_config(**overrides: object) -> snakepit.PoolConfig:
     }
     options.update(overrides)
     return snakepit.PoolConfig(**options)  # type: ignore[arg-type]
+
+
+def mock_clock_config(**overrides: object) -> snakepit.PoolConfig:
+    """:func:`chaos_config` for tests on trio's MockClock: time moves only when the test
+    jumps it, so nothing but the behaviour under test may wait on the clock -- no
+    heartbeat or health check (a jump would read as silence), restarts without backoff.
+    """
+    options: dict[str, object] = {
+        "heartbeat_interval": None,
+        "health_check_interval": None,
+        "restart": snakepit.RestartPolicy(backoff_initial=0, backoff_max=0),
+    }
+    options.update(overrides)
+    return chaos_config(**options)
 
 
 def support_env() -> dict[str, str]:
@@ -102,3 +130,28 @@ async def kill_and_wait(pool: snakepit.Pool, pid: int) -> None:
             await pool.wait_ready()
     finally:
         snakepit.telemetry.detach(handler)
+
+
+@contextlib.contextmanager
+def wall_clock_limit(seconds: float) -> Iterator[None]:
+    """Fail the test if the block runs longer than ``seconds`` of *real* time.
+
+    The safety net of tests on trio's MockClock, where ``trio.fail_after`` only fires
+    when the test moves the clock: a thread cancels the block instead, so a broken
+    behaviour fails the test rather than hanging the suite.
+    """
+    import threading
+
+    import trio
+
+    scope = trio.CancelScope()
+    token = trio.lowlevel.current_trio_token()
+    timer = threading.Timer(seconds, lambda: token.run_sync_soon(scope.cancel))
+    timer.start()
+    try:
+        with scope:
+            yield
+    finally:
+        timer.cancel()
+    if scope.cancelled_caught:
+        pytest.fail(f"still running after {seconds}s of real time")

@@ -63,3 +63,48 @@ def test_from_dict_builds_a_config() -> None:
 def test_memory_limit_needs_health_checks() -> None:
     with pytest.raises(snakepit.ConfigError, match=r"memory_limit: .*health_check_interval"):
         snakepit.PoolConfig(memory_limit=10**9, health_check_interval=None)
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ({"restart": {"jitter": "lots", "max_restarts": -1}},
+     ["p.restart.jitter: must be a number",
+      "p.restart.max_restarts: must be an integer >= 0 (got -1)"]),
+    ({"circuit_breaker": {"failure_threshold": 0, "window": "x"}},
+     ["p.circuit_breaker.window: must be a number",
+      "p.circuit_breaker.failure_threshold: must be an integer >= 1 (got 0)"]),
+    ({"size": "x", "retry": {"max_attempts": 0, "jitter": "x"}},
+     ["p.size: must be an integer", "p.retry.jitter: must be a number",
+      "p.retry.max_attempts: must be an integer >= 1 (got 0)"]),
+], ids=["restart", "circuit_breaker", "retry"])
+def test_a_nested_table_with_a_type_error_reports_its_other_errors(
+        table: dict[str, object], expected: list[str]) -> None:
+    with pytest.raises(snakepit.ConfigError) as info:
+        snakepit.PoolConfig.from_dict(table, path="p")
+    assert sorted(info.value.errors) == sorted(expected)
+
+
+def test_cross_field_checks_run_beside_other_errors() -> None:
+    with pytest.raises(snakepit.ConfigError) as info:
+        snakepit.PoolConfig(size=0, memory_limit=10**9, health_check_interval=None,
+                            heartbeat_interval=2.0, heartbeat_timeout=1.0)
+    assert [error.split(":")[0] for error in info.value.errors] == [
+        "size", "memory_limit", "heartbeat_timeout"]
+    with pytest.raises(snakepit.ConfigError) as info:
+        snakepit.PoolConfig.from_dict({"size": "many", "memory_limit": 10**9,
+                                       "health_check_interval": None,
+                                       "heartbeat_interval": 2, "heartbeat_timeout": 1,
+                                       "restart": {"period": "x"}}, path="pools.p")
+    assert sorted(info.value.errors) == sorted([
+        "pools.p.size: must be an integer",
+        "pools.p.restart.period: must be a number",
+        "pools.p.memory_limit: is sampled by the health check, so it needs "
+        "health_check_interval to be set",
+        "pools.p.heartbeat_timeout: must exceed heartbeat_interval (2.0)"])
+
+
+def test_a_field_of_the_wrong_type_is_not_also_blamed_by_a_cross_check() -> None:
+    with pytest.raises(snakepit.ConfigError) as info:
+        snakepit.PoolConfig.from_dict({"heartbeat_interval": "x", "heartbeat_timeout": 0.5,
+                                       "command": ["node", "worker.js"], "size": "x"})
+    assert sorted(info.value.errors) == ["heartbeat_interval: must be a number",
+                                         "size: must be an integer"]

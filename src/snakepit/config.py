@@ -32,11 +32,17 @@ from snakepit._checks import (
     _is_int,
     _optional,
     _positive,
-    _run_checks,
     _tuple_or_none,
 )
 from snakepit.errors import ConfigError
-from snakepit.policies import CircuitBreakerPolicy, RestartPolicy, RetryPolicy
+from snakepit.policies import (
+    _BREAKER_CHECKS,
+    _RESTART_CHECKS,
+    _RETRY_CHECKS,
+    CircuitBreakerPolicy,
+    RestartPolicy,
+    RetryPolicy,
+)
 from snakepit.protocol.codecs import CODEC_NAMES
 from snakepit.protocol.wire import DEFAULT_MAX_FRAME_SIZE
 
@@ -242,15 +248,9 @@ class PoolConfig:
     (Linux, the python adapter; see docs/performance.md for what forking implies)."""
 
     def __attrs_post_init__(self) -> None:
-        _run_checks(self, _POOL_CHECKS)
-        errors = []
-        if self.memory_limit is not None and self.health_check_interval is None:
-            errors.append("memory_limit: is sampled by the health check, so it needs "
-                          "health_check_interval to be set")
-        if (self.heartbeat_interval is not None
-                and self.heartbeat_timeout <= self.heartbeat_interval):
-            errors.append(f"heartbeat_timeout: must exceed heartbeat_interval "
-                          f"({self.heartbeat_interval})")
+        values = {name: getattr(self, name) for name, _, _ in _POOL_CHECKS}
+        errors = _check_errors(values, _POOL_CHECKS)
+        errors += _cross_field_errors(values, {error.split(":")[0] for error in errors})
         if errors:
             raise ConfigError(errors)
 
@@ -272,13 +272,88 @@ class PoolConfig:
             return converter.structure(data, cls)
         except (ClassValidationError, ConfigError) as exc:
             errors = list(_config_errors(exc, path))
-        # Type errors stopped construction; report the value errors of the other fields
-        # too, so that one run shows every problem.
-        typed_wrong = {error.split(":")[0] for error in errors}
-        clean = {key: value for key, value in data.items()  # nested tables checked above
-                 if _join(path, key) not in typed_wrong and not isinstance(value, Mapping)}
-        errors += [_join(path, error) for error in _check_errors(clean, _POOL_CHECKS)]
+            if _raised_by_the_class(exc):  # every field typed right: all checks ran
+                raise ConfigError(errors) from None
+        # Type errors stopped construction, so the value checks of the table (and of a
+        # nested table that had one) never ran: run them on the values that are typed
+        # right, so that one run shows every problem.
+        values, unusable = _typed_values(cls, data)
+        more = _check_errors(values, _POOL_CHECKS)
+        bad = unusable | {error.split(":")[0] for error in more}
+        more += _cross_field_errors({**_defaults(cls), **values}, bad)
+        errors += [_join(path, error) for error in more]
+        for name, (policy, checks) in _POLICY_TABLES.items():
+            table = data.get(name)
+            if isinstance(table, Mapping):
+                nested, typed_wrong = _typed_values(policy, table)
+                if typed_wrong:  # else it was built, and its own checks ran
+                    errors += [_join(_join(path, name), error)
+                               for error in _check_errors(nested, checks)]
         raise ConfigError(errors) from None
+
+
+def _raised_by_the_class(exc: Exception) -> bool:
+    """Whether structuring failed in the class's own checks (cattrs wraps what the
+    constructor raised, without naming a field), not on a field's type."""
+    if isinstance(exc, ConfigError):
+        return True
+    return any(isinstance(sub, ConfigError) and not any(
+        isinstance(note, AttributeValidationNote) for note in getattr(sub, "__notes__", []))
+        for sub in getattr(exc, "exceptions", ()))
+
+
+def _cross_field_errors(values: Mapping[str, Any], bad: set[str]) -> list[str]:
+    """Checks across fields, made only where each field involved is valid itself
+    (``bad``: those that are not)."""
+    errors = []
+    if ("memory_limit" not in bad and "health_check_interval" not in bad
+            and values["memory_limit"] is not None and values["health_check_interval"] is None):
+        errors.append("memory_limit: is sampled by the health check, so it needs "
+                      "health_check_interval to be set")
+    if ("heartbeat_interval" not in bad and "heartbeat_timeout" not in bad
+            and values["heartbeat_interval"] is not None
+            and values["heartbeat_timeout"] <= values["heartbeat_interval"]):
+        errors.append(f"heartbeat_timeout: must exceed heartbeat_interval "
+                      f"({values['heartbeat_interval']})")
+    return errors
+
+
+_POLICY_TABLES: dict[str, tuple[type[Any], list[Check]]] = {
+    "restart": (RestartPolicy, _RESTART_CHECKS),
+    "retry": (RetryPolicy, _RETRY_CHECKS),
+    "circuit_breaker": (CircuitBreakerPolicy, _BREAKER_CHECKS),
+}
+"""The nested tables of a pool table: the class each becomes, and its checks."""
+
+
+def _typed_values(cls: type[Any], table: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """The fields of ``cls`` given in ``table``, each structured as the converter would
+    (its attrs converter applied); and the names of those that cannot be (they are
+    type errors, reported as such)."""
+    values, unusable = {}, set()
+    for field in attrs.fields(attrs.resolve_types(cls)):
+        if field.name not in table:
+            continue
+        try:
+            value = converter.structure(table[field.name], field.type)
+            if field.converter is not None:
+                value = field.converter(value)
+        except Exception:
+            unusable.add(field.name)
+            continue
+        values[field.name] = value
+    return values, unusable
+
+
+def _defaults(cls: type[Any]) -> dict[str, Any]:
+    """The default value of each field of ``cls`` that has one."""
+    values = {}
+    for field in attrs.fields(cls):
+        if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            values[field.name] = field.default.factory()
+        elif field.default is not attrs.NOTHING:
+            values[field.name] = field.default
+    return values
 
 
 def _join(path: str, name: str | int) -> str:

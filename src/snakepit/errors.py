@@ -158,6 +158,9 @@ class RemoteError(SnakepitError):
 
     ``remote_type`` is the exception's qualified type name in the worker,
     ``remote_message`` its message and ``remote_traceback`` the formatted traceback.
+    ``retryable`` is true when the handler marked the error transient (it raised
+    :class:`snakepit.bridge.RetryableError`, or any exception whose ``retryable``
+    attribute is true): a retry policy may then send the call again.
     """
 
     def __init__(
@@ -165,10 +168,14 @@ class RemoteError(SnakepitError):
         remote_type: str,
         remote_message: str,
         remote_traceback: str = "",
+        *,
+        retryable: bool = False,
     ) -> None:
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+        if retryable:
+            self.retryable = True  # this error, not every RemoteError
         super().__init__(f"{remote_type}: {remote_message}")
 
 

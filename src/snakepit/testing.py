@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from snakepit.bridge import CallCancelled, CallContext, CommandHandler, command
+from snakepit.bridge import CallCancelled, CallContext, CommandHandler, RetryableError, command
 
 __all__ = ["ChaosHandler"]
 
@@ -79,6 +79,25 @@ class ChaosHandler(CommandHandler):
                 f.write(str(crashes + 1))
             os._exit(1)
         return crashes
+
+    @command
+    def transient(self, args: dict[str, Any]) -> int:
+        """Raise :class:`~snakepit.bridge.RetryableError` the first ``failures`` times
+        (counted in the file ``path``), then return how many it took; with
+        ``"marked": false`` raise a plain ``RuntimeError`` instead."""
+        path = args["path"]
+        try:
+            with open(path) as f:
+                failed = int(f.read())
+        except FileNotFoundError:
+            failed = 0
+        if failed < int(args["failures"]):
+            with open(path, "w") as f:
+                f.write(str(failed + 1))
+            if args.get("marked", True):
+                raise RetryableError(f"transient failure {failed + 1}")
+            raise RuntimeError(f"failure {failed + 1}")
+        return failed
 
     @command
     def getenv(self, args: dict[str, Any]) -> str | None:

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import snakepit
-from tests.conftest import is_alive
+from snakepit.worker.run import registry
+from tests.conftest import is_alive, processes_of_run
 
 SIZE = 3
 CONFIG = snakepit.PoolConfig(
@@ -232,6 +233,10 @@ class PoolChaos(RuleBasedStateMachine):
             driver.close()
         alive = [pid for pid in driver.pids if is_alive(pid)]
         assert not alive, f"processes of the run still alive: {alive}"
+        # every process the run ever started, not only the pids sampled above:
+        # replacements that came and went between samples, and their children
+        alive = processes_of_run(registry(CONFIG).run_id)
+        assert not alive, f"processes carrying the run's id still alive: {alive}"
 
 
 PoolChaos.TestCase.settings = settings(

@@ -39,7 +39,7 @@ any_message = st.one_of(
     st.builds(m.Pong, ids),
     st.builds(m.Drop, texts),
     st.builds(m.Result, ids, json_values),
-    st.builds(m.Error, st.none() | ids, texts, texts, texts, texts),
+    st.builds(m.Error, st.none() | ids, texts, texts, texts, texts, st.booleans()),
     st.builds(m.Chunk, ids, json_values),
     st.builds(m.End, ids),
     st.builds(m.Progress, ids, numbers, st.none() | numbers, opt_texts),
@@ -85,12 +85,23 @@ def test_wire_form_is_tagged_and_compact() -> None:
     assert wire == {"t": "call", "id": 7, "cmd": "echo", "args": {"x": 1}, "sid": "s1"}
 
 
+def test_retryable_is_an_optional_key_of_the_error_answer() -> None:
+    # a worker (or host) that predates the key: absent means False, and False is not sent
+    old = {"t": "error", "id": 3, "kind": "handler", "etype": "ValueError", "msg": "no"}
+    assert m.from_wire(old) == m.Error(3, "handler", "ValueError", "no")
+    assert m.to_wire(m.Error(3, "handler", "ValueError", "no")) == old
+    marked = m.to_wire(m.Error(3, "handler", "Busy", "later", retryable=True))
+    assert marked == {**old, "etype": "Busy", "msg": "later", "retryable": True}
+    assert m.from_wire(marked).retryable is True  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("bad", [
     {"t": "call", "id": "7", "cmd": "echo"},       # id must be an int, not coerced
     {"t": "call", "id": 7},                          # command missing
     {"t": "nonsense", "id": 7},
     {"id": 7},
     {"t": "progress", "id": 1, "done": "half"},
+    {"t": "error", "id": 1, "kind": "handler", "retryable": "yes"},  # a bool, not truthy
 ])
 def test_malformed_maps_are_protocol_errors(bad: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):

@@ -102,3 +102,28 @@ def test_infinite_ttl_never_expires_and_sessions_in_use_do_not_expire(clock: Clo
     busy.in_use = 0  # its call ended; the sweeper looks again one TTL later
     clock.now += 10
     assert store.expire_due() == [busy]
+
+
+def test_removed_sessions_do_not_pile_up_in_the_expiry_heap(clock: Clock) -> None:
+    store = SessionStore(clock, default_ttl=3600)
+    kept = [store.create() for _ in range(100)]
+    for _ in range(50_000):  # a high churn of short-lived sessions, within one TTL
+        store.delete(store.create().id)
+        clock.now += 0.01
+    # the heap stays within a small multiple of the live sessions, not 50 000 entries
+    assert len(store._expiry_heap) <= 2 * len(store) + 1024
+    # and the sessions that remain still expire on time
+    clock.now += 3600
+    assert sorted(s.id for s in store.expire_due()) == sorted(s.id for s in kept)
+    assert len(store) == 0
+
+
+def test_holders_are_the_bound_worker_and_the_workers_it_visited(clock: Clock) -> None:
+    store = SessionStore(clock)
+    session = store.create()
+    assert session.holders() == []
+    store.bind(session, "pool-0", 100)
+    store.visit(session, "pool-0", 100)  # the bound worker is not a visit
+    store.visit(session, "pool-1", 200)  # a prefer-mode fallback
+    store.visit(session, "pool-1", 200)
+    assert session.holders() == [("pool-0", 100), ("pool-1", 200)]

@@ -3,7 +3,7 @@
 import trio
 
 import snakepit
-from tests.conftest import chaos_config, started
+from tests.conftest import chaos_config
 
 
 async def test_max_calls_recycles_without_dropping_a_call() -> None:
@@ -20,26 +20,50 @@ async def test_max_calls_recycles_without_dropping_a_call() -> None:
         await pool.wait_ready()
         stats = pool.stats()
         assert stats.failed == 0
-        # max_calls counts calls sent, so pipelining cannot stretch it: every worker
-        # took exactly five calls and retired, twelve in all
-        assert stats.restarts == 60 // 5
-        assert all(w.calls_served == 0 and w.accepting for w in pool.workers())
+        # max_calls counts calls sent, so pipelining cannot stretch it: every retired
+        # worker took exactly five calls, and the current ones fewer. (How the last
+        # calls split between the two current workers depends on scheduling.)
+        current = pool.workers()
+        assert all(w.accepting and w.calls_started < 5 for w in current)
+        assert stats.restarts * 5 + sum(w.calls_started for w in current) == 60
 
 
 async def test_worker_ttl_replacement_serves_while_the_old_one_drains() -> None:
     # pipeline_depth=1: a call pipelined behind the long one would wait for it to end
-    config = chaos_config(size=1, worker_ttl=0.3, pipeline_depth=1)
-    async with snakepit.open_pool(config) as pool:
-        old = pool.workers()[0].pid
-        async with trio.open_nursery() as nursery:
-            await started(pool, nursery, "sleep", {"seconds": 1.5})
-            # the old worker retires at 0.3 s, mid-call; its replacement takes calls
-            # at once, so the pool does not drop below its size while it drains
-            with trio.fail_after(1.0):
-                while (new := await pool.execute("pid")) == old:
-                    pass
-            assert pool.stats().workers[0].pid == new
-        # the old worker's call completed normally (started() would have seen an error
-        # only through the counters)
-        assert pool.stats().failed == 0
-        assert pool.stats().restarts >= 1
+    config = chaos_config(size=1, worker_ttl=0.5, pipeline_depth=1)
+    exited: dict[int, trio.Event] = {}
+    handler = snakepit.telemetry.attach(
+        "worker.exited", lambda _e, _m, meta: exited.setdefault(meta["pid"], trio.Event()).set())
+    try:
+        async with snakepit.open_pool(config) as pool:
+            old = pool.workers()[0]
+            outcome: list[BaseException] = []
+            async with trio.open_nursery() as nursery:
+                cancel = trio.CancelScope()
+
+                async def long_call() -> None:
+                    with cancel:
+                        try:
+                            await pool.execute("nap", {"seconds": 60},
+                                               on_progress=lambda *_: running.set())
+                        except snakepit.SnakepitError as exc:
+                            outcome.append(exc)
+
+                running = trio.Event()
+                nursery.start_soon(long_call)
+                await running.wait()
+                # the old worker retires at its ttl, mid-call; its replacement takes
+                # calls at once, so the pool does not drop below its size while it drains
+                with trio.fail_after(20):
+                    while (new := await pool.execute("pid")) == old.pid:
+                        pass
+                assert not old.accepting and old.in_flight == 1  # still draining its call
+                assert pool.stats().workers[0].in_flight == 1  # and the stats count it
+                assert old.pid not in exited
+                cancel.cancel()
+            assert outcome == []  # the long call was ours to end: it never failed
+            with trio.fail_after(20):
+                await exited.setdefault(old.pid, trio.Event()).wait()  # drained, it exits
+            assert new != old.pid and pool.stats().restarts >= 1
+    finally:
+        snakepit.telemetry.detach(handler)

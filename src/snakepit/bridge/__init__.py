@@ -6,8 +6,9 @@ worker environment: importing it never imports trio, attrs or cattrs.
 """
 
 from snakepit.bridge.context import CallContext
-from snakepit.bridge.handler import CommandHandler, command
+from snakepit.bridge.handler import CommandHandler, RetryableError, command
 from snakepit.bridge.server import BridgeServer, serve
 from snakepit.errors import CallCancelled
 
-__all__ = ["BridgeServer", "CallCancelled", "CallContext", "CommandHandler", "command", "serve"]
+__all__ = ["BridgeServer", "CallCancelled", "CallContext", "CommandHandler", "RetryableError",
+           "command", "serve"]

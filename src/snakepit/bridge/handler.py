@@ -13,11 +13,23 @@ from typing import Any, TypeVar, overload
 
 from snakepit.bridge.context import CallContext
 
-__all__ = ["CommandHandler", "command"]
+__all__ = ["CommandHandler", "RetryableError", "command"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MARK = "__snakepit_command__"
+
+
+class RetryableError(Exception):
+    """Raise it from a command for a transient failure (a busy database, a rate
+    limit): the host's :class:`~snakepit.RemoteError` is marked ``retryable``, so a
+    pool with a ``retry`` policy sends the call again. Any exception with a true
+    ``retryable`` attribute does the same."""
+
+    retryable = True
+
+
+RetryableError.__module__ = "snakepit.bridge"  # its public name, in remote type names
 
 
 @overload

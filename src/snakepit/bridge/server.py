@@ -141,6 +141,8 @@ class BridgeServer:
             frame["msg"] = str(exc)
             # the three-argument form: worker interpreters older than 3.10 lack the other
             frame["tb"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            if getattr(exc, "retryable", False) is True and kind == wire.KIND_HANDLER:
+                frame["retryable"] = True  # the handler says: transient, send it again
         self.send(frame)
 
     # -- handshake -----------------------------------------------------------------

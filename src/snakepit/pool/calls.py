@@ -167,8 +167,7 @@ class CallPath:
         when it started in ``attempt`` (for telemetry). ``pinned``: only that worker
         (it holds an object the call uses)."""
         breaker = self._breaker
-        if breaker is not None:
-            breaker.before(command)
+        probe = breaker.before(command) if breaker is not None else False
         try:
             if pinned is not None:
                 worker = attempt[0] = await acquire_pinned(self, pinned, deadline)
@@ -198,14 +197,15 @@ class CallPath:
                 finally:
                     session.in_use -= 1
                     session.last_used = trio.current_time()  # its TTL counts from here
-        except SnakepitError as exc:
-            if attempt[0] is None:  # it failed while waiting for a worker
-                attempt[1] = trio.current_time()
+        except BaseException as exc:
+            if attempt[0] is None and isinstance(exc, SnakepitError):
+                attempt[1] = trio.current_time()  # it failed while waiting for a worker
             if breaker is not None:
-                breaker.after(command, exc)
+                # any ending, a cancellation included: a probe must never stay running
+                breaker.after(command, exc, probe=probe)
             raise
         if breaker is not None:
-            breaker.after(command, None)
+            breaker.after(command, None, probe=probe)
         return result
 
     async def _call_when_free(self, queued: QueuedCall, deadline: float) -> Any:

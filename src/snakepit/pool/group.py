@@ -60,7 +60,8 @@ class Pools(Mapping[str, Pool]):
         return self._pools[self.config.default_pool]
 
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
-                      on_progress: ProgressCallback | None = None) -> Any:
+                      on_progress: ProgressCallback | None = None,
+                      idempotent: bool = False) -> Any:
         """Run ``command`` on the pool its route picks (see :meth:`Pool.execute`).
 
         A ``WorkerTimeout`` under the pool's own ``call_timeout`` names a pool that
@@ -68,18 +69,21 @@ class Pools(Mapping[str, Pool]):
         """
         pool = self.route(command)
         try:
-            return await pool.execute(command, args, timeout=timeout, on_progress=on_progress)
+            return await pool.execute(command, args, timeout=timeout, on_progress=on_progress,
+                                      idempotent=idempotent)
         except WorkerTimeout as exc:
             raise self._suggest_longer(pool, exc, timeout) from exc
 
     async def execute_in_session(self, session_id: str, command: str, args: Any = None, *,
                                  timeout: float | None = None,
-                                 on_progress: ProgressCallback | None = None) -> Any:
+                                 on_progress: ProgressCallback | None = None,
+                                 idempotent: bool = False) -> Any:
         """Run ``command`` in a session of the pool its route picks."""
         pool = self.route(command)
         try:
             return await pool.execute_in_session(session_id, command, args, timeout=timeout,
-                                                 on_progress=on_progress)
+                                                 on_progress=on_progress,
+                                                 idempotent=idempotent)
         except WorkerTimeout as exc:
             raise self._suggest_longer(pool, exc, timeout) from exc
 

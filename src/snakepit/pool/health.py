@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from snakepit import telemetry
+from snakepit.worker.worker import WorkerState
 
 if TYPE_CHECKING:
     from snakepit.pool.pool import Pool
@@ -37,6 +38,8 @@ def resident_memory(pid: int) -> int | None:
 
 async def check_worker(pool: Pool, worker: Worker) -> None:
     """Ping one idle worker; kill it if it stays idle and silent past the timeout."""
+    if worker.in_flight or not worker.accepting:
+        return  # a call started since the round looked: pinging it would measure that
     served = worker.calls_served
     with trio.move_on_after(pool.config.health_check_timeout):
         await worker.ping()
@@ -100,22 +103,43 @@ async def monitor_health(pool: Pool) -> None:
                                        "restarts": sum(s.restarts for s in pool._slots)})
 
 
+def live_workers(pool: Pool) -> list[Worker]:
+    """Every worker process of the pool that may still run calls: each slot's current
+    worker and the retiring ones that finish their calls while their replacement
+    serves (they are no longer in :meth:`Pool.workers`, but their callers wait)."""
+    return [worker for slot in pool._slots for worker in slot.live_workers()
+            if worker.state is not WorkerState.DEAD and not worker.killed]
+
+
 async def watch_heartbeats(pool: Pool) -> None:
+    """Every ``heartbeat_interval``: :func:`check_heartbeats`."""
+    interval = pool.config.heartbeat_interval
+    assert interval is not None
+    while True:
+        await trio.sleep(interval)
+        check_heartbeats(pool)
+
+
+def check_heartbeats(pool: Pool) -> None:
     """Kill any worker that has sent nothing for ``heartbeat_timeout`` seconds.
 
     The bridge's heartbeat thread writes a frame every ``heartbeat_interval``, even
     during a call, so silence means the process is stopped or stuck in native code
-    holding the GIL: its state is unknown and it will not recover by itself.
+    holding the GIL: its state is unknown and it will not recover by itself. Every
+    live worker is watched, retiring ones included, so a silent worker is killed
+    within ``heartbeat_timeout + heartbeat_interval`` of its last frame (plus the
+    host's own scheduling delay) and its calls fail with ``WorkerCrashed``.
     """
-    interval, timeout = pool.config.heartbeat_interval, pool.config.heartbeat_timeout
-    assert interval is not None
-    while True:
-        await trio.sleep(interval)
-        now = trio.current_time()
-        for worker in pool.workers():
-            silent = now - worker.connection.last_heard
-            if worker.accepting and silent > timeout:
-                pool._emit("worker.unhealthy", {"silent": silent}, worker=worker.id,
-                           pid=worker.pid, reason="no heartbeat")
-                worker.kill(f"no heartbeat for {silent:.1f}s (stopped, or stuck holding "
-                            "the GIL)")
+    timeout = pool.config.heartbeat_timeout
+    now = trio.current_time()
+    for worker in live_workers(pool):
+        silent = now - worker.connection.last_heard
+        if silent <= timeout:
+            continue
+        if worker.connection.has_unread_data():
+            # It did write; the host was too busy to read it (a stall of the host, not
+            # of the worker). The reader takes it before the next look.
+            continue
+        pool._emit("worker.unhealthy", {"silent": silent}, worker=worker.id,
+                   pid=worker.pid, reason="no heartbeat")
+        worker.kill(f"no heartbeat for {silent:.1f}s (stopped, or stuck holding the GIL)")

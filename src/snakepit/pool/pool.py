@@ -361,7 +361,7 @@ class Pool(CallPath, DynamicCalls):
             pid=worker.pid if worker is not None else None,
             state=slot.current_state,
             calls_served=slot.calls_served,
-            in_flight=worker.in_flight if worker is not None else 0,
+            in_flight=sum(live.in_flight for live in slot.live_workers()),
             restarts=slot.restarts,
             info=dict(self._kind.worker_info(slot.id)) if self._kind is not None else {},
             latency_p50=p50,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from snakepit import telemetry
 from snakepit.errors import SessionNotFound, SessionWorkerLost
 from snakepit.sessions.store import AffinityMode, Session, SessionStore
 from snakepit.worker.calls import ProgressCallback
@@ -25,6 +26,8 @@ class SessionAffinity:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self._sweeper_lot = trio.lowlevel.ParkingLot()
+        self._sweep_at = math.inf
+        """When the sweeper looks next (it is woken earlier only for a sooner expiry)."""
         self.store = SessionStore(trio.current_time, default_ttl=pool.config.session_ttl,
                                   on_end=self._ended, on_create=self._created)
 
@@ -45,7 +48,8 @@ class SessionAffinity:
         if session.lost and session.mode == "strict":
             session.lost = False  # said once; the next call starts afresh elsewhere
             raise SessionWorkerLost(
-                f"the worker holding session {session.id!r} died with its state")
+                f"the worker holding session {session.id!r} is gone (it died or was "
+                "recycled), and the session's state with it")
         bound = self.bound_worker(session)
         if bound is None:
             worker = await self.pool._acquire(deadline)
@@ -55,7 +59,10 @@ class SessionAffinity:
             # only a primary unit: a pipelined one would queue behind a running call
             if self.pool._dispatcher.try_acquire_worker(bound, primary_only=True):
                 return bound
-            return await self.pool._acquire(deadline)  # busy: any worker will do
+            worker = await self.pool._acquire(deadline)  # busy: any worker will do
+            if worker is not bound:  # it may keep state for the session too
+                self.store.visit(session, worker.id, worker.pid)
+            return worker
         try:
             worker = await self.pool._acquire(deadline, bound)
             if not worker.accepting:  # retiring since the hand-over: its state will go
@@ -69,19 +76,25 @@ class SessionAffinity:
             raise
 
     def _created(self, session: Session) -> None:
-        if session.ttl is not None:
-            self._sweeper_lot.unpark_all()  # it may expire before the sweeper's next look
-        self.pool._emit("session.created", {"ttl": session.ttl or 0.0}, session=session.id,
-                   mode=session.mode)
+        if session.ttl is not None and session.created_at + session.ttl < self._sweep_at:
+            self._sweeper_lot.unpark_all()  # it expires before the sweeper's next look
+        if telemetry.enabled("session.created"):  # no payload built for nobody
+            self.pool._emit("session.created", {"ttl": session.ttl or 0.0},
+                            session=session.id, mode=session.mode)
 
     def _ended(self, session: Session, reason: str) -> None:
-        # Every worker, not only the bound one: prefer-mode calls that fell back to
-        # another worker may have left state there too. Sessions end rarely; workers
-        # are few.
-        for worker in self.pool.workers():
-            worker.drop_session(session.id)
-        self.pool._emit(f"session.{reason}", {"age": trio.current_time() - session.created_at},
-                   session=session.id, worker=session.worker)
+        # Only the workers that ran the session's calls (the bound one, prefer-mode
+        # fallbacks) and still run as the same process: a delete costs one frame, not
+        # one per worker. (A call pinned to an object's worker runs where a call of
+        # the session made that object, so that worker is among them.)
+        for worker_id, pid in session.holders():
+            worker = self.pool.slot_worker(worker_id)
+            if worker is not None and worker.pid == pid:
+                worker.drop_session(session.id)
+        event = f"session.{reason}"
+        if telemetry.enabled(event):
+            self.pool._emit(event, {"age": trio.current_time() - session.created_at},
+                            session=session.id, worker=session.worker)
 
     async def sweep(self) -> None:
         """Expire idle sessions as their TTLs pass (woken early when one is created)."""
@@ -89,7 +102,8 @@ class SessionAffinity:
         while True:
             store.expire_due()
             next_expiry = store.next_expiry()
-            with trio.move_on_at(math.inf if next_expiry is None else next_expiry):
+            self._sweep_at = math.inf if next_expiry is None else next_expiry
+            with trio.move_on_at(self._sweep_at):
                 await self._sweeper_lot.park()
 
 
@@ -111,10 +125,12 @@ class SessionHandle:
         return self.pool.sessions.get(self.id)
 
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
-                      on_progress: ProgressCallback | None = None) -> Any:
+                      on_progress: ProgressCallback | None = None,
+                      idempotent: bool = False) -> Any:
         """``pool.execute_in_session(self.id, ...)``."""
         return await self.pool.execute_in_session(self.id, command, args, timeout=timeout,
-                                                  on_progress=on_progress)
+                                                  on_progress=on_progress,
+                                                  idempotent=idempotent)
 
     async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
         """``pool.call`` within this session: refs it returns belong to the session

@@ -35,7 +35,8 @@ class WorkerStats:
     calls_served: int
     """Calls answered by this slot's workers, across restarts."""
     in_flight: int
-    """Calls sent to the current process and not yet answered."""
+    """Calls sent to the slot's processes and not yet answered: the current one and any
+    that retired (recycling) and still finishes its calls."""
     restarts: int
     """Times the slot started a replacement process."""
     info: Mapping[str, Any] = attrs.field(factory=dict)

@@ -145,6 +145,9 @@ class Error:
     type: str = ""
     message: str = ""
     traceback: str = ""
+    retryable: bool = False
+    """The handler marked its error transient: the call may be sent again (an optional
+    key, left out when false, so older workers and hosts understand each other)."""
 
 
 @attrs.frozen
@@ -222,7 +225,7 @@ def _strict_scalar(kind: type[Any]) -> Any:
 converter = cattrs.Converter()
 """The single converter for wire messages."""
 
-for _scalar in (int, str, float):
+for _scalar in (int, str, float, bool):
     converter.register_structure_hook(_scalar, _strict_scalar(_scalar))
 
 _STRUCTURE: dict[str, Any] = {}

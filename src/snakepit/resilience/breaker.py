@@ -2,8 +2,14 @@
 
 Pure logic on an injected clock, so its timing is tested on a mock clock; the pool
 calls :meth:`CircuitBreaker.before` ahead of each attempt and :meth:`after` with its
-outcome. State changes are reported through ``on_change`` (the pool turns them into
-telemetry events).
+outcome, whatever it is (a cancellation included). State changes are reported through
+``on_change`` (the pool turns them into telemetry events).
+
+Only a worker's answer is a verdict on the workers: a result or a handler's error
+(:class:`~snakepit.RemoteError`) is a success, an error named in the policy's
+``failures`` a failure. Anything else -- the caller cancelled, the call never reached a
+worker (``QueueTimeout``, ``PoolSaturated``, ``PoolClosed``) -- says nothing about
+them: a probe that ends so leaves the circuit half-open for the next call to probe.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import collections
 from collections.abc import Callable
 
 from snakepit.config import CircuitBreakerPolicy
-from snakepit.errors import CircuitOpen, SnakepitError
+from snakepit.errors import CircuitOpen, RemoteError
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -51,16 +57,19 @@ class CircuitBreaker:
         circuit.state = state
         self._on_change(key, state)
 
-    def before(self, command: str) -> None:
+    def before(self, command: str) -> bool:
         """Let a call through, or raise :class:`CircuitOpen`.
 
         An open circuit past its ``reset_timeout`` turns half-open and lets exactly one
         probe through; calls during the probe fail fast.
+
+        Returns:
+            True when this call is the probe; pass it back to :meth:`after`.
         """
         key = self._key(command)
         circuit = self._circuits.get(key)
         if circuit is None or circuit.state == CLOSED:
-            return
+            return False
         now = self._clock()
         if circuit.state == OPEN:
             remaining = circuit.opened_at + self.policy.reset_timeout - now
@@ -72,32 +81,42 @@ class CircuitBreaker:
             raise CircuitOpen(f"circuit {key!r} is half-open: a probe call is running",
                               retry_after=self.policy.reset_timeout)
         circuit.probing = True
+        return True
 
-    def after(self, command: str, error: SnakepitError | None) -> None:
-        """Record an attempt's outcome (``None``: success)."""
+    def failed(self, error: BaseException) -> bool:
+        """Whether ``error`` counts as a failure of the workers (the policy's
+        ``failures``, subclasses included)."""
+        return any(cls.__name__ in self.policy.failures for cls in type(error).__mro__)
+
+    def after(self, command: str, error: BaseException | None, *, probe: bool) -> None:
+        """Record an attempt's outcome: ``None`` (a result) or the exception it ended
+        with, of any kind (a cancellation too); ``probe`` is what :meth:`before` said.
+
+        A failure counts towards opening the circuit, and a failed probe opens it
+        again. A probe that a worker answered closes it. An outcome that is neither
+        only ends the probe: the next call probes again.
+        """
         key = self._key(command)
-        failed = error is not None and any(
-            cls.__name__ in self.policy.failures for cls in type(error).__mro__)
         circuit = self._circuits.get(key)
-        if circuit is None:
-            if not failed:
+        if probe and circuit is not None:
+            circuit.probing = False
+        if error is not None and self.failed(error):
+            if circuit is None:
+                circuit = self._circuits[key] = Circuit()
+            now = self._clock()
+            if circuit.state == HALF_OPEN and probe:
+                circuit.opened_at = now
+                self._set(key, circuit, OPEN)
                 return
-            circuit = self._circuits[key] = Circuit()
-        was_probe, circuit.probing = circuit.probing, False
-        now = self._clock()
-        if not failed:
-            if circuit.state != CLOSED and was_probe:
-                circuit.failures.clear()
-                self._set(key, circuit, CLOSED)
+            failures = circuit.failures
+            failures.append(now)
+            while failures and failures[0] <= now - self.policy.window:
+                failures.popleft()
+            if circuit.state == CLOSED and len(failures) >= self.policy.failure_threshold:
+                circuit.opened_at = now
+                self._set(key, circuit, OPEN)
             return
-        if circuit.state == HALF_OPEN:
-            circuit.opened_at = now
-            self._set(key, circuit, OPEN)
-            return
-        failures = circuit.failures
-        failures.append(now)
-        while failures and failures[0] <= now - self.policy.window:
-            failures.popleft()
-        if circuit.state == CLOSED and len(failures) >= self.policy.failure_threshold:
-            circuit.opened_at = now
-            self._set(key, circuit, OPEN)
+        answered = error is None or isinstance(error, RemoteError)
+        if probe and answered and circuit is not None and circuit.state == HALF_OPEN:
+            circuit.failures.clear()
+            self._set(key, circuit, CLOSED)

@@ -23,12 +23,15 @@ __all__ = ["AffinityMode", "Session", "SessionStore", "SessionStoreStats"]
 
 AffinityMode = Literal["prefer", "strict"]
 
+_HEAP_SLACK = 1024
+"""Stale expiry-heap entries tolerated beyond the live sessions before a rebuild."""
+
 
 class Session:
     """One session's record in the store (read it; change it through the store)."""
 
     __slots__ = ("created_at", "id", "in_use", "last_used", "lost", "metadata", "mode", "ttl",
-                 "worker", "worker_pid")
+                 "visited", "worker", "worker_pid")
 
     def __init__(self, session_id: str, *, ttl: float | None, mode: AffinityMode,
                  metadata: dict[str, Any], now: float) -> None:
@@ -46,6 +49,17 @@ class Session:
         """The bound worker died: its state for this session is gone."""
         self.in_use = 0
         """Calls of this session running now; a session in use never expires."""
+        self.visited: dict[str, int] | None = None
+        """Other workers (slot id: pid) that ran calls of this session without holding
+        its binding (prefer-mode fallbacks): they may keep state for it too."""
+
+    def holders(self) -> list[tuple[str, int]]:
+        """The workers (slot id, pid) that may keep state for this session: the bound
+        one and those recorded by :meth:`SessionStore.visit`."""
+        holders = [] if self.worker is None else [(self.worker, self.worker_pid or 0)]
+        if self.visited:
+            holders.extend(item for item in self.visited.items() if item not in holders)
+        return holders
 
     def expires_at(self) -> float:
         return float("inf") if self.ttl is None else self.last_used + self.ttl
@@ -167,7 +181,8 @@ class SessionStore:
         return session
 
     def delete(self, session_id: str) -> None:
-        """Remove the session; the worker holding its state is told to drop it.
+        """Remove the session; ``on_end`` hears of it (the pool tells the workers
+        holding its state to drop it).
 
         Raises:
             SessionNotFound: unknown or already gone.
@@ -188,6 +203,15 @@ class SessionStore:
             self._by_worker.get(session.worker, set()).discard(session.id)
         session.worker, session.worker_pid, session.lost = worker_id, pid, False
         self._by_worker.setdefault(worker_id, set()).add(session.id)
+
+    def visit(self, session: Session, worker_id: str, pid: int) -> None:
+        """Record that worker ``worker_id`` (process ``pid``) ran a call of the session
+        without being bound to it, so that it too is told when the session ends."""
+        if session.worker == worker_id and session.worker_pid == pid:
+            return
+        if session.visited is None:
+            session.visited = {}
+        session.visited[worker_id] = pid
 
     def worker_lost(self, worker_id: str, pid: int) -> list[Session]:
         """The process ``pid`` of slot ``worker_id`` died: its sessions lost their state.
@@ -229,6 +253,14 @@ class SessionStore:
 
     def _remove(self, session: Session, reason: str) -> None:
         del self._sessions[session.id]
+        heap = self._expiry_heap
+        if len(heap) > 2 * len(self._sessions) + _HEAP_SLACK:
+            # Entries of removed sessions are skipped when they surface; rebuilt from
+            # the live sessions once they outnumber them, the heap stays within twice
+            # the store's size at O(1) amortised cost per removal.
+            heap[:] = [(s.expires_at(), s.id) for s in self._sessions.values()
+                       if s.ttl is not None and s.ttl != math.inf]
+            heapq.heapify(heap)
         if session.worker is not None:
             self._by_worker.get(session.worker, set()).discard(session.id)
         self._counts[reason] += 1

@@ -33,7 +33,8 @@ def error_from_wire(message: Error) -> SnakepitError:
     """The exception the caller sees for an error frame."""
     kind = message.kind
     if kind == wire.KIND_HANDLER:
-        return RemoteError(message.type, message.message, message.traceback)
+        return RemoteError(message.type, message.message, message.traceback,
+                           retryable=message.retryable)
     if kind == wire.KIND_UNKNOWN_COMMAND:
         return UnknownCommand("UnknownCommand", message.message)
     if kind == wire.KIND_EXPIRED:

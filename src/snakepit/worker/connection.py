@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +129,26 @@ class Connection:
                 unsent[0] = memoryview(piece)[written:]
                 written = 0
         return not unsent
+
+    def has_unread_data(self) -> bool:
+        """Whether the worker has written bytes (or closed its end) that the reader has
+        not taken yet: after a stall of the host they prove the worker alive."""
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        try:
+            return bool(poller.poll(0))
+        except OSError:
+            return False
+
+    def send_later(self, message: Message) -> None:
+        """:meth:`send`, for frames nobody waits on (a session's drop): a burst of them
+        costs one write and one wake-up of the worker, not one each -- as every frame
+        does now, since all are written once per scheduler batch. Order is kept.
+
+        Raises:
+            PayloadError: the message cannot be encoded or exceeds ``max_frame_size``.
+        """
+        self.send(message)
 
     async def flush_forever(self) -> None:
         """Write queued bytes as a full pipe takes them (the flusher task)."""

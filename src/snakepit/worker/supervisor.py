@@ -61,11 +61,20 @@ class Slot:
         self._recent_failures: collections.deque[float] = collections.deque()
         self.latencies: collections.deque[float] = collections.deque(maxlen=512)
         """Run times of the slot's recent successful calls, across its workers."""
+        self.retiring: set[Worker] = set()
+        """Workers of this slot that retired and still finish their calls while the
+        next one takes their place; the watchdogs guard them until they exit."""
 
     @property
     def calls_served(self) -> int:
         current = self.worker.calls_served if self.worker is not None else 0
         return self.calls_served_before + current
+
+    def live_workers(self) -> list[Worker]:
+        """Every process of this slot that may still run calls: the current worker and
+        the retiring ones."""
+        live = [w for w in self.retiring if w is not self.worker]
+        return live if self.worker is None else [self.worker, *live]
 
     @property
     def current_state(self) -> str:
@@ -182,8 +191,15 @@ class Slot:
 
     async def _incarnation(self, number: int,
                            send: trio.MemorySendChannel[tuple[int, str, object]]) -> None:
+        started: list[Worker] = []
+
+        def retired(worker: Worker) -> None:
+            self.retiring.add(worker)
+            send.send_nowait((number, "retired", worker))
+
         def ready(worker: Worker) -> None:
-            worker.on_retire = lambda: send.send_nowait((number, "retired", worker))
+            started.append(worker)
+            worker.on_retire = lambda: retired(worker)
             self._ready(worker)
             send.send_nowait((number, "ready", worker))
 
@@ -197,6 +213,8 @@ class Slot:
                 exc = WorkerStartupError(f"slot {self.id} cannot launch a worker: {exc}")
             send.send_nowait((number, "error", exc))
             return
+        finally:
+            self.retiring.difference_update(started)  # exited (or torn down): unguarded
         self.calls_served_before += worker.calls_served
         if self.worker is worker:
             self.worker = None

@@ -105,6 +105,8 @@ class Worker:
         one window across its workers so per-worker percentiles survive restarts."""
         self.killed_on_purpose = False
         """Set when the host killed the worker over a call (timeout, cancel), not a fault."""
+        self.killed = False
+        """Set once the host has sent SIGKILL to the worker's process group."""
         self.shared_memory: SharedMemoryCodec | None = None
         """The codec, when large buffers travel through shared memory (see run.py)."""
 
@@ -310,7 +312,7 @@ class Worker:
     def drop_session(self, session_id: str) -> None:
         """Tell the worker to forget the state it keeps for ``session_id``."""
         if self.state is WorkerState.READY:
-            self._send(Drop(session_id))
+            self.connection.send_later(Drop(session_id))
 
     # -- ending --------------------------------------------------------------------
     def kill(self, reason: str, *, on_purpose: bool = False) -> None:
@@ -324,6 +326,7 @@ class Worker:
         self.killed_on_purpose = self.killed_on_purpose or on_purpose
         log.warning("killing worker %s (pid %d): %s", self.id, self.pid, reason)
         self.state = WorkerState.STOPPING
+        self.killed = True
         if self.end_reason is None:
             self.end_reason = WorkerCrashed(f"worker {self.id} was killed: {reason}")
         self.process.signal_group(signal.SIGKILL)
