@@ -104,7 +104,9 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the side-by-side benchmarks; arguments after ``--`` go to the runner."""
-    session.install(".", "pebble", "trio-parallel", "matplotlib")
+    """Run the side-by-side benchmarks (snakepit.benchmarking), then the session-store
+    figures as pools use the store (benchmarks/sessions.py); arguments after ``--`` go
+    to the runner (``-- --quick``, ``-- --only calls --repeat 5``)."""
+    session.install(".", "pebble", "trio-parallel", "matplotlib", "numpy")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/sessions.py")

@@ -102,7 +102,8 @@ class PythonAdapter:
                 env["PATH"] = os.pathsep.join(
                     p for p in (os.path.dirname(os.path.abspath(python)),
                                 config.env.get("PATH", os.environ.get("PATH"))) if p)
-        return LaunchSpec(tuple(python_argv(python, config.handler)), env, config.cwd)
+        return LaunchSpec(tuple(python_argv(python, config.handler, config.preload)), env,
+                          config.cwd)
 
 
 class CommandAdapter:

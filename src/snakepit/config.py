@@ -69,6 +69,7 @@ def _handler_spec(value: Any) -> bool:
 
 
 _CPU_MULTIPLE = re.compile(r"^\s*(\d+)\s*x\s*$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def resolve_size(value: Any) -> Any:
@@ -124,6 +125,11 @@ _POOL_CHECKS: list[Check] = [
      "must be a list of module prefixes"),
     ("control", lambda v: isinstance(v, bool), "must be true or false"),
     ("state_dir", _optional(lambda v: isinstance(v, str) and v != ""), "must be a path"),
+    ("preload", lambda v: all(isinstance(m, str) and _MODULE_NAME.match(m) for m in v),
+     "must be a list of module names"),
+    ("warm_start", lambda v: isinstance(v, bool), "must be true or false"),
+    ("shm_threshold", _optional(_at_least(1024, integer=True)),
+     "must be a number of bytes >= 1024 or None"),
     ("retry", _optional(lambda v: isinstance(v, RetryPolicy)), "must be a RetryPolicy"),
     ("circuit_breaker", _optional(lambda v: isinstance(v, CircuitBreakerPolicy)),
      "must be a CircuitBreakerPolicy"),
@@ -172,10 +178,13 @@ class PoolConfig:
     """Default ``timeout`` of calls that pass none (``None``: no limit)."""
     max_queue: int = 1024
     """Calls that may wait for a worker; the next one gets :class:`PoolSaturated`."""
-    pipeline_depth: int = 2
-    """Calls a worker may hold per unit of its concurrency: with 2, when every worker is
-    busy, one more call waits in each worker's pipe so it never idles between calls.
-    1 disables pipelining (a call then always goes to whichever worker frees first)."""
+    pipeline_depth: int = 8
+    """Most calls a worker may hold per unit of its concurrency. When every worker is
+    busy, further calls wait in the workers' pipes, so a worker never idles between
+    calls -- as deep as about a millisecond of expected work (quick calls go up to this
+    deep, calls of a millisecond or more at most 2: one running, one waiting). 2 fixes
+    the depth at one waiting call; 1 disables pipelining (a call then always goes to
+    whichever worker frees first)."""
     cancel_grace: float = 0.5
     """Seconds a worker has to stop a cancelled or timed-out call before it is killed."""
     shutdown_grace: float = 5.0
@@ -225,6 +234,18 @@ class PoolConfig:
     state_dir: str | None = None
     """Directory of the run registry (``None``: ``$SNAKEPIT_STATE_DIR``, else
     ``$XDG_RUNTIME_DIR/snakepit``, else a per-user directory under the temp dir)."""
+    preload: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """Modules every worker imports before it serves (``"numpy"``, a model library).
+    With ``warm_start`` they are imported once, in the template, not in each worker."""
+    shm_threshold: int | None = 1 << 20
+    """Buffers (``bytes``, ``bytearray``, ``memoryview``) of at least this many bytes go
+    through a shared-memory segment in ``/dev/shm`` instead of the pipe, both ways
+    (msgpack codec, workers that support it; ``None``: always through the pipe).
+    Each segment is bounded by ``max_frame_size``."""
+    warm_start: bool = False
+    """Fork workers from a template process that imported ``preload`` and the handler's
+    module once, instead of starting each interpreter cold; replacements are forked too
+    (Linux, the python adapter; see docs/performance.md for what forking implies)."""
 
     def __attrs_post_init__(self) -> None:
         values = {name: getattr(self, name) for name, _, _ in _POOL_CHECKS}
@@ -364,7 +385,7 @@ def _config_errors(exc: BaseException, path: str) -> Iterator[str]:
         yield f"{path}: {exc}"
 
 
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _structure_strict(kind: type[Any]) -> Callable[[Any, Any], Any]:
@@ -380,7 +401,7 @@ def _structure_strict(kind: type[Any]) -> Callable[[Any, Any], Any]:
 
 converter = cattrs.Converter(forbid_extra_keys=True)
 """Structures configuration data; no silent coercion of ``"4"`` into ``4``."""
-for _kind in (int, float, str):
+for _kind in (int, float, str, bool):
     converter.register_structure_hook(_kind, _structure_strict(_kind))
 # The codec is checked with the other values, for one message style.
 converter.register_structure_hook_func(lambda t: t is Codec, _structure_strict(str))

@@ -179,21 +179,26 @@ async def block(pool: snakepit.Pool, nursery: trio.Nursery, release: Path, resul
 @pytest.mark.parametrize("cancel_grace", [0, 0.2])
 async def test_deadline_in_a_busy_workers_pipe_is_queue_timeout_and_harms_nothing(
         tmp_path: Path, handler: str, cooperative: bool, cancel_grace: float) -> None:
-    """With the default pipeline_depth a call may wait in a busy worker's pipe. Its
-    deadline passing there is a QueueTimeout; the worker is not killed and the calls
-    running on it finish normally, whether they look at the wire or not."""
+    """With pipelining a call may wait in a busy worker's pipe. Its deadline passing
+    there is a QueueTimeout; the worker is not killed and the calls running on it
+    finish normally, whether they look at the wire or not."""
     release = tmp_path / "release"
-    options: dict[str, Any] = {"size": 1, "cancel_grace": cancel_grace}
+    options: dict[str, Any] = {"size": 1, "cancel_grace": cancel_grace, "pipeline_depth": 2}
     if handler == "threaded":
         options.update(handler="barrier_handler:ThreadedChaosHandler", env=support_env())
     async with snakepit.open_pool(chaos_config(**options)) as pool:
-        assert pool.config.pipeline_depth == 2  # the default
         pid = await pool.execute("pid")
         capacity = pool.workers()[0].capacity
         results: list[Any] = []
         async with trio.open_nursery() as nursery:
             for _ in range(capacity):  # every thread of the worker busy
                 await block(pool, nursery, release, results, cooperative=cooperative)
+
+            async def sent_to_the_pipe() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats().in_flight == capacity + 1  # crash waits in the pipe
+
+            nursery.start_soon(sent_to_the_pipe)
             with pytest.raises(snakepit.QueueTimeout) as info:
                 # `crash` would take the worker down if it ever started
                 await pool.execute("crash", timeout=0.2)

@@ -1,13 +1,16 @@
-"""The wait queue: FIFO order, the max_queue bound, queue timeouts."""
+"""The wait queue: FIFO order, the max_queue bound, queue timeouts, pipelining."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import pytest
 import trio
 import trio.testing
 
 import snakepit
+from snakepit.pool.dispatch import Dispatcher
+from snakepit.worker.worker import Worker
 from tests.conftest import chaos_config
 
 
@@ -115,18 +118,151 @@ async def test_idle_workers_are_preferred_to_pipelining() -> None:
 
 async def test_when_all_workers_are_busy_one_call_waits_in_each_pipe() -> None:
     async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=2, cancel_grace=60)) as pool:
-        order: list[int] = []
+        ran_as: dict[int, int] = {}  # call -> the worker's count of calls before it
         async with trio.open_nursery() as nursery, busy(pool):
             for i in range(3):
                 async def call(i: int = i) -> None:
-                    await pool.execute("echo", i)
-                    order.append(i)
+                    ran_as[i] = (await pool.execute("info"))["calls_served"]
 
                 nursery.start_soon(call)
                 await trio.testing.wait_all_tasks_blocked()
             stats = pool.stats()
             assert stats.workers[0].in_flight == 2  # the nap and one pipelined call
             assert stats.queue_depth == 2
-        # the pipelined call ran first; the two waiters were handed units in FIFO order
-        # in the same scheduler tick, and trio runs a tick's tasks in random order
-        assert order[0] == 0 and sorted(order) == [0, 1, 2]
+        # the pipelined call ran first, then the two waiters in FIFO order (the order
+        # their callers resume in is trio's: answers read together wake them together)
+        assert sorted(ran_as, key=ran_as.__getitem__) == [0, 1, 2]
+
+
+async def test_a_queued_call_that_cannot_travel_fails_alone() -> None:
+    # a waiting call is sent by the worker's reader the moment a unit frees: one whose
+    # arguments cannot be encoded must fail in its own caller, and the next one go on
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
+        results: list[object] = []
+        async with trio.open_nursery() as nursery, busy(pool):
+            async def unencodable() -> None:
+                with pytest.raises(snakepit.PayloadError):
+                    await pool.execute("echo", object())
+                results.append("refused")
+
+            async def fine() -> None:
+                results.append(await pool.execute("echo", "served"))
+
+            nursery.start_soon(unencodable)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(fine)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats().queue_depth == 2
+        assert results == ["refused", "served"]
+        assert pool.stats().restarts == 0
+
+
+async def test_a_queued_call_cancelled_once_sent_stops_in_the_worker() -> None:
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=1)) as pool:
+        pid = await pool.execute("pid")
+        running = trio.Event()
+        sent_late = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            async with busy(pool):
+                async def queued() -> None:
+                    with sent_late:
+                        await pool.execute("nap", {"seconds": 60},
+                                           on_progress=lambda *_: running.set())
+
+                nursery.start_soon(queued)
+                await trio.testing.wait_all_tasks_blocked()
+                assert pool.stats().queue_depth == 1
+            # the busy nap ended: the queued nap was sent and now runs
+            await running.wait()
+            sent_late.cancel()
+        # the worker got the cancel frame and stopped the nap itself: same process
+        with trio.fail_after(10):
+            assert await pool.execute("pid") == pid
+        assert pool.stats().restarts == 0
+
+
+class StubWorker:
+    """What the dispatcher reads of a worker."""
+
+    def __init__(self) -> None:
+        self.capacity = 1
+        self.reserved = 0
+        self.accepting = True
+
+
+def held_after_draining(dispatcher: Dispatcher) -> int:
+    """Take every free unit; return how many the stub worker now has out."""
+    while dispatcher.try_acquire() is not None:
+        pass
+    return next(iter(dispatcher._units)).reserved  # type: ignore[attr-defined, no-any-return]
+
+
+def test_the_pipeline_deepens_for_quick_calls_and_shrinks_for_slow_ones() -> None:
+    dispatcher = Dispatcher(max_queue=10, pipeline_depth=8)
+    worker = cast(Worker, StubWorker())
+    dispatcher.add_worker(worker)
+    assert held_after_draining(dispatcher) == 2  # nothing measured yet: one running, one queued
+    dispatcher.mean_service_time = 0.0001  # 0.1 ms calls: 1 ms of work is 10 calls
+    for _ in range(20):
+        dispatcher.release(worker)
+        held_after_draining(dispatcher)
+    assert worker.reserved == 8  # capped by pipeline_depth
+    dispatcher.mean_service_time = 0.01  # 10 ms calls: back to one waiting call
+    for _ in range(8):
+        dispatcher.release(worker)
+    assert held_after_draining(dispatcher) == 2
+
+
+def test_a_deepening_pipeline_never_adds_primary_units() -> None:
+    # a unit put in circulation as the pipeline deepens queues behind a running call:
+    # it must not pass for an idle worker, or a caller would queue behind a call while
+    # another worker sits idle
+    dispatcher = Dispatcher(max_queue=10, pipeline_depth=8)
+    busy_one, idle_one = cast(Worker, StubWorker()), cast(Worker, StubWorker())
+    dispatcher.add_worker(busy_one)
+    dispatcher.add_worker(idle_one)
+    dispatcher.mean_service_time = 0.0001
+    for _ in range(10):
+        assert dispatcher.try_acquire() is not None
+        dispatcher.release(busy_one if busy_one.reserved else idle_one)
+        for worker in (busy_one, idle_one):
+            primary = list(dispatcher._idle).count(worker)  # type: ignore[attr-defined]
+            assert primary + worker.reserved <= worker.capacity
+
+
+def test_a_worker_whose_pipeline_shrinks_still_gets_calls_when_idle() -> None:
+    # Regression: the units taken out of circulation as calls got slower could be a
+    # worker's primary one, and then sequential calls all went to the other worker.
+    dispatcher = Dispatcher(max_queue=10, pipeline_depth=8)
+    first, second = cast(Worker, StubWorker()), cast(Worker, StubWorker())
+    dispatcher.add_worker(first)
+    dispatcher.add_worker(second)
+    dispatcher.mean_service_time = 0.0001  # quick calls: both pipelines deepen
+    for _ in range(20):
+        held = []
+        while (worker := dispatcher.try_acquire()) is not None:
+            held.append(worker)
+        for worker in held:
+            dispatcher.release(worker)
+    dispatcher.mean_service_time = 0.01  # slow calls: back to one waiting call each
+    for _ in range(20):  # sequential calls: take a unit, give it back
+        worker = dispatcher.try_acquire()
+        assert worker is not None
+        dispatcher.release(worker)
+    served = set()
+    for _ in range(4):
+        worker = dispatcher.try_acquire()
+        assert worker is not None
+        served.add(id(worker))
+        dispatcher.release(worker)
+    assert served == {id(first), id(second)}  # both idle workers take calls in turn
+
+
+def test_a_fixed_depth_stays_fixed() -> None:
+    dispatcher = Dispatcher(max_queue=10, pipeline_depth=2)
+    worker = cast(Worker, StubWorker())
+    dispatcher.add_worker(worker)
+    dispatcher.mean_service_time = 0.00001
+    for _ in range(10):
+        dispatcher.release(worker)
+        assert held_after_draining(dispatcher) == 2

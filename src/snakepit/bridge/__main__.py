@@ -32,8 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handler", default=DEFAULT_HANDLER, help="module:Class to serve")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="calls run at once (default: the handler's own)")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                        help="a module to import before the handler (repeatable)")
     options = parser.parse_args(argv)
     die_with_parent()  # before a slow handler import: the host may die meanwhile
+    try:
+        for name in options.preload:
+            importlib.import_module(name)
+    except Exception:
+        sys.stderr.write(f"snakepit.bridge: cannot preload {options.preload!r}\n")
+        traceback.print_exc()
+        return 3
     try:
         handler = load_handler(options.handler)
     except Exception:

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from snakepit.errors import ConfigError, PoolClosed, PoolDraining, QueueTimeout, SnakepitError
+from snakepit import telemetry
+from snakepit.errors import (
+    ConfigError,
+    PoolClosed,
+    PoolDraining,
+    QueueTimeout,
+    SnakepitError,
+    WorkerTimeout,
+)
+from snakepit.pool.dispatch import QueuedCall
 from snakepit.pool.dynamic import acquire_pinned
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
@@ -56,12 +65,16 @@ class CallPath:
             raise ConfigError([f"timeout: must be a number > 0 (got {timeout!r})"])
         return trio.current_time() + timeout
 
-    async def _acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
-        """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
+    def _check_open(self) -> None:
+        """Raise PoolClosed or PoolDraining when the pool takes no new calls."""
         if self._closed:
             raise PoolClosed("the pool is closed")
         if self.draining:
             raise PoolDraining(f"pool {self.config.name!r} is drained by its operator")
+
+    async def _acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
+        """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
+        self._check_open()
         dispatcher = self._dispatcher
         if worker is None:
             found = dispatcher.try_acquire()
@@ -83,8 +96,9 @@ class CallPath:
         """Count a submitted call and announce it; returns its id and submission time."""
         self._counters.calls += 1
         call_id = next(_call_ids)
-        self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
-                   command=command, call=call_id, **metadata)
+        if telemetry.enabled("call.start"):  # build no payload nobody reads
+            self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
+                       command=command, call=call_id, **metadata)
         return call_id, trio.current_time()
 
     def _call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
@@ -108,6 +122,8 @@ class CallPath:
         self._counters.success(now - submitted)
         self._dispatcher.record_service_time(now - started)
         worker.latencies.append(now - started)
+        if not telemetry.enabled("call.stop"):
+            return
         self._emit("call.stop", {"duration": now - submitted, "queue_wait": started - submitted,
                                  "attempts": tries, **(measurements or {})},
                    command=command, call=call_id, worker=worker.id, **metadata)
@@ -118,8 +134,10 @@ class CallPath:
                    attempt: list[Any] | None = None) -> Any:
         call_id, submitted = self._call_started(command)
         # the worker and the start of the last try (the caller may want to know who served)
-        attempt = [None, submitted] if attempt is None else attempt
-        attempt[:] = [None, submitted]
+        if attempt is None:
+            attempt = [None, submitted]
+        else:
+            attempt[:] = [None, submitted]
         tries = 1
         try:
             deadline = self._deadline(timeout)
@@ -157,10 +175,17 @@ class CallPath:
                 result = await worker.call(command, args, deadline=deadline,
                                            session_id=session_id, on_progress=on_progress)
             elif session_id is None:
-                worker = attempt[0] = await self._acquire(deadline)
-                attempt[1] = trio.current_time()
-                result = await worker.call(command, args, deadline=deadline,
-                                           on_progress=on_progress)
+                self._check_open()
+                free = self._dispatcher.try_acquire()
+                if free is None:
+                    queued = QueuedCall(command, args, deadline, on_progress, attempt)
+                    result = await (self._dispatcher.run_queued(queued) if math.isinf(deadline)
+                                    else self._call_when_free(queued, deadline))
+                else:
+                    attempt[0] = free
+                    attempt[1] = trio.current_time()
+                    result = await free.call(command, args, deadline=deadline,
+                                             on_progress=on_progress)
             else:
                 session = self.sessions.touch(session_id)
                 session.in_use += 1
@@ -182,6 +207,17 @@ class CallPath:
         if breaker is not None:
             breaker.after(command, None, probe=probe)
         return result
+
+    async def _call_when_free(self, queued: QueuedCall, deadline: float) -> Any:
+        """No unit was free: the call waits in the queue, and is sent as soon as one
+        frees, within ``deadline`` (an infinite one needs no scope: ``_attempt`` then
+        awaits the dispatcher directly, one coroutine less a call)."""
+        with trio.CancelScope(deadline=deadline):
+            return await self._dispatcher.run_queued(queued)
+        if queued.pending is None:
+            raise QueueTimeout("the call's deadline passed while it waited for a worker")
+        raise WorkerTimeout(f"call {queued.command!r} on worker {queued.attempt[0].id} "
+                            "passed its deadline")
 
     def _retry_delay(self, error: SnakepitError, tries: int, deadline: float,
                      idempotent: bool) -> float | None:

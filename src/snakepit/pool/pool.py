@@ -41,6 +41,8 @@ from snakepit.pool.nursery import unwrap_single_error
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats, percentiles
 from snakepit.pool.stream import ChunkStream
+from snakepit.pool.warm import check_warm_start, open_fork_server
+from snakepit.process.forkserver import ForkServer
 from snakepit.process.registry import reap_orphans
 from snakepit.resilience.breaker import CircuitBreaker
 from snakepit.sessions.store import AffinityMode, Session
@@ -63,6 +65,8 @@ class Pool(CallPath, DynamicCalls):
         if config.codec != "auto" and config.codec not in self._adapter.codecs:
             raise ConfigError([f"codec: the {self._adapter.name} adapter's workers speak "
                                f"{', '.join(self._adapter.codecs)}, not {config.codec}"])
+        check_warm_start(config, self._adapter)
+        self._fork_server: ForkServer | None = None
         self._kind: KindRuntime | None = None
         self._slots = [
             Slot(config, index, release=self._dispatcher.release,
@@ -106,6 +110,12 @@ class Pool(CallPath, DynamicCalls):
         run = getattr(self._kind, "run", None)
         if run is not None:  # the kind's background work (device readings), for our life
             await self._nursery.start(run)
+        if self.config.warm_start:
+            self._fork_server = await open_fork_server(self.config, self._adapter,
+                                                       self._nursery)
+            if self._fork_server is not None:
+                for slot in self._slots:
+                    slot.spawner = self._fork_server.spawn
 
         async def start(slot: Slot) -> None:
             try:
@@ -123,8 +133,10 @@ class Pool(CallPath, DynamicCalls):
             self._nursery.start_soon(monitor_health, self)
         if self.config.heartbeat_interval is not None:
             self._nursery.start_soon(watch_heartbeats, self)
-        self._emit("pool.started", {"size": self.config.size,
-                                    "duration": trio.current_time() - started})
+        measurements = {"size": self.config.size, "duration": trio.current_time() - started}
+        if self._fork_server is not None and self._fork_server.template_startup is not None:
+            measurements["template_startup"] = self._fork_server.template_startup
+        self._emit("pool.started", measurements)
 
     def _launch(self, worker_id: str) -> tuple[LaunchSpec, list[str]]:
         """What to start in slot ``worker_id``: the adapter's command, with the pool

@@ -22,14 +22,15 @@ import trio
 
 from snakepit.errors import WorkerStartupError
 
-__all__ = ["OsProcess", "WorkerProcess", "spawn"]
+__all__ = ["OsProcess", "WorkerProcess", "grow_pipe", "spawn"]
 
 # Linux's F_SETPIPE_SZ; a 1 MiB pipe buffer doubles 1 MiB transfer speed (DESIGN.md).
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1 << 20
 
 
-def _grow_pipe(fd: int) -> None:
+def grow_pipe(fd: int) -> None:
+    """Raise the pipe's buffer to :data:`PIPE_SIZE` where the system allows."""
     with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
         fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
 
@@ -80,22 +81,35 @@ class WorkerProcess(Protocol):
 class OsProcess:
     """A child process leading its own process group, with non-blocking pipe ends.
 
-    ``stdin``/``stdout`` are the wire; ``stderr`` carries the worker's logs.
+    ``stdin``/``stdout`` are the wire; ``stderr`` carries the worker's logs. Started by
+    :func:`spawn` (``popen`` set), or forked by a fork server and adopted by this
+    process (``popen`` None, ``pid`` given): either way it is our child, and reaped here.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes], stdin: int, stdout: int, stderr: int):
+    def __init__(self, popen: subprocess.Popen[bytes] | None, stdin: int, stdout: int,
+                 stderr: int, *, pid: int | None = None) -> None:
         self._popen = popen
-        self.pid = popen.pid
+        self.pid: int = popen.pid if popen is not None else pid  # type: ignore[assignment]
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
-        self._pidfd: int | None = os.pidfd_open(popen.pid) if hasattr(os, "pidfd_open") else None
+        self._pidfd: int | None = os.pidfd_open(self.pid) if hasattr(os, "pidfd_open") else None
         self._exited = False
+        self._returncode: int | None = None
 
     @property
     def returncode(self) -> int | None:
         """Exit status once reaped; negative for a signal, as in :mod:`subprocess`."""
-        return self._popen.returncode
+        return self._popen.returncode if self._popen is not None else self._returncode
+
+    def _poll(self) -> int | None:
+        if self._popen is not None:
+            return self._popen.poll()
+        if self._returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._returncode = os.waitstatus_to_exitcode(status)
+        return self._returncode
 
     def signal_group(self, signum: int) -> None:
         """Send ``signum`` to the worker's whole process group (its descendants too)."""
@@ -109,7 +123,7 @@ class OsProcess:
         if self._pidfd is not None:
             await trio.lowlevel.wait_readable(self._pidfd)
         else:  # pragma: no cover - no pidfd (non-Linux): nothing to wait on but time
-            while self._popen.poll() is None:  # noqa: ASYNC110
+            while self._poll() is None:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         self._exited = True
 
@@ -122,9 +136,27 @@ class OsProcess:
         """
         if self.returncode is None:
             self.signal_group(signal.SIGKILL)
-            self._popen.wait()
+            if self._popen is not None:
+                self._popen.wait()
+            else:
+                _, status = os.waitpid(self.pid, 0)
+                self._returncode = os.waitstatus_to_exitcode(status)
         self._close_pidfd()
-        return self._popen.returncode
+        self._reap_adopted()
+        code = self.returncode
+        assert code is not None
+        return code
+
+    def _reap_adopted(self) -> None:
+        """Reap members of the worker's group that this process adopted.
+
+        While a fork server hands over a worker, this process is a child subreaper,
+        and a grandchild orphaned at that moment becomes our child; it is in the
+        worker's process group (which was just SIGKILLed), so it can be found by group.
+        """
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-self.pid, os.WNOHANG)[0]:
+                pass
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -151,8 +183,8 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None) -> Os
     child_in, host_in = os.pipe()
     host_out, child_out = os.pipe()
     host_err, child_err = os.pipe()
-    _grow_pipe(host_in)
-    _grow_pipe(host_out)
+    grow_pipe(host_in)
+    grow_pipe(host_out)
     try:
         popen = subprocess.Popen(
             list(argv),
@@ -210,9 +242,10 @@ def virtualenv_of(python: str) -> str | None:
     return root if os.path.isfile(os.path.join(root, "pyvenv.cfg")) else None
 
 
-def python_argv(python: str, handler: str) -> list[str]:
+def python_argv(python: str, handler: str, preload: Sequence[str] = ()) -> list[str]:
     """argv that runs the bridge serving ``handler`` under ``python``."""
-    return [python, "-m", "snakepit.bridge", "--handler", handler]
+    return [python, "-m", "snakepit.bridge", "--handler", handler,
+            *(arg for module in preload for arg in ("--preload", module))]
 
 
 _bridge_dir: str | None = None

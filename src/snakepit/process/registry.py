@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
+
+from snakepit.protocol.shm import remove_segments
 
 log = logging.getLogger("snakepit.registry")
 
@@ -84,13 +87,36 @@ class RunRegistry:
         self.path = self.runs_dir / f"{self.run_id}.json"
         self.started = time.time()
         self._workers: dict[int, int] = {}
+        self._write_pending = False
         self._endpoints: dict[str, list[dict[str, Any]]] = {}
         """Control socket path -> the pools it serves (name and size of each)."""
 
     def add(self, pid: int) -> None:
-        """Record a worker (call right after spawning it)."""
+        """Record a worker (call right after spawning it).
+
+        In a Trio run the file is rewritten once at the end of the scheduler batch, not
+        once per worker: sixteen workers starting together cost one write, where
+        sixteen took a third of the host's time at start-up. A host SIGKILLed within
+        that batch leaves the worker unrecorded, but not unfound: the reaper also kills
+        whatever carries the dead run's id in its environment.
+        """
         self._workers[pid] = start_time(pid) or 0
-        self._write()
+        if self._write_pending:
+            return
+        try:
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:  # not in a Trio run
+            self._write()
+            return
+        self._write_pending = True
+        token.run_sync_soon(self._write_deferred)
+
+    def _write_deferred(self) -> None:
+        self._write_pending = False
+        try:
+            self._write()
+        except OSError:  # never into Trio's run loop, which this callback runs in
+            log.exception("cannot write the run registry %s", self.path)
 
     def remove(self, pid: int) -> None:
         """Forget a worker that has been reaped."""
@@ -205,6 +231,8 @@ def reap_orphans(state_dir: Path) -> list[Reaped]:
                     socket_path.unlink()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        # shared-memory segments of the dead run (large call arguments and results)
+        remove_segments(f"snakepit-{run_id}-")
     for item in reaped:
         log.warning("reaped pid %d left by dead run %s (%s)", item.pid, item.run_id, item.why)
     return reaped

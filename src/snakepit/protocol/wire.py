@@ -6,7 +6,7 @@ must run where attrs is not installed, builds the maps directly from these const
 
 Host to worker::
 
-    hello    {version, codecs, max_frame_size, worker_id, heartbeat?}  (always JSON)
+    hello    {version, codecs, max_frame_size, worker_id, heartbeat?, shm?}  (always JSON)
     call     {id, cmd, args, sid?, dl?, window?}
     cancel   {id}
     credit   {id, n}
@@ -24,6 +24,10 @@ Worker to host::
     progress {id, done, total?, msg?}
     pong     {id}
     beat     {}                       (every ``heartbeat`` seconds, even during a call)
+
+``shm`` in hello is a size in bytes: a worker that announces the ``shm`` capability may
+then send, and will receive, buffers at least that large as msgpack extension values
+(type 0x53) naming a shared-memory segment (:mod:`snakepit.protocol.shm`).
 
 ``dl`` is the call's deadline as Unix time in seconds (host and worker share the clock
 on one machine). ``window`` marks a streaming call and is the initial number of chunks
@@ -70,12 +74,14 @@ KIND_EXPIRED = "expired"  # arrived after its deadline; never run
 KIND_PAYLOAD = "payload"  # the result could not be encoded or was too large
 KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 
-#: Capabilities a bridge of this version announces in its welcome.
+#: Capabilities a bridge of this version announces in its welcome (plus ``shm`` when
+#: the host offered shared memory and this machine has it).
 #: ``refuse``: a cancel frame written before a call starts keeps it from ever starting
 #: (the worker answers it at once as never started), so the host need not watch a
 #: ``cancel_grace`` for a call it cancelled while it still waited in the worker.
 CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat",
                 "refuse")
+SHM = "shm"
 
 #: Environment variable carrying the pool's ``allowed_targets`` to enhanced workers.
 ALLOWED_TARGETS_ENV = "SNAKEPIT_ALLOWED_TARGETS"

@@ -9,6 +9,7 @@ shielded, so leaving it by any route leaves no process behind.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,8 @@ from snakepit import telemetry
 from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import PoolClosed, ProtocolError, WorkerCrashed, WorkerStartupError
-from snakepit.process.launch import WorkerProcess, host_environment, spawn
+from snakepit.process.forkserver import Spawner
+from snakepit.process.launch import OsProcess, WorkerProcess, host_environment, spawn
 from snakepit.process.registry import (
     RUN_ID_ENV,
     RunRegistry,
@@ -27,7 +29,7 @@ from snakepit.process.registry import (
     registry_for,
 )
 from snakepit.process.shutdown import shutdown_ladder
-from snakepit.protocol import wire
+from snakepit.protocol import shm, wire
 from snakepit.protocol.codecs import JSON, available_codecs, get_codec
 from snakepit.protocol.messages import Error, Hello, Welcome, from_wire
 from snakepit.worker.worker import Worker, WorkerState
@@ -67,8 +69,12 @@ async def handshake(worker: Worker, offered: list[str]) -> None:
         ProtocolError: the worker exited, refused, or answered out of protocol.
     """
     config, connection = worker.config, worker.connection
+    # shared memory needs the worker on this machine: a local child, not a remote one
+    use_shm = (config.shm_threshold is not None and isinstance(worker.process, OsProcess)
+               and shm.available())
     connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id,
-                          config.heartbeat_interval))
+                          config.heartbeat_interval,
+                          config.shm_threshold if use_shm else None))
     payloads = await connection.read_payloads()
     if payloads is None:
         raise ProtocolError("the worker exited before its handshake")
@@ -86,6 +92,12 @@ async def handshake(worker: Worker, offered: list[str]) -> None:
         raise ProtocolError("worker sent frames before the handshake completed")
     worker.welcome = welcome
     connection.codec = get_codec(welcome.codec)
+    if use_shm and wire.SHM in welcome.capabilities and welcome.codec == "msgpack":
+        assert config.shm_threshold is not None
+        connection.codec = worker.shared_memory = shm.SharedMemoryCodec(
+            config.shm_threshold,
+            shm.segment_prefix(registry(config).run_id, os.getpid(), welcome.pid),
+            config.max_frame_size)
     worker.capacity = max(1, welcome.concurrency)
     worker.state = WorkerState.READY
 
@@ -117,7 +129,7 @@ async def serve(worker: Worker) -> None:
     config, process = worker.config, worker.process
     drained = True  # read to EOF: every frame the worker wrote has been acted on
     try:
-        await worker.connection.read_forever(worker.on_message)
+        await worker.connection.read_forever(worker.on_message, worker.on_result)
     except ProtocolError as exc:
         drained = False
         worker.kill(f"protocol error: {exc}")
@@ -141,13 +153,14 @@ async def retire_after(worker: Worker, seconds: float) -> None:
 
 async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Worker], None],
                      on_ready: Callable[[Worker], None], launch: LaunchSpec,
-                     offered: list[str]) -> Worker:
+                     offered: list[str], spawner: Spawner | None = None) -> Worker:
     """Run one worker from spawn to reaped exit.
 
     Calls ``on_ready`` with the :class:`Worker` once its handshake is done; returns it
     once its process has exited and every call in flight on it has been answered or
     failed. (A callback rather than ``task_status``: the slot runs workers one after
     another in its own task, so no nursery -- and no exception group -- sits between.)
+    ``spawner`` starts the process (a fork server's); by default it is started cold.
 
     Raises:
         WorkerStartupError: the process could not be started or did not handshake.
@@ -155,8 +168,11 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
     local = launch.open is None
     process: WorkerProcess
     if launch.open is None:
-        process = spawn(launch.argv, env=worker_environment(config, launch),
-                        cwd=launch.cwd or config.cwd)
+        env, cwd = worker_environment(config, launch), launch.cwd or config.cwd
+        if spawner is None:
+            process = spawn(launch.argv, env=env, cwd=cwd)
+        else:  # forked from the pool's template
+            process = await spawner(launch.argv, env=env, cwd=cwd)
         registry(config).add(process.pid)
     else:  # elsewhere (a Ray node): the opener places it and sees that none outlives us
         process = await launch.open(config, worker_id, launch, worker_extras(config, launch))
@@ -199,7 +215,12 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
                 worker.state = WorkerState.DEAD
                 worker.fail_all(worker.end_reason or PoolClosed("the pool is shutting down"))
             worker.stderr.drain()
+            worker.connection.close()
             process.close_pipes()
+            if worker.shared_memory is not None:
+                # what the worker never read, and what it wrote that we never read
+                worker.shared_memory.release_all()
+                shm.remove_segments(shm.segment_prefix(registry(config).run_id, process.pid))
             if local:
                 registry(config).remove(process.pid)
     return worker

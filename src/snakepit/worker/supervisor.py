@@ -24,6 +24,7 @@ from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
 from snakepit.errors import PlacementDeferred, SnakepitError, WorkerStartupError
 from snakepit.pool.nursery import unwrap_single_error
+from snakepit.process.forkserver import Spawner
 from snakepit.worker.run import offered_codecs, run_worker
 from snakepit.worker.worker import Worker, WorkerState
 
@@ -38,7 +39,8 @@ class Slot:
                  on_ready: Callable[[Worker], None],
                  on_failed: Callable[[Slot], None],
                  on_exit: Callable[[Worker], None] | None = None,
-                 launch: Callable[[str], tuple[LaunchSpec, list[str]]] | None = None) -> None:
+                 launch: Callable[[str], tuple[LaunchSpec, list[str]]] | None = None,
+                 spawner: Spawner | None = None) -> None:
         self.config = config
         self.id = f"{config.name}-{index}"
         self.worker: Worker | None = None
@@ -53,6 +55,8 @@ class Slot:
         self._on_failed = on_failed
         self._on_exit = on_exit
         self._launch = launch or _default_launch(config)
+        self.spawner = spawner
+        """Starts the slot's processes (a fork server's); ``None``: cold."""
         self._random = random.Random()
         self._recent_failures: collections.deque[float] = collections.deque()
         self.latencies: collections.deque[float] = collections.deque(maxlen=512)
@@ -201,7 +205,8 @@ class Slot:
 
         try:
             spec, offered = self._launch(self.id)
-            worker = await run_worker(self.config, self.id, self._release, ready, spec, offered)
+            worker = await run_worker(self.config, self.id, self._release, ready, spec, offered,
+                                      self.spawner)
         except SnakepitError as exc:  # a startup failure, or a ConfigError from an adapter
             if number > 0 and not isinstance(exc, WorkerStartupError):
                 # after the pool is up, any launch failure is a failed restart of the slot

@@ -35,7 +35,6 @@ from snakepit.errors import (
 from snakepit.process.launch import WorkerProcess
 from snakepit.protocol.messages import (
     Beat,
-    Call,
     Cancel,
     Chunk,
     Credit,
@@ -49,7 +48,9 @@ from snakepit.protocol.messages import (
     Result,
     Shutdown,
     Welcome,
+    call_to_wire,
 )
+from snakepit.protocol.shm import SharedMemoryCodec
 from snakepit.worker.calls import ChunkBuffer, Pending, ProgressCallback, error_from_wire
 from snakepit.worker.connection import Connection
 from snakepit.worker.stderr import StderrLog
@@ -90,6 +91,7 @@ class Worker:
         self.connection = Connection(process.stdin, process.stdout, config.max_frame_size)
         self.stderr = StderrLog(worker_id, process.stderr)
         self._send = self.connection.send
+        self._send_map = self.connection.send_map
         self._release = release
         self._inflight: dict[int, Pending] = {}
         """Calls sent and not answered, in the order they were sent."""
@@ -111,6 +113,8 @@ class Worker:
         """Set when the host killed the worker over a call (timeout, cancel), not a fault."""
         self.killed = False
         """Set once the host has sent SIGKILL to the worker's process group."""
+        self.shared_memory: SharedMemoryCodec | None = None
+        """The codec, when large buffers travel through shared memory (see run.py)."""
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -162,6 +166,10 @@ class Worker:
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} from worker {self.id}")
 
+    def on_result(self, call_id: int, value: Any) -> None:
+        """A ``result`` frame (the reader's fast path, skipping :meth:`on_message`)."""
+        self._finish(call_id, outcome.Value(value))
+
     def _lookup(self, call_id: int) -> Pending:
         pending = self._inflight.get(call_id)
         if pending is None:
@@ -171,6 +179,8 @@ class Worker:
     def _finish(self, call_id: int, answer: outcome.Outcome[Any]) -> None:
         pending = self._lookup(call_id)
         del self._inflight[call_id]
+        if self.shared_memory is not None and self.shared_memory.exported:
+            self.shared_memory.release(call_id)  # the worker has read its arguments
         self.calls_served += 1
         pending.settle(answer)
         self._release(self)
@@ -186,8 +196,12 @@ class Worker:
 
     # -- calls ---------------------------------------------------------------------
     def start_call(self, command: str, args: Any, *, deadline: float,
-                   session_id: str | None = None, window: int | None = None) -> Pending:
+                   session_id: str | None = None, window: int | None = None,
+                   effective_deadline: float | None = None) -> Pending:
         """Send a call on a capacity unit the caller holds; returns its :class:`Pending`.
+
+        ``effective_deadline``: the caller's deadline with its enclosing cancel scopes
+        taken into account, when the call is sent from another task (a queued call).
 
         Raises:
             PayloadError: the arguments cannot be encoded or are too large; nothing was
@@ -195,12 +209,15 @@ class Worker:
         """
         call_id = next(self._ids)
         # The worker gets the tighter of the call's deadline and any enclosing scope's.
-        deadline = min(deadline, trio.current_effective_deadline())
+        if effective_deadline is None:
+            effective_deadline = trio.current_effective_deadline()
+        deadline = min(deadline, effective_deadline)
         wall_deadline = None
         if not math.isinf(deadline):
             wall_deadline = time.time() + (deadline - trio.current_time())
         try:
-            self._send(Call(call_id, command, args, session_id, wall_deadline, window))
+            self._send_map(call_to_wire(call_id, command, args, session_id, wall_deadline,
+                                        window))
         except SnakepitError:  # PayloadError: unencodable or oversized
             self._release(self)
             raise
@@ -274,6 +291,7 @@ class Worker:
             return
         if not self.may_have_started(pending):
             self._send(Cancel(pending.id))
+            self.connection.write_now()  # in the pipe before the call can start
             if self._will_never_start(pending):
                 pending.never_started = True
                 return

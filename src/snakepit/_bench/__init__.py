@@ -1,0 +1,1 @@
+"""The measurements behind :mod:`snakepit.benchmarking` (private; may change)."""

@@ -1,0 +1,133 @@
+"""Large buffers through shared-memory segments: both ways, and never left behind."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+import snakepit
+from snakepit.process.registry import reap_orphans
+from snakepit.protocol import shm
+from snakepit.worker.run import registry
+from tests.conftest import chaos_config, started, support_env
+from tests.process.test_shutdown import wait_gone
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="no writable /dev/shm")
+
+THRESHOLD = 1 << 20
+
+
+def shm_config(**overrides: object) -> snakepit.PoolConfig:
+    options: dict[str, object] = {"size": 1, "handler": "shm_handler:SharedMemoryHandler",
+                                  "env": support_env(), "shm_threshold": THRESHOLD}
+    options.update(overrides)
+    return chaos_config(**options)
+
+
+def segments(config: snakepit.PoolConfig) -> list[str]:
+    """This run's segments in /dev/shm."""
+    run_id = registry(config).run_id
+    return glob.glob(os.path.join(shm.SEGMENT_DIR, f"snakepit-{run_id}-*"))
+
+
+def host_codec(pool: snakepit.Pool) -> shm.SharedMemoryCodec:
+    codec = pool.workers()[0].shared_memory
+    assert codec is not None, "the worker did not take up shared memory"
+    return codec
+
+
+async def test_large_bytes_go_both_ways_through_shared_memory() -> None:
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        blob = os.urandom(3 * THRESHOLD)
+        assert await pool.execute("echo", blob) == blob
+        # out of band both ways: the host wrote one segment and read one
+        assert (host_codec(pool).sent, host_codec(pool).received) == (1, 1)
+        assert await pool.execute("segment_counts") == {"received": 1, "sent": 1}
+        # nested in a map, and a memoryview of any contiguous buffer, travel too
+        view = memoryview(bytearray(blob))
+        assert await pool.execute("echo", {"data": view, "n": 1}) == {"data": blob, "n": 1}
+        assert host_codec(pool).sent == 2
+        assert segments(config) == []  # each one unlinked by its reader
+
+
+async def test_the_threshold_is_honoured() -> None:
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        assert await pool.execute("length", b"x" * (THRESHOLD - 1)) == THRESHOLD - 1
+        assert host_codec(pool).sent == 0  # below: in the frame
+        assert await pool.execute("length", b"x" * THRESHOLD) == THRESHOLD
+        assert host_codec(pool).sent == 1  # at the threshold: out of band
+        assert await pool.execute("segment_counts") == {"received": 1, "sent": 0}
+
+
+async def test_no_threshold_means_no_shared_memory() -> None:
+    async with snakepit.open_pool(shm_config(shm_threshold=None)) as pool:
+        assert pool.workers()[0].shared_memory is None
+        assert await pool.execute("length", b"x" * (2 * THRESHOLD)) == 2 * THRESHOLD
+        assert await pool.execute("segment_counts") == {"received": -1, "sent": -1}
+
+
+async def test_segments_are_released_after_a_handler_error() -> None:
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        with pytest.raises(snakepit.RemoteError, match="refusing"):
+            await pool.execute("reject", b"x" * (2 * THRESHOLD))
+        assert host_codec(pool).sent == 1
+        assert segments(config) == []
+
+
+async def test_arguments_a_crashed_worker_never_read_are_released() -> None:
+    config = shm_config(pipeline_depth=2)
+    async with snakepit.open_pool(config) as pool, trio.open_nursery() as nursery:
+        worker = pool.workers()[0]
+        # the worker sleeps in its handler and reads nothing meanwhile
+        await started(pool, nursery, "sleep", {"seconds": 60})
+        doomed = trio.Event()
+
+        async def pipelined() -> None:
+            with pytest.raises(snakepit.WorkerCrashed):
+                await pool.execute("length", b"x" * (2 * THRESHOLD))
+            doomed.set()
+
+        nursery.start_soon(pipelined)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(segments(config)) == 1  # written, sent, not read
+        os.kill(worker.pid, 9)
+        await doomed.wait()
+        await wait_gone(worker.pid)
+        await pool.wait_ready()
+        assert segments(config) == []
+
+
+async def test_results_a_crashed_worker_wrote_are_released() -> None:
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        with pytest.raises(snakepit.WorkerCrashed):
+            await pool.execute("crash_holding_a_segment", {"size": 2 * THRESHOLD})
+        await pool.wait_ready()
+        assert segments(config) == []
+
+
+def test_the_reaper_removes_the_segments_of_a_dead_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # pid 1's start time is not 1: this run is dead
+    (runs / "1-1.json").write_text(json.dumps({"run_id": "1-1", "host_pid": 1,
+                                               "host_start": 1, "workers": []}))
+    dead = Path(shm.SEGMENT_DIR, "snakepit-1-1-4242-0")
+    other = Path(shm.SEGMENT_DIR, "snakepit-1-10-4242-0")  # another run's, "1-10"
+    for path in (dead, other):
+        path.write_bytes(b"left behind")
+    try:
+        reap_orphans(tmp_path)
+        assert not dead.exists()
+        assert other.exists()
+    finally:
+        for path in (dead, other):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,70 @@
+"""The benchmark runner in quick mode: it must keep working; its figures are not judged."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from snakepit import benchmarking
+
+SECTIONS = {"calls", "start", "payloads", "streams", "sessions"}
+
+
+def test_quick_run_prints_the_tables_and_saves_the_report(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert benchmarking.main(["--quick", "--no-peers", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("trivial calls", "workers ready", "echo round trip", "stream",
+                    "session store op", "targets (issue 7)"):
+        assert heading in out
+
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert SECTIONS | {"targets", "notes", "options", "load", "python", "cpus"} <= set(report)
+    assert {row["name"] for row in report["calls"]} == {"snakepit", "raw pipe (floor)"}
+    for row in report["calls"]:
+        assert row["calls_per_s"] > 0 and 0 < row["p50_us"] <= row["p99_us"]
+    assert {"snakepit cold", "snakepit warm: forked", "snakepit warm: template (once)",
+            "snakepit warm: total"} <= {row["name"] for row in report["start"]}
+    assert all(row["seconds"] > 0 for row in report["start"])
+    payloads = {row["name"] for row in report["payloads"]}
+    for label in ("64 KiB", "1 MiB"):
+        assert {f"snakepit shared memory {label}", f"snakepit in band {label}",
+                f"raw pipe (floor) {label}"} <= payloads
+    assert all(row["round_trip_ms"] > 0 for row in report["payloads"])
+    assert len(report["streams"]) == 4 and all(row["chunks_per_s"] > 0
+                                               for row in report["streams"])
+    assert {row["name"] for row in report["sessions"]} == {
+        "create", "get", "touch", "update_metadata", "delete"}
+
+    # every target is judged or skipped, and said so in the output
+    assert len(report["targets"]) == 6
+    for target in report["targets"]:
+        assert target["passed"] in (True, False, None)
+        verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
+        assert f"{verdict}  {target['name']}" in out
+    skipped = [t["name"] for t in report["targets"] if t["passed"] is None]
+    assert len(skipped) == 2 and all("throughput" in name for name in skipped)  # no peers
+    assert "peers not measured (--no-peers)" in report["notes"]
+
+    # the history grows by one line a run; the chart comes with matplotlib
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    assert (tmp_path / "latest.png").exists() == has_matplotlib
+
+
+def test_one_section_and_no_saving(tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code = benchmarking.main(["--quick", "--no-peers", "--only", "sessions", "--no-save",
+                              "--output", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "session store op" in out and "trivial calls" not in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert benchmarking.main(["--only", "calls,warp-drive"]) == 2
+    assert "warp-drive" in capsys.readouterr().err
