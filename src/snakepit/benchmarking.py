@@ -45,7 +45,7 @@ from snakepit._bench import ours, peers, raw
 from snakepit._bench.report import RAW, SNAKEPIT, median_row, percentile, print_report, save
 from snakepit._bench.report import targets as check_targets
 
-__all__ = ["main"]
+__all__ = ["main", "sections_of"]
 
 SECTIONS = ("calls", "start", "payloads", "streams", "sessions")
 
@@ -86,19 +86,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks; returns the exit status (1 with ``--strict`` and a FAIL)."""
+def sections_of(argv: list[str] | None) -> list[str]:
+    """The sections a run with ``argv`` measures, in order."""
+    options = _parser().parse_args(argv)
+    return [name.strip() for name in options.only.split(",") if name.strip()]
+
+
+def main(argv: list[str] | None = None, *,
+         on_section: Callable[[str], None] | None = None) -> int:
+    """Run the benchmarks; returns the exit status (1 with ``--strict`` and a FAIL).
+
+    ``on_section(name)`` is called as each section begins (the CLI's progress bar).
+    """
     options = _parser().parse_args(argv)
     if options.quick:
         options.calls, options.seq, options.repeat = 300, 60, 1
         options.start_workers = min(options.start_workers, 2)
-    sections = [name.strip() for name in options.only.split(",") if name.strip()]
+    sections = sections_of(argv)
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         print(f"snakepit bench: unknown sections {unknown}; choose from {SECTIONS}",
               file=sys.stderr)
         return 2
-    report = _run(options, sections)
+    report = _run(options, sections, on_section)
     print_report(report)
     if not options.no_save:
         written = save(report, options.output)
@@ -107,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if options.strict and failed else 0
 
 
-def _run(options: argparse.Namespace, sections: list[str]) -> dict[str, Any]:
+def _run(options: argparse.Namespace, sections: list[str],
+         on_section: Callable[[str], None] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "version": 1, "time": time.time(), "snakepit": snakepit.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -123,6 +134,8 @@ def _run(options: argparse.Namespace, sections: list[str]) -> dict[str, Any]:
         module, path = _heavy_module(options, Path(scratch), notes)
         report["options"]["heavy_module"] = module
         for section in sections:
+            if on_section is not None:
+                on_section(section)
             measure = {"calls": _calls, "start": _start, "payloads": _payloads,
                        "streams": _streams, "sessions": _sessions}[section]
             report[section] = measure(options, available, module, path)

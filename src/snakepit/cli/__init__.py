@@ -106,6 +106,35 @@ def demo(workers: int, calls: int) -> None:
     sys.exit(trio.run(run_demo, workers, calls))
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run the side-by-side benchmarks (ProcessPoolExecutor, trio-parallel, pebble, the
+    raw pipe floor); ARGS go to the runner: `snakepit bench --help` lists them."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from snakepit import benchmarking
+
+    if any(arg in ("-h", "--help") for arg in args):
+        sys.exit(benchmarking.main(["--help"]))
+    sections = benchmarking.sections_of(list(args))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        console=Console(stderr=True), transient=True)
+    task = progress.add_task("benchmarks", total=len(sections))
+    started: list[str] = []
+
+    def on_section(name: str) -> None:
+        if started:
+            progress.advance(task)
+        started.append(name)
+        progress.update(task, description=f"benchmarking: {name}")
+
+    with progress:
+        code = benchmarking.main(list(args), on_section=on_section)
+    sys.exit(code)
+
+
 @cli.command()
 @state_dir_option
 def cleanup(state_dir: str | None) -> None:
