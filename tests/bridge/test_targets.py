@@ -58,6 +58,22 @@ def assert_owned(obj: Any, prefixes: tuple[str, ...]) -> None:
     assert under(owner.lstrip("_"), prefixes), (obj, owner)
 
 
+_NAMES: dict[int, tuple[Any, list[str], list[str]]] = {}
+
+
+def names_of(obj: Any) -> tuple[list[str], list[str]]:
+    """``obj``'s public attribute names and all of them (with the probes), listed once
+    per object: some objects gain attributes as the tests run (caches, lazy imports),
+    and hypothesis needs the same choices when it replays an example."""
+    known = _NAMES.get(id(obj))
+    if known is None or known[0] is not obj:
+        names = set(dir(obj))
+        known = (obj, sorted(n for n in names if not n.startswith("_")),
+                 sorted(names | set(PROBES)))
+        _NAMES[id(obj)] = known
+    return known[1], known[2]
+
+
 @st.composite
 def walks(draw: st.DrawFn) -> tuple[tuple[str, ...], str]:
     """An allow-list drawn from stdlib modules, and a dotted path that starts at one of
@@ -68,8 +84,7 @@ def walks(draw: st.DrawFn) -> tuple[tuple[str, ...], str]:
     obj: Any = importlib.import_module(start)
     path = [start]
     for _ in range(draw(st.integers(1, 4))):
-        public = sorted(name for name in dir(obj) if not name.startswith("_"))
-        anything = sorted(set(dir(obj)) | set(PROBES))
+        public, anything = names_of(obj)
         name = draw(st.sampled_from(public) | st.sampled_from(anything) if public
                     else st.sampled_from(anything))
         path.append(name)
