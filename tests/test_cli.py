@@ -237,6 +237,15 @@ def write_config(directory: Path, text: str) -> Path:
     return path
 
 
+def doctor_failures(config: Path, **env: str) -> dict[str, Any]:
+    """Run ``snakepit doctor CONFIG --json``, which must fail; its failures by pool."""
+    result = subprocess.run([*SNAKEPIT, "doctor", str(config), "--json"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **env})
+    assert result.returncode == 1, result.stdout + result.stderr
+    return {f["scope"]: f for f in json.loads(result.stdout) if f["status"] == "fail"}
+
+
 def test_doctor_passes_a_healthy_config(state_dir: Path) -> None:
     config = write_config(state_dir, f"""
 [pools.general]
@@ -269,10 +278,7 @@ state_dir = "{state_dir}"
 adapter = "cobol"
 state_dir = "{state_dir}"
 """)
-    result = subprocess.run([*SNAKEPIT, "doctor", str(config), "--json"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stdout + result.stderr
-    failed = {f["scope"]: f for f in json.loads(result.stdout) if f["status"] == "fail"}
+    failed = doctor_failures(config)
     assert failed["missing_python"]["check"] == "executable"
     assert "/nonexistent/bin/python3" in failed["missing_python"]["detail"]
     assert failed["bad_handler"]["check"] == "worker handshake"
@@ -297,11 +303,7 @@ kind = "gpu"
 state_dir = "{state_dir}"
 """)
     # a PATH with neither node nor nvidia-smi (workers run sys.executable by its path)
-    result = subprocess.run([*SNAKEPIT, "doctor", str(config), "--json"],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PATH": str(state_dir)})
-    assert result.returncode == 1, result.stdout + result.stderr
-    failed = {f["scope"]: f for f in json.loads(result.stdout) if f["status"] == "fail"}
+    failed = doctor_failures(config, PATH=str(state_dir))
     assert failed["js"]["check"] == "executable" and "node" in failed["js"]["detail"]
     assert "pools.js.options.node" in failed["js"]["fix"]
     assert "GPU" in failed["neural"]["detail"]

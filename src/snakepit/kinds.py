@@ -22,7 +22,7 @@ from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
 
-__all__ = ["KindRuntime", "PoolKind", "StandardKind", "apply_kind", "find_kind"]
+__all__ = ["BaseRuntime", "KindRuntime", "PoolKind", "StandardKind", "apply_kind", "find_kind"]
 
 
 class KindRuntime(Protocol):
@@ -83,7 +83,13 @@ class PoolKind(Protocol):
         ...
 
 
-class _Nothing:
+class BaseRuntime:
+    """A :class:`KindRuntime` that adds nothing: no environment, no facts, deaf to exits.
+
+    The standard kind's runtime; a plugin's runtime may subclass it and override only
+    what its kind needs.
+    """
+
     def worker_env(self, worker_id: str) -> Mapping[str, str]:
         return {}
 
@@ -101,7 +107,7 @@ class StandardKind:
     name = "standard"
 
     def prepare(self, config: PoolConfig) -> KindRuntime:
-        return _Nothing()
+        return BaseRuntime()
 
 
 def find_kind(config: PoolConfig) -> PoolKind:

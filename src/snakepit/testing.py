@@ -88,15 +88,8 @@ class ChaosHandler(CommandHandler):
     def flaky(self, args: dict[str, Any]) -> int:
         """Crash the first ``failures`` times (counted in the file ``path``), then return
         how many crashes it took."""
-        path = args["path"]
-        try:
-            with open(path) as f:
-                crashes = int(f.read())
-        except FileNotFoundError:
-            crashes = 0
-        if crashes < int(args["failures"]):
-            with open(path, "w") as f:
-                f.write(str(crashes + 1))
+        crashes, fail = _attempt(args["path"], int(args["failures"]))
+        if fail:
             os._exit(1)
         return crashes
 
@@ -105,15 +98,8 @@ class ChaosHandler(CommandHandler):
         """Raise :class:`~snakepit.bridge.RetryableError` the first ``failures`` times
         (counted in the file ``path``), then return how many it took; with
         ``"marked": false`` raise a plain ``RuntimeError`` instead."""
-        path = args["path"]
-        try:
-            with open(path) as f:
-                failed = int(f.read())
-        except FileNotFoundError:
-            failed = 0
-        if failed < int(args["failures"]):
-            with open(path, "w") as f:
-                f.write(str(failed + 1))
+        failed, fail = _attempt(args["path"], int(args["failures"]))
+        if fail:
             if args.get("marked", True):
                 raise RetryableError(f"transient failure {failed + 1}")
             raise RuntimeError(f"failure {failed + 1}")
@@ -262,3 +248,18 @@ class ChaosHandler(CommandHandler):
         """Stream ``n`` integers, then raise ValueError."""
         yield from range(int(args["n"]))
         raise ValueError("stream broke")
+
+
+def _attempt(path: str, failures: int) -> tuple[int, bool]:
+    """Count one more attempt in the file ``path``: returns the failures so far and
+    whether this attempt must fail too (while fewer than ``failures`` have)."""
+    try:
+        with open(path) as f:
+            failed = int(f.read())
+    except FileNotFoundError:
+        failed = 0
+    if failed >= failures:
+        return failed, False
+    with open(path, "w") as f:
+        f.write(str(failed + 1))
+    return failed, True

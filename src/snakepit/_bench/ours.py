@@ -11,6 +11,7 @@ import trio
 
 import snakepit
 from snakepit._bench import raw
+from snakepit._bench.peers import concurrent_throughput
 from snakepit.sessions.store import SessionStore
 
 
@@ -27,16 +28,8 @@ async def calls(workers: int, calls: int, seq: int, concurrency: int = 64
         for i in range(200):
             await pool.execute("echo", i)
 
-        async def run(n: int) -> None:
-            for i in range(n):
-                await pool.execute("echo", i)
-
-        per_task = max(1, calls // concurrency)
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(run, per_task)
-        throughput = per_task * concurrency / (time.perf_counter() - start)
+        throughput = await concurrent_throughput(lambda i: pool.execute("echo", i), calls,
+                                                 concurrency)
         ours: list[float] = []
         floor: list[float] = []
         echo = raw.Echo()

@@ -122,6 +122,22 @@ def executor_start(name: str, workers: int, module: str, path: str) -> float:
         manager.shutdown()
 
 
+async def concurrent_throughput(call: Callable[[int], Any], calls: int,
+                                concurrency: int) -> float:
+    """Calls per second of ``await call(i)`` from ``concurrency`` tasks, one call at a
+    time each: the same driver for every Trio-based pool."""
+    async def run(n: int) -> None:
+        for i in range(n):
+            await call(i)
+
+    per_task = max(1, calls // concurrency)
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(run, per_task)
+    return per_task * concurrency / (time.perf_counter() - start)
+
+
 # -- trio-parallel ---------------------------------------------------------------------
 async def trio_parallel_calls(workers: int, calls: int, seq: int,
                               concurrency: int = 64) -> tuple[float, list[float]]:
@@ -132,16 +148,10 @@ async def trio_parallel_calls(workers: int, calls: int, seq: int,
         for i in range(100):
             await context.run_sync(trivial, i, limiter=limiter)
 
-        async def run(n: int) -> None:
-            for i in range(n):
-                await context.run_sync(trivial, i, limiter=limiter)
+        async def call(i: int) -> Any:
+            return await context.run_sync(trivial, i, limiter=limiter)
 
-        per_task = max(1, calls // concurrency)
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(run, per_task)
-        throughput = per_task * concurrency / (time.perf_counter() - start)
+        throughput = await concurrent_throughput(call, calls, concurrency)
         samples = []
         for i in range(seq):
             began = time.perf_counter()

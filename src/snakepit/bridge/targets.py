@@ -56,6 +56,20 @@ class TargetNotAllowed(PermissionError):
     """The target (or attribute) reaches something outside the pool's ``allowed_targets``."""
 
 
+def _check_step(name: str, where: str) -> None:
+    """Refuse one attribute step that no remote caller may take: a private or dunder
+    name, or a formatting method (its format fields would read any attribute).
+
+    Raises:
+        TargetNotAllowed: the step is refused; ``where`` begins the message.
+    """
+    if name.startswith("_"):
+        raise TargetNotAllowed(f"{where} private name {name!r} is not reachable remotely")
+    if name in FORMATTING_METHODS:
+        raise TargetNotAllowed(f"{where} {name!r} is not reachable remotely: its format "
+                               "fields would read any attribute")
+
+
 class AllowList:
     """The pool's ``allowed_targets``, and the ownership checks built on them."""
 
@@ -129,12 +143,10 @@ class AllowList:
         Raises:
             TargetNotAllowed: a private name, or an object of a module not allowed.
         """
-        if not isinstance(name, str) or not name or name.startswith("_") or "." in name:
-            raise TargetNotAllowed(f"attribute {name!r} is not reachable remotely (private "
-                                   "and dotted names are refused)")
-        if name in FORMATTING_METHODS:
-            raise TargetNotAllowed(f"{name!r} is not reachable remotely: its format fields "
-                                   "would read any attribute")
+        if not isinstance(name, str) or not name or "." in name:
+            raise TargetNotAllowed(f"attribute {name!r} is not reachable remotely (dotted "
+                                   "names are refused)")
+        _check_step(name, f"{_kind(obj)}.{name}:")
         value = getattr(obj, name)
         if not self.owns(value):
             raise TargetNotAllowed(f"{_kind(obj)}.{name} is {_describe(value)}, outside "
@@ -186,12 +198,7 @@ class AllowList:
             frozenset())
         for step in range(start, len(parts)):
             attr = parts[step]
-            if attr.startswith("_"):
-                raise TargetNotAllowed(f"{target!r}: private name {attr!r} is not reachable "
-                                       "remotely")
-            if attr in FORMATTING_METHODS:
-                raise TargetNotAllowed(f"{target!r}: {attr!r} is not reachable remotely: its "
-                                       "format fields would read any attribute")
+            _check_step(attr, f"{target!r}:")
             obj = getattr(obj, attr)
             path = ".".join(parts[:step + 1])
             if path in self.prefixes and not isinstance(obj, types.ModuleType):

@@ -264,24 +264,22 @@ def recycle(worker: str, pool: str | None, run: str | None, state_dir: str | Non
     click.echo(f"recycling {value['worker']} (pid {value['old_pid']}){replaced}")
 
 
-@cli.command()
-@click.argument("pool")
-@run_option
-@state_dir_option
-def drain(pool: str, run: str | None, state_dir: str | None) -> None:
-    """Drain POOL: refuse new calls (PoolDraining) while those running finish."""
-    value = _control_call(state_dir, run, pool, "drain")
-    click.echo(f"pool {value['pool']} drained ({value['in_flight']} calls in flight)")
+def _pool_action(op: str, summary: str, done: str) -> None:
+    """Register ``snakepit OP POOL``: one operator action on a pool, saying ``done``."""
+
+    @cli.command(name=op, help=summary)
+    @click.argument("pool")
+    @run_option
+    @state_dir_option
+    def action(pool: str, run: str | None, state_dir: str | None) -> None:
+        value = _control_call(state_dir, run, pool, op)
+        click.echo(done.format(**value))
 
 
-@cli.command()
-@click.argument("pool")
-@run_option
-@state_dir_option
-def resume(pool: str, run: str | None, state_dir: str | None) -> None:
-    """Resume a drained POOL: it takes new calls again."""
-    value = _control_call(state_dir, run, pool, "resume")
-    click.echo(f"pool {value['pool']} takes calls again")
+_pool_action("drain", "Drain POOL: refuse new calls (PoolDraining) while those running finish.",
+             "pool {pool} drained ({in_flight} calls in flight)")
+_pool_action("resume", "Resume a drained POOL: it takes new calls again.",
+             "pool {pool} takes calls again")
 
 
 @cli.command()

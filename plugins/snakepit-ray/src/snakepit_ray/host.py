@@ -35,6 +35,7 @@ import trio
 from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError, WorkerStartupError
+from snakepit.kinds import BaseRuntime
 from snakepit_ray import actor as actor_module
 from snakepit_ray.auth import MAC_SIZE, MAGIC, NONCE_SIZE, AuthError, client_answer
 
@@ -198,7 +199,7 @@ def actor_class() -> Any:
     return _actor_class
 
 
-class RayRuntime:
+class RayRuntime(BaseRuntime):
     """The ``ray`` kind, running for one pool: places workers, remembers where."""
 
     def __init__(self, config: PoolConfig, options: dict[str, Any]) -> None:
@@ -211,14 +212,7 @@ class RayRuntime:
         self._connected = False
         self._connecting = trio.Lock()
 
-    # -- KindRuntime -----------------------------------------------------------------------
-    def worker_env(self, worker_id: str) -> Mapping[str, str]:
-        return {}
-
-    def worker_exited(self, worker_id: str, pid: int, exit_code: int | None,
-                      stderr_tail: str) -> None:
-        pass
-
+    # -- KindRuntime (environment and exits: BaseRuntime's nothing) ------------------------
     def worker_info(self, worker_id: str) -> Mapping[str, Any]:
         return dict(self.placed.get(worker_id, {}))
 
