@@ -27,6 +27,7 @@ async def test_the_example_config_starts_its_three_pools() -> None:
         assert {name: len(s.workers) for name, s in stats.items()} == {
             "general": config.pools["general"].size, "optimizer": 2, "neural": 1}
         assert stats["general"].calls == 2
+        assert config.pools["neural"].kind == "gpu"  # on the CPU here, by fallback_cpu
 
 
 async def test_pools_start_concurrently_and_all_stop() -> None:
