@@ -133,6 +133,7 @@ def test_bench_runs_a_section_from_the_command_line(state_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "session store op" in result.stdout
     assert json.loads((state_dir / "latest.json").read_text())["sessions"]
+    assert not (state_dir / "latest.png").exists()  # no calls measured: nothing to chart
 
 
 def test_ls_ignores_dead_runs(state_dir: Path) -> None:

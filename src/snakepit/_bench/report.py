@@ -157,7 +157,10 @@ def save(report: dict[str, Any], directory: Path) -> list[Path]:
 
 def chart(report: dict[str, Any], history: Path, path: Path) -> bool:
     """Throughput of each pool now, and snakepit's (with its ratio to ProcessPoolExecutor)
-    over past runs; False when matplotlib is not installed."""
+    over past runs; False when matplotlib is not installed or the run measured no calls
+    (``--only`` other sections): there is nothing to draw."""
+    if not report.get("calls"):
+        return False
     try:
         matplotlib: Any = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
