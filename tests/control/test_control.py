@@ -205,3 +205,15 @@ async def test_a_peer_of_another_user_cannot_connect(state_dir: Path,
             assert await peer(path) == "answer: 0"
         assert f"refused a control connection from uid {NOBODY}" in caplog.text
         assert json.dumps(await ask(path, "hello"))  # the owner still gets answers
+
+
+async def test_sockets_of_dead_hosts_are_removed_when_a_pool_starts(state_dir: Path) -> None:
+    control = state_dir / "control"
+    control.mkdir(mode=0o700)
+    dead = control / "1-1-0.sock"  # pid 1 did not start at tick 1
+    dead.touch()
+    stranger = control / "notes.sock"  # not named like ours: left alone
+    stranger.touch()
+    async with snakepit.open_pool(chaos_config(state_dir=str(state_dir))):
+        live = Path(socket_of(state_dir))
+        assert not dead.exists() and stranger.exists() and live.exists()

@@ -208,6 +208,7 @@ def reap_orphans(state_dir: Path) -> list[Reaped]:
     """Kill what dead runs left behind; remove their files. Returns what was killed."""
     runs_dir = state_dir / "runs"
     if not runs_dir.is_dir():
+        _remove_dead_sockets(state_dir / "control")
         return []
     reaped: list[Reaped] = []
     for path, record in _dead_runs(runs_dir):
@@ -233,9 +234,25 @@ def reap_orphans(state_dir: Path) -> list[Reaped]:
             path.unlink()
         # shared-memory segments of the dead run (large call arguments and results)
         remove_segments(f"snakepit-{run_id}-")
+    _remove_dead_sockets(state_dir / "control")
     for item in reaped:
         log.warning("reaped pid %d left by dead run %s (%s)", item.pid, item.run_id, item.why)
     return reaped
+
+
+def _remove_dead_sockets(control_dir: Path) -> None:
+    """Remove control sockets (``<host pid>-<start>-<n>.sock``) whose host is dead, even
+    where no run record names them any more (a host killed between the two)."""
+    if not control_dir.is_dir():
+        return
+    for path in control_dir.glob("*.sock"):
+        pid, _, rest = path.stem.partition("-")
+        start = rest.partition("-")[0]
+        if not (pid.isdigit() and start.isdigit()):
+            continue  # not ours
+        if start_time(int(pid)) != int(start):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _pids_of_this_user() -> Iterator[int]:
