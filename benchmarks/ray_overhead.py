@@ -42,6 +42,7 @@ from typing import Any
 import trio
 
 import snakepit
+from snakepit._bench.peers import concurrent_throughput
 
 RESULTS = Path(__file__).parent / "results"
 MIB = b"x" * (1 << 20)
@@ -83,16 +84,7 @@ async def measure(call: Callable[[Any], Awaitable[Any]], arg: Any, seq: int, cal
         await call(arg)
         latencies.append(time.perf_counter() - started)
 
-    async def run(n: int) -> None:
-        for _ in range(n):
-            await call(arg)
-
-    per_task = max(1, calls // concurrency)
-    started = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(run, per_task)
-    return latencies, per_task * concurrency / (time.perf_counter() - started)
+    return latencies, await concurrent_throughput(lambda _: call(arg), calls, concurrency)
 
 
 async def bench_pool(name: str, config: snakepit.PoolConfig, seq: int, calls: int
