@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,3 +166,20 @@ def open_gate(gate: Path) -> None:
     staging = gate.with_suffix(".tmp")
     staging.write_text("done")
     staging.rename(gate)
+
+
+async def hold_open(pool: snakepit.Pool, nursery: Any, gate: Path, results: list[Any], *,
+                    command: str = "block_until", **args: Any) -> None:
+    """Start ``command`` (ChaosHandler's ``block_until``: it returns once ``gate``
+    exists) in ``nursery`` and return once the worker runs it; its result lands in
+    ``results``. Release it with :func:`open_gate` -- no timing involved."""
+    import trio
+
+    running = trio.Event()
+
+    async def call() -> None:
+        results.append(await pool.execute(command, {"path": str(gate), **args},
+                                          on_progress=lambda *_: running.set()))
+
+    nursery.start_soon(call)
+    await running.wait()

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 import snakepit
-from tests.conftest import chaos_config, open_gate, support_env
+from tests.conftest import chaos_config, hold_open, open_gate, support_env
 
 
 async def test_non_cooperative_call_times_out_and_worker_is_replaced() -> None:
@@ -130,7 +130,7 @@ async def test_cancelling_one_caller_leaves_other_calls_alone(tmp_path: Path) ->
 
             nursery.start_soon(cancelled)
             await running.wait()
-            await block(pool, nursery, gate, results, cooperative=False)
+            await hold_open(pool, nursery, gate, results, cooperative=False)
             victim.cancel()
             open_gate(gate)  # the survivor finishes only now, after the cancel
         assert results == ["done"]
@@ -140,7 +140,7 @@ async def test_cancelling_one_caller_leaves_other_calls_alone(tmp_path: Path) ->
         with trio.fail_after(30):  # only a safety net: the nap would take an hour
             async with trio.open_nursery() as nursery:
                 for _ in range(2):
-                    await block(pool, nursery, both, results, cooperative=False)
+                    await hold_open(pool, nursery, both, results, cooperative=False)
                 open_gate(both)
         assert results == ["done"] * 3
         assert {w.pid for w in pool.workers()} == pids
@@ -158,20 +158,6 @@ async def test_expired_request_is_refused_by_the_bridge() -> None:
             await pending.wait()
         info = await pool.execute("info")
         assert info["calls_served"] == 0  # the worker never ran it
-
-
-async def block(pool: snakepit.Pool, nursery: trio.Nursery, release: Path, results: list[Any],
-                *, cooperative: bool) -> None:
-    """Start ``block_until`` (it returns once ``release`` exists) and wait until it runs."""
-    running = trio.Event()
-
-    async def call() -> None:
-        results.append(await pool.execute(
-            "block_until", {"path": str(release), "cooperative": cooperative},
-            on_progress=lambda *_: running.set()))
-
-    nursery.start_soon(call)
-    await running.wait()
 
 
 @pytest.mark.parametrize("handler", ["serial", "threaded"])
@@ -192,7 +178,7 @@ async def test_deadline_in_a_busy_workers_pipe_is_queue_timeout_and_harms_nothin
         results: list[Any] = []
         async with trio.open_nursery() as nursery:
             for _ in range(capacity):  # every thread of the worker busy
-                await block(pool, nursery, release, results, cooperative=cooperative)
+                await hold_open(pool, nursery, release, results, cooperative=cooperative)
 
             async def sent_to_the_pipe() -> None:
                 await trio.testing.wait_all_tasks_blocked()
@@ -223,7 +209,7 @@ async def test_cancelling_a_caller_whose_call_waits_in_the_pipe_harms_nothing(
         pid = await pool.execute("pid")
         results: list[Any] = []
         async with trio.open_nursery() as nursery:
-            await block(pool, nursery, release, results, cooperative=cooperative)
+            await hold_open(pool, nursery, release, results, cooperative=cooperative)
             scope = trio.CancelScope()
 
             async def cancel_once_sent() -> None:
@@ -255,7 +241,7 @@ async def test_a_deadline_that_passes_while_frames_are_unread_is_still_queue_tim
         worker = pool.workers()[0]
         results: list[Any] = []
         async with trio.open_nursery() as nursery:
-            await block(pool, nursery, gate, results, cooperative=False)
+            await hold_open(pool, nursery, gate, results, cooperative=False)
             outcome: list[BaseException] = []
 
             async def queued() -> None:

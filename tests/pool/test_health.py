@@ -12,7 +12,7 @@ import trio
 import snakepit
 from snakepit.pool.health import check_heartbeats, live_workers
 from snakepit.worker.worker import Worker
-from tests.conftest import chaos_config, started, support_env
+from tests.conftest import chaos_config, hold_open, started, support_env
 
 
 class Recorder:
@@ -67,14 +67,7 @@ async def held_open(pool: snakepit.Pool, nursery: trio.Nursery, gate: Path,
                     results: list[int]) -> Worker:
     """Start a ``gate`` call that runs until ``gate`` exists; return its worker once it
     runs (its pid lands in ``results`` when the call returns)."""
-    running = trio.Event()
-
-    async def call() -> None:
-        results.append(await pool.execute("gate", {"path": str(gate)},
-                                          on_progress=lambda *_: running.set()))
-
-    nursery.start_soon(call)
-    await running.wait()
+    await hold_open(pool, nursery, gate, results, command="gate")
     [serving] = [w for w in live_workers(pool) if w.in_flight]
     return serving
 

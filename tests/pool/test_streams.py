@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import snakepit
-from tests.conftest import chaos_config, open_gate, support_env
+from tests.conftest import chaos_config, hold_open, open_gate, support_env
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
@@ -154,14 +154,7 @@ async def test_stream_whose_deadline_passes_in_a_busy_workers_pipe_is_queue_time
         pid = await pool.execute("pid")
         results: list[str] = []
         async with trio.open_nursery() as nursery:
-            running = trio.Event()
-
-            async def blocked() -> None:
-                results.append(await pool.execute("block_until", {"path": str(gate)},
-                                                  on_progress=lambda *_: running.set()))
-
-            nursery.start_soon(blocked)
-            await running.wait()
+            await hold_open(pool, nursery, gate, results)
             with pytest.raises(snakepit.QueueTimeout):
                 async with pool.stream("count", {"n": 10}, timeout=0.2) as chunks:
                     async for _ in chunks:

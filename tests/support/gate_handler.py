@@ -1,12 +1,11 @@
-"""A ChaosHandler with a call that runs until the test opens a gate (a file appears).
+"""A ChaosHandler whose ``gate`` call is ``block_until`` answering with its pid.
 
 Tests about what happens *while* a call runs hold it open this way instead of picking
-a duration and hoping the host keeps up: the call ends when the test says so.
+a duration and hoping the host keeps up: the call ends when the test says so, and its
+answer names the process that served it.
 """
 
 import os
-import time
-from pathlib import Path
 from typing import Any
 
 from snakepit.bridge import CallContext, command
@@ -16,9 +15,6 @@ from snakepit.testing import ChaosHandler
 class GateHandler(ChaosHandler):
     @command
     def gate(self, args: dict[str, Any], ctx: CallContext) -> int:
-        """Report progress, wait (at most 60 s) until ``path`` exists; return the pid."""
-        ctx.progress(0, None, "waiting at the gate")
-        path, deadline = Path(args["path"]), time.monotonic() + 60
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        """``block_until`` (progress, then wait until ``path`` exists); return the pid."""
+        self.block_until(args, ctx)
         return os.getpid()
