@@ -63,7 +63,7 @@ async def run_demo(workers: int = 4, calls: int = 2000) -> int:
             print(f"   WorkerTimeout: {exc}")
         # until the worker has answered the cancel frame (no event marks the answer to
         # an abandoned call; a demo may look at the stats)
-        while pool.stats().in_flight:  # noqa: ASYNC110
+        while pool.in_flight:  # noqa: ASYNC110
             await trio.sleep(0.01)
         print("   a cooperative handler stops on the cancel frame and its worker stays: "
               f"{pool.stats().restarts} restarts")

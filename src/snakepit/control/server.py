@@ -207,7 +207,7 @@ class ControlServer:
     async def _drain(self, request: dict[str, Any]) -> Any:
         pool = self._pool(request)
         pool.drain()
-        return {"pool": pool.name, "draining": True, "in_flight": pool.stats().in_flight}
+        return {"pool": pool.name, "draining": True, "in_flight": pool.in_flight}
 
     async def _resume(self, request: dict[str, Any]) -> Any:
         pool = self._pool(request)

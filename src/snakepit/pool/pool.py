@@ -201,13 +201,19 @@ class Pool(CallPath, DynamicCalls):
                     await slot.stopped.wait()
         self._nursery.cancel_scope.cancel()
 
+    @property
+    def in_flight(self) -> int:
+        """Calls sent to the pool's workers (retiring ones included) and not answered
+        yet: ``stats().in_flight`` without building the rest of the snapshot."""
+        return sum(worker.in_flight for slot in self._slots for worker in slot.live_workers())
+
     # -- operator actions --------------------------------------------------------------
     def drain(self) -> None:
         """Refuse new calls with :class:`PoolDraining`; calls already waiting or running
         finish. :meth:`resume` takes calls again. (The control socket's ``drain``.)"""
         if not self.draining:
             self.draining = True
-            self._emit("pool.drained", {"in_flight": self.stats().in_flight})
+            self._emit("pool.drained", {"in_flight": self.in_flight})
 
     def resume(self) -> None:
         """Take new calls again after :meth:`drain`."""
