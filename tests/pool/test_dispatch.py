@@ -187,7 +187,10 @@ class StubWorker:
     def __init__(self) -> None:
         self.capacity = 1
         self.reserved = 0
-        self.accepting = True
+        self.accepting = self.available = True
+        self.holds = self.parked = 0
+        self.seat = None
+        self.withdraws = False  # no work stealing between stubs
 
 
 def held_after_draining(dispatcher: Dispatcher) -> int:

@@ -20,13 +20,14 @@ from snakepit.errors import (
     PoolClosed,
     PoolDraining,
     QueueTimeout,
+    SessionWorkerLost,
     SnakepitError,
-    WorkerTimeout,
+    WorkerCrashedBeforeStart,
 )
-from snakepit.pool.dispatch import QueuedCall
 from snakepit.pool.dynamic import acquire_pinned
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
+from snakepit.worker.lifecycle import Call, wait_for_answer
 
 _call_ids = itertools.count(1)
 """Process-wide call ids, carried as ``call`` in the metadata of ``call.*`` events so a
@@ -40,6 +41,29 @@ if TYPE_CHECKING:
     from snakepit.resilience.breaker import CircuitBreaker
     from snakepit.sessions.store import SessionStore
     from snakepit.worker.worker import Worker
+
+
+class Attempt:
+    """One try of a call, as telemetry and the enhanced bridge see it afterwards."""
+
+    __slots__ = ("call", "submitted")
+
+    def __init__(self, submitted: float) -> None:
+        self.submitted = submitted
+        self.call: Call | None = None
+        """The call of the last try (``None`` until one was made)."""
+
+    @property
+    def worker(self) -> Worker | None:
+        """The worker that ran (or last held) the call; ``None`` if it was never sent."""
+        return self.call.worker if self.call is not None else None
+
+    @property
+    def started(self) -> float:
+        """When the call was last sent to a worker (the submission time if never)."""
+        if self.call is None or self.call.worker is None:
+            return self.submitted
+        return self.call.sent_at
 
 
 class CallPath:
@@ -102,25 +126,26 @@ class CallPath:
         return call_id, trio.current_time()
 
     def _call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
-                     attempt: list[Any], tries: int = 1, **metadata: Any) -> None:
-        """Count and announce a call that raised ``exc`` (``attempt``: worker, start)."""
+                     attempt: Attempt, tries: int = 1, **metadata: Any) -> None:
+        """Count and announce a call that raised ``exc``."""
         self._counters.failure(exc)
-        worker, started = attempt
+        worker = attempt.worker
         now = trio.current_time()
+        started = attempt.started if worker is not None else now
         self._emit("call.exception", {"duration": now - submitted,
                                       "queue_wait": started - submitted, "attempts": tries},
                    command=command, call=call_id, worker=worker.id if worker else None,
                    error=type(exc).__name__, **metadata)
 
     def _call_succeeded(self, command: str, call_id: int, submitted: float,
-                        attempt: list[Any], tries: int = 1,
+                        attempt: Attempt, tries: int = 1,
                         measurements: dict[str, float] | None = None,
                         **metadata: Any) -> None:
         """Count and announce a call that returned, and feed the latency figures."""
-        worker, started = attempt
+        worker, started = attempt.worker, attempt.started
+        assert worker is not None
         now = trio.current_time()
         self._counters.success(now - submitted)
-        self._dispatcher.record_service_time(now - started)
         worker.latencies.append(now - started)
         if not telemetry.enabled("call.stop"):
             return
@@ -130,14 +155,17 @@ class CallPath:
 
     async def _run(self, command: str, args: Any, timeout: float | None,
                    on_progress: ProgressCallback | None, session_id: str | None,
-                   idempotent: bool = False, pinned: Worker | None = None,
-                   attempt: list[Any] | None = None) -> Any:
+                   idempotent: bool = False, pinned: Worker | None = None) -> Any:
+        return (await self._run_attempts(command, args, timeout, on_progress, session_id,
+                                         idempotent, pinned))[0]
+
+    async def _run_attempts(self, command: str, args: Any, timeout: float | None,
+                            on_progress: ProgressCallback | None, session_id: str | None,
+                            idempotent: bool = False, pinned: Worker | None = None
+                            ) -> tuple[Any, Attempt]:
+        """Run a call, retrying per the policy; returns its result and its last try."""
         call_id, submitted = self._call_started(command)
-        # the worker and the start of the last try (the caller may want to know who served)
-        if attempt is None:
-            attempt = [None, submitted]
-        else:
-            attempt[:] = [None, submitted]
+        attempt = Attempt(submitted)
         tries = 1
         try:
             deadline = self._deadline(timeout)
@@ -158,48 +186,37 @@ class CallPath:
             self._call_failed(exc, command, call_id, submitted, attempt, tries)
             raise
         self._call_succeeded(command, call_id, submitted, attempt, tries)
-        return result
+        return result, attempt
 
     async def _attempt(self, command: str, args: Any, deadline: float,
                        on_progress: ProgressCallback | None, session_id: str | None,
-                       attempt: list[Any], pinned: Worker | None = None) -> Any:
-        """One try: through the breaker, to a worker, and back. Records the worker and
-        when it started in ``attempt`` (for telemetry). ``pinned``: only that worker
-        (it holds an object the call uses)."""
+                       attempt: Attempt, pinned: Worker | None = None) -> Any:
+        """One try: through the breaker, to a worker, and back; the call is kept in
+        ``attempt``. ``pinned``: only that worker (it holds an object the call uses)."""
+        self._check_open()  # the one gate every call passes (drain included)
         breaker = self._breaker
         probe = breaker.before(command) if breaker is not None else False
         try:
             if pinned is not None:
-                worker = attempt[0] = await acquire_pinned(self, pinned, deadline)
-                attempt[1] = trio.current_time()
-                result = await worker.call(command, args, deadline=deadline,
-                                           session_id=session_id, on_progress=on_progress)
+                worker = await acquire_pinned(self, pinned, deadline)
+                call = attempt.call = Call(command, args, deadline, session_id=session_id,
+                                           movable=False)
+                call.on_progress = on_progress
+                worker.send_call(call)
+                result = await wait_for_answer(call, deadline)
             elif session_id is None:
-                self._check_open()
+                call = attempt.call = Call(command, args, deadline)
+                call.on_progress = on_progress
                 free = self._dispatcher.try_acquire()
                 if free is None:
-                    queued = QueuedCall(command, args, deadline, on_progress, attempt)
-                    result = await (self._dispatcher.run_queued(queued) if math.isinf(deadline)
-                                    else self._call_when_free(queued, deadline))
+                    self._dispatcher.queue(call)
                 else:
-                    attempt[0] = free
-                    attempt[1] = trio.current_time()
-                    result = await free.call(command, args, deadline=deadline,
-                                             on_progress=on_progress)
+                    free.send_call(call)
+                result = await wait_for_answer(call, deadline)
             else:
-                session = self.sessions.touch(session_id)
-                session.in_use += 1
-                try:
-                    worker = attempt[0] = await self._affinity.acquire(session, deadline)
-                    attempt[1] = trio.current_time()
-                    result = await worker.call(command, args, deadline=deadline,
-                                               session_id=session_id, on_progress=on_progress)
-                finally:
-                    session.in_use -= 1
-                    session.last_used = trio.current_time()  # its TTL counts from here
+                result = await self._session_attempt(command, args, deadline, on_progress,
+                                                     session_id, attempt)
         except BaseException as exc:
-            if attempt[0] is None and isinstance(exc, SnakepitError):
-                attempt[1] = trio.current_time()  # it failed while waiting for a worker
             if breaker is not None:
                 # any ending, a cancellation included: a probe must never stay running
                 breaker.after(command, exc, probe=probe)
@@ -208,16 +225,35 @@ class CallPath:
             breaker.after(command, None, probe=probe)
         return result
 
-    async def _call_when_free(self, queued: QueuedCall, deadline: float) -> Any:
-        """No unit was free: the call waits in the queue, and is sent as soon as one
-        frees, within ``deadline`` (an infinite one needs no scope: ``_attempt`` then
-        awaits the dispatcher directly, one coroutine less a call)."""
-        with trio.CancelScope(deadline=deadline):
-            return await self._dispatcher.run_queued(queued)
-        if queued.pending is None:
-            raise QueueTimeout("the call's deadline passed while it waited for a worker")
-        raise WorkerTimeout(f"call {queued.command!r} on worker {queued.attempt[0].id} "
-                            "passed its deadline")
+    async def _session_attempt(self, command: str, args: Any, deadline: float,
+                               on_progress: ProgressCallback | None, session_id: str,
+                               attempt: Attempt) -> Any:
+        """One try of a session's call: on its worker, per the session's affinity. In
+        ``prefer`` mode a call its worker gives back unstarted may run on another (which
+        then counts as visited); in ``strict`` mode it fails with SessionWorkerLost."""
+        session = self.sessions.touch(session_id)
+        session.in_use += 1
+        strict = session.mode == "strict"
+        try:
+            worker = await self._affinity.acquire(session, deadline)
+            call = attempt.call = Call(command, args, deadline, session_id=session_id,
+                                       movable=not strict)
+            call.on_progress = on_progress
+            if not strict:
+                call.on_moved = lambda moved: self.sessions.visit(session, moved.id, moved.pid)
+            worker.send_call(call)
+            return await wait_for_answer(call, deadline)
+        except WorkerCrashedBeforeStart as exc:
+            if strict:
+                self.sessions.worker_lost(worker.id, worker.pid)  # unbound: the next
+                session.lost = False  # call binds afresh; this caller is told now
+                raise SessionWorkerLost(
+                    f"the worker holding session {session_id!r} died before starting the "
+                    "call, and the session's state with it") from exc
+            raise
+        finally:
+            session.in_use -= 1
+            session.last_used = trio.current_time()  # its TTL counts from here
 
     def _retry_delay(self, error: SnakepitError, tries: int, deadline: float,
                      idempotent: bool) -> float | None:

@@ -124,15 +124,15 @@ class DynamicCalls:
             pinned = pool.slot_worker(refs[0].worker)
             if pinned is None or pinned.pid != refs[0].pid:
                 raise RefLost(f"the worker that held {refs[0]!r} died; the object is gone")
-        attempt: list[Any] = []
         try:
-            data = await pool._run(command, to_wire(payload, serializers), timeout, None,
-                                   session_id, pinned=pinned, attempt=attempt)
+            data, attempt = await pool._run_attempts(command, to_wire(payload, serializers),
+                                                     timeout, None, session_id, pinned=pinned)
         except RemoteError as exc:
             if exc.remote_type.rpartition(".")[2] == "RefNotFound":
                 raise RefLost(exc.remote_message) from exc
             raise
-        worker = attempt[0]
+        worker = attempt.worker
+        assert worker is not None  # it answered
         releases = self._counted_refs(pool) if session_id is None else None
         return from_wire(data, serializers, pool, worker.id, worker.pid, session_id, releases)
 

@@ -33,7 +33,7 @@ from snakepit.errors import (
 )
 from snakepit.kinds import KindRuntime, apply_kind, find_kind
 from snakepit.plugins import plugin_manager
-from snakepit.pool.calls import CallPath
+from snakepit.pool.calls import Attempt, CallPath
 from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
 from snakepit.pool.health import monitor_health, resident_memory, watch_heartbeats
@@ -302,9 +302,10 @@ class Pool(CallPath, DynamicCalls):
         ``session_id`` runs it in a session, as :meth:`execute_in_session` does.
         """
         call_id, submitted = self._call_started(command, stream=True)
-        attempt: list[Any] = [None, submitted]
+        attempt = Attempt(submitted)
         session: Session | None = None
         try:
+            self._check_open()
             deadline = self._deadline(timeout)
             if session_id is None:
                 worker = await self._acquire(deadline)
@@ -314,9 +315,10 @@ class Pool(CallPath, DynamicCalls):
                 session = self.sessions.touch(session_id)
                 session.in_use += 1
                 worker = await self._affinity.acquire(session, deadline)
-            attempt[:] = [worker, trio.current_time()]
             stream = ChunkStream(worker, command, args, deadline,
-                                 window or self.config.stream_window, session_id)
+                                 window or self.config.stream_window, session_id,
+                                 movable=session is None or session.mode != "strict")
+            attempt.call = stream._pending
             try:
                 yield stream
             finally:

@@ -6,6 +6,7 @@ from typing import Any
 
 import trio
 
+from snakepit.worker.lifecycle import abandon, deadline_error
 from snakepit.worker.worker import Worker
 
 
@@ -18,16 +19,23 @@ class ChunkStream:
     """
 
     def __init__(self, worker: Worker, command: str, args: Any, deadline: float,
-                 window: int, session_id: str | None = None) -> None:
-        self.worker = worker
+                 window: int, session_id: str | None = None, movable: bool = True) -> None:
         self.deadline = deadline
         self.window = window
         self._pending = worker.start_call(command, args, deadline=deadline, window=window,
-                                          session_id=session_id)
+                                          session_id=session_id, movable=movable)
         self._taken = 0
         self._batch = max(1, window // 2)
         self.received = 0
         """Chunks the consumer has taken."""
+
+    @property
+    def worker(self) -> Worker:
+        """The worker the stream runs on (it may move there from another before it
+        starts, if the first gave it back unstarted)."""
+        worker = self._pending.worker
+        assert worker is not None
+        return worker
 
     @property
     def buffered(self) -> int:
@@ -63,10 +71,9 @@ class ChunkStream:
                 self._taken = 0
             return value
         assert scope.cancelled_caught
-        raise await self.worker.deadline_error(self._pending,
-                                               f"stream {self._pending.command!r}")
+        raise await deadline_error(self._pending, f"stream {self._pending.command!r}")
 
     def close(self) -> None:
         """Stop the stream early: the worker is told to close its generator."""
         if not self._pending.answered:
-            self.worker.abandon(self._pending)
+            abandon(self._pending)
