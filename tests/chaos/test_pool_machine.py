@@ -6,9 +6,9 @@ cancel a random caller, recycle a worker, or drain the pool for a moment. After 
 step: no call resolved twice, every resolution is the call's own result or a typed
 SnakepitError, and a call no fault was aimed at returned its result -- whatever
 crashed, hung, timed out or was cancelled around it (a call in flight when a worker was
-signalled or wrote garbage on its wire may share that worker's fate, and is exempt). At teardown: every call resolved
-exactly once, the pool is back to full size, and after it closes no process of the run
-is alive.
+signalled or wrote garbage on its wire may share that worker's fate, and is exempt).
+At teardown: every call resolved exactly once, the pool is back to full size, and after
+it closes no process of the run is alive.
 
 The pool runs in a Trio loop on a helper thread; rules reach it with
 ``trio.from_thread``. Failing runs print the falsifying steps and a reproduction blob

@@ -8,8 +8,6 @@ the order, never sleeps.
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import trio
 import trio.testing
 
 import snakepit
+from snakepit._bench.isolation import kill_all_but_one
 from tests.conftest import chaos_config
 
 
@@ -141,12 +140,8 @@ async def test_a_burst_after_recovery_spreads_over_the_replacements(tmp_path: Pa
     async with snakepit.open_pool(chaos_config(size=4, restart=restart)) as pool:
         for _ in range(50):
             await pool.execute("echo", 1)  # quick calls: the pipeline deepens
-        workers = pool.workers()
-        for worker in workers[1:]:
-            os.kill(worker.pid, signal.SIGKILL)
         with trio.fail_after(10):
-            while len([w for w in pool.workers() if w.accepting]) > 1:
-                await trio.sleep(0.005)  # polling a state we cannot await: no event for it
+            await kill_all_but_one(pool)
         gate = tmp_path / "gate"
         _, all_started, on_progress = started_counter(4)
         async with trio.open_nursery() as nursery:

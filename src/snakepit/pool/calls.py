@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from snakepit.pool.stats import CallCounters
     from snakepit.resilience.breaker import CircuitBreaker
     from snakepit.sessions.store import SessionStore
-    from snakepit.worker.worker import Worker
+    from snakepit.worker.worker import Worker, WorkerCall
 
 
 class Attempt:
@@ -50,7 +50,7 @@ class Attempt:
 
     def __init__(self, submitted: float) -> None:
         self.submitted = submitted
-        self.call: Call | None = None
+        self.call: WorkerCall | None = None
         """The call of the last try (``None`` until one was made)."""
 
     @property

@@ -36,7 +36,7 @@ from snakepit.errors import (
 from snakepit.worker.lifecycle import Call, CallEvent
 
 if TYPE_CHECKING:
-    from snakepit.worker.worker import Worker
+    from snakepit.worker.worker import Worker, WorkerCall
 
 PIPELINE_BUDGET = 0.001
 """Seconds of expected work (mean service time x calls) a worker's pipe may hold."""
@@ -54,7 +54,7 @@ class Dispatcher:
         self.pipeline_depth = pipeline_depth
         self._idle: collections.deque[Worker] = collections.deque()
         self._spare: collections.deque[Worker] = collections.deque()
-        self._waiters: collections.deque[trio.lowlevel.Task | Call] = collections.deque()
+        self._waiters: collections.deque[trio.lowlevel.Task | WorkerCall] = collections.deque()
         # callers that must have one particular worker (strict session affinity)
         self._pinned: dict[Worker, collections.deque[trio.lowlevel.Task]] = {}
         self._units: dict[Worker, int] = {}
@@ -140,7 +140,7 @@ class Dispatcher:
         else:
             self._spare.append(worker)
 
-    def _send(self, call: Call, worker: Worker) -> None:
+    def _send(self, call: WorkerCall, worker: Worker) -> None:
         """Send a queued call on a unit of ``worker`` held for it."""
         call.unqueue = None
         try:
@@ -172,7 +172,7 @@ class Dispatcher:
             victim.withdraw(newest)
             victim.connection.write_now()
 
-    def requeue(self, call: Call) -> None:
+    def requeue(self, call: WorkerCall) -> None:
         """``call`` never started on its worker (which died, retired, or gave it back):
         send it on a free unit, or put it first in line, with its own deadline.
 
@@ -198,7 +198,7 @@ class Dispatcher:
         call.unqueue = self._unqueue
         self._waiters.appendleft(call)
 
-    def _unqueue(self, call: Call) -> None:
+    def _unqueue(self, call: WorkerCall) -> None:
         """Its caller gave up while the call waited in the queue."""
         self._waiters.remove(call)
         call.unqueue = None
@@ -331,7 +331,7 @@ class Dispatcher:
                 return other
             self._waiters.appendleft(task)
 
-    def queue(self, call: Call) -> None:
+    def queue(self, call: WorkerCall) -> None:
         """No unit was free (:meth:`try_acquire`): the call waits in FIFO order and is
         sent as soon as one frees. Its caller waits for its answer
         (:func:`~snakepit.worker.lifecycle.wait_for_answer`); cancelled while the call

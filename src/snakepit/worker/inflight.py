@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 from snakepit.errors import ProtocolError
 from snakepit.worker.lifecycle import Call, CallEvent, CallState
@@ -25,25 +26,25 @@ class InFlight:
     def __init__(self, worker_id: str, capacity: int = 1) -> None:
         self.worker_id = worker_id
         self.capacity = capacity
-        self._calls: dict[int, Call] = {}
+        self._calls: dict[int, Call[Any]] = {}
 
     def __len__(self) -> int:
         return len(self._calls)
 
-    def __iter__(self) -> Iterator[Call]:
+    def __iter__(self) -> Iterator[Call[Any]]:
         return iter(self._calls.values())
 
-    def get(self, call_id: int) -> Call | None:
+    def get(self, call_id: int) -> Call[Any] | None:
         return self._calls.get(call_id)
 
-    def add(self, call: Call) -> None:
+    def add(self, call: Call[Any]) -> None:
         """A call was just sent: it may start at once when the worker has room, else it
         waits behind ``capacity`` unanswered calls."""
         front = len(self._calls) < self.capacity
         call.advance(CallEvent.SEND_FRONT if front else CallEvent.SEND_BEHIND)
         self._calls[call.id] = call
 
-    def remove(self, call_id: int) -> Call:
+    def remove(self, call_id: int) -> Call[Any]:
         """Take out a call the worker answered (or gave back); the next one in line may
         start now.
 
@@ -63,7 +64,7 @@ class InFlight:
                 nxt.advance(CallEvent.REACH_FRONT)
         return call
 
-    def may_have_started(self, call: Call) -> bool:
+    def may_have_started(self, call: Call[Any]) -> bool:
         """Whether the worker may have started ``call``, by what the host has read:
         fewer than ``capacity`` older calls are unanswered."""
         older = 0
@@ -73,11 +74,11 @@ class InFlight:
             older += 1
         return older < self.capacity
 
-    def behind(self) -> list[Call]:
+    def behind(self) -> list[Call[Any]]:
         """The calls that cannot have started yet (by what the host has read)."""
         return list(itertools.islice(self._calls.values(), self.capacity, None))
 
-    def take_all(self) -> tuple[list[Call], list[Call]]:
+    def take_all(self) -> tuple[list[Call[Any]], list[Call[Any]]]:
         """Empty the table (the worker is gone): the calls that may have started, and
         those that cannot have (valid when every frame the worker wrote was read)."""
         calls = list(self._calls.values())

@@ -39,7 +39,7 @@ import enum
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import outcome
 import trio
@@ -53,7 +53,6 @@ from snakepit.errors import (
 
 if TYPE_CHECKING:
     from snakepit.worker.calls import ChunkBuffer, ProgressCallback
-    from snakepit.worker.worker import Worker
 
 
 class CallState(enum.Enum):
@@ -131,7 +130,24 @@ class IllegalTransition(RuntimeError):
     """A call was driven through a transition the table does not allow (a host bug)."""
 
 
-class Call:
+class Holder(Protocol):
+    """What a call needs of the worker it was sent to (a
+    :class:`~snakepit.worker.worker.Worker`)."""
+
+    id: str
+
+    def abandon(self, call: Any) -> None:
+        """The caller stopped waiting for ``call``."""
+
+    async def look_again(self, call: Any) -> None:
+        """Settle whether an abandoned ``call`` will never start, once frames the
+        worker wrote have been read."""
+
+
+W = TypeVar("W", bound=Holder)
+
+
+class Call(Generic[W]):
     """One call: what to send, who waits for it, and where it is in its life.
 
     The caller parks on the call (:meth:`wait`) once and stays parked while the call
@@ -166,7 +182,7 @@ class Call:
         self.state = CallState.QUEUED
         self.id = 0
         """Its id on the wire of its current worker (0 while queued)."""
-        self.worker: Worker | None = None
+        self.worker: W | None = None
         """The worker it was last sent to (kept after the answer: who served it)."""
         self.sent_at = 0.0
         self.task: trio.lowlevel.Task | None = None
@@ -175,11 +191,11 @@ class Call:
         sessions and calls on objects that live in one worker)."""
         self.bounced = False
         """It was given back unstarted by a worker that died."""
-        self.unqueue: Callable[[Call], None] | None = None
+        self.unqueue: Callable[[Call[W]], None] | None = None
         """Takes it out of the dispatch queue (set by the dispatcher while it waits there)."""
         self.answer: outcome.Outcome[Any] | None = None
         """The answer, kept when it came before anyone waited for it."""
-        self.on_moved: Callable[[Worker], None] | None = None
+        self.on_moved: Callable[[W], None] | None = None
         """Told when it is sent to a worker other than the first (session visits)."""
         self.on_progress: ProgressCallback | None = None
         self.stream: ChunkBuffer | None = None
@@ -257,7 +273,7 @@ class Call:
         """End the call with ``error`` (it cannot run, or its worker failed it)."""
         self.settle(outcome.Error(error), CallEvent.FAIL)
 
-    def back_to_queue(self, requeue: Callable[[Call], None],
+    def back_to_queue(self, requeue: Callable[[Call[W]], None],
                       event: CallEvent = CallEvent.REQUEUE) -> None:
         """It never started and never will where it was: ``requeue`` it (at the front of
         the dispatch queue), or end it when nobody waits for it any more."""
@@ -270,7 +286,7 @@ class Call:
         requeue(self)
 
 
-def abandon(call: Call) -> None:
+def abandon(call: Call[Any]) -> None:
     """The caller stopped waiting for ``call`` (its deadline, or a cancellation)."""
     if call.state is CallState.QUEUED:
         if call.unqueue is not None:
@@ -279,7 +295,7 @@ def abandon(call: Call) -> None:
         call.worker.abandon(call)
 
 
-async def wait_for_answer(call: Call, deadline: float) -> Any:
+async def wait_for_answer(call: Call[Any], deadline: float) -> Any:
     """Wait for ``call``'s answer until ``deadline``; returns the result.
 
     Raises:
@@ -296,7 +312,7 @@ async def wait_for_answer(call: Call, deadline: float) -> Any:
     raise await deadline_error(call, f"call {call.command!r}")
 
 
-async def _wait(call: Call) -> Any:
+async def _wait(call: Call[Any]) -> Any:
     try:
         return await call.wait()
     except BaseException:  # cancelled (deadline or caller): give the call up
@@ -305,7 +321,7 @@ async def _wait(call: Call) -> Any:
         raise
 
 
-async def deadline_error(call: Call, what: str) -> SnakepitError:
+async def deadline_error(call: Call[Any], what: str) -> SnakepitError:
     """The error for ``call`` (or stream), abandoned because its deadline passed.
 
     ``QueueTimeout`` when it never started: it was still in the dispatch queue, or waiting

@@ -67,13 +67,17 @@ class WorkerState(enum.Enum):
     DEAD = "dead"
 
 
+WorkerCall = Call["Worker"]
+"""A call as a worker holds it."""
+
+
 class Seat(Protocol):
     """What a worker needs of the dispatcher that hands out its capacity."""
 
     def release(self, worker: Worker) -> None:
         """One unit of ``worker``'s capacity is free again."""
 
-    def requeue(self, call: Call) -> None:
+    def requeue(self, call: WorkerCall) -> None:
         """``call`` never started on its worker: send it elsewhere, first in line."""
 
     def resume(self, worker: Worker) -> None:
@@ -172,7 +176,7 @@ class Worker:
         """Whether the worker can give back calls it has not started (``withdraw``)."""
         return self.welcome is not None and "withdraw" in self.welcome.capabilities
 
-    def unstarted(self) -> list[Call]:
+    def unstarted(self) -> list[WorkerCall]:
         """Calls waiting in the pipe that the host could take back and send elsewhere."""
         return [call for call in self._inflight.behind()
                 if call.state is CallState.SENT and call.movable]
@@ -229,13 +233,13 @@ class Worker:
         """A ``result`` frame (the reader's fast path, skipping :meth:`on_message`)."""
         self._finish(call_id, outcome.Value(value))
 
-    def _lookup(self, call_id: int) -> Call:
+    def _lookup(self, call_id: int) -> WorkerCall:
         call = self._inflight.get(call_id)
         if call is None:
             raise ProtocolError(f"worker {self.id} answered unknown call id {call_id}")
         return call
 
-    def _take_back(self, call_id: int) -> Call:
+    def _take_back(self, call_id: int) -> WorkerCall:
         """Remove an answered (or withdrawn) call; its unit and shared memory are free."""
         call = self._inflight.remove(call_id)
         if self.shared_memory is not None and self.shared_memory.exported:
@@ -277,7 +281,7 @@ class Worker:
         if self._deferred_graces:
             self._watch_deferred_graces()
 
-    def _requeue(self, call: Call) -> None:
+    def _requeue(self, call: WorkerCall) -> None:
         if self.seat is None:
             call.fail(WorkerCrashedBeforeStart(
                 f"call {call.command!r} never started on worker {self.id}"))
@@ -287,7 +291,7 @@ class Worker:
     # -- calls ---------------------------------------------------------------------
     def start_call(self, command: str, args: Any, *, deadline: float,
                    session_id: str | None = None, window: int | None = None,
-                   effective_deadline: float | None = None, movable: bool = True) -> Call:
+                   effective_deadline: float | None = None, movable: bool = True) -> WorkerCall:
         """Send a call on a capacity unit the caller holds; returns its :class:`Call`.
 
         ``effective_deadline``: the caller's deadline with its enclosing cancel scopes
@@ -297,14 +301,14 @@ class Worker:
             PayloadError: the arguments cannot be encoded or are too large; nothing was
                 sent and the capacity unit has been returned.
         """
-        call = Call(command, args, deadline, session_id=session_id, window=window,
+        call: WorkerCall = Call(command, args, deadline, session_id=session_id, window=window,
                     effective_deadline=effective_deadline, movable=movable)
         if window is not None:
             call.stream = ChunkBuffer()
         self.send_call(call)
         return call
 
-    def send_call(self, call: Call) -> None:
+    def send_call(self, call: WorkerCall) -> None:
         """Send a queued ``call`` on a capacity unit held for it.
 
         Raises:
@@ -328,12 +332,12 @@ class Worker:
             # The calls already sent are within its budget: it runs them, none withdrawn.
             self.retire(f"was sent max_calls ({self.config.max_calls})", withdraw=False)
 
-    def grant_credit(self, call: Call, n: int) -> None:
+    def grant_credit(self, call: WorkerCall, n: int) -> None:
         """Let the worker send ``n`` more chunks of a streaming call."""
         if not call.answered:
             self._send(Credit(call.id, n))
 
-    def withdraw(self, call: Call) -> None:
+    def withdraw(self, call: WorkerCall) -> None:
         """Ask for ``call`` back; the worker answers ``withdrawn`` or runs it."""
         call.advance(CallEvent.WITHDRAW)
         self.withdrawing += 1
@@ -352,20 +356,20 @@ class Worker:
             self.connection.write_now()  # in the pipe before the worker takes the next
         return len(calls)
 
-    def _hold(self, call: Call) -> None:
+    def _hold(self, call: WorkerCall) -> None:
         """``call`` was abandoned when it may be running and may never stop: send the
         worker nothing new, and take back what waits behind it."""
         call.abandoned_at_front = True
         self.holds += 1
         self.withdraw_unstarted()
 
-    def _unhold(self, call: Call) -> None:
+    def _unhold(self, call: WorkerCall) -> None:
         call.abandoned_at_front = False
         self.holds -= 1
         if not self.holds and self.seat is not None and self.accepting:
             self.seat.resume(self)
 
-    def abandon(self, call: Call) -> None:
+    def abandon(self, call: WorkerCall) -> None:
         """The caller stopped waiting: ask the worker to stop, kill it if it will not.
 
         The call keeps its capacity unit until the worker answers, and that answer is
@@ -404,7 +408,7 @@ class Worker:
         self._send(Cancel(call.id))
         self._watch_grace(call)
 
-    def _watch_grace(self, call: Call) -> None:
+    def _watch_grace(self, call: WorkerCall) -> None:
         """Kill the worker unless it answers ``call`` within ``cancel_grace``.
 
         A task watches, even for a ``cancel_grace`` of 0: a deferred call's refusal
@@ -431,7 +435,7 @@ class Worker:
                 self._hold(call)
                 self._watch_grace(call)
 
-    async def look_again(self, call: Call, rounds: int = 3) -> None:
+    async def look_again(self, call: WorkerCall, rounds: int = 3) -> None:
         """A deferred call that could not be told never to start only because the worker
         had written frames the reader had not taken yet (a heartbeat, progress): once
         the reader has, look again. The cancel frame was written before, so what held
@@ -446,7 +450,7 @@ class Worker:
                 self._deferred_graces -= 1
                 call.never_started = True
 
-    def may_have_started(self, call: Call) -> bool:
+    def may_have_started(self, call: WorkerCall) -> bool:
         """Whether the worker may have started ``call``, by what the host has read.
 
         A worker starts calls in the order they were sent, at most ``capacity`` at a
@@ -456,7 +460,7 @@ class Worker:
         """
         return self._inflight.may_have_started(call)
 
-    def _will_never_start(self, call: Call) -> bool:
+    def _will_never_start(self, call: WorkerCall) -> bool:
         """Whether ``call``, just cancelled, has not started and never will.
 
         Needs ``capacity`` older calls unanswered and nothing the worker wrote left
@@ -473,7 +477,7 @@ class Worker:
                    and "refuse" in self.welcome.capabilities)
         return (expired or refuses) and self.connection.unread_bytes() == 0
 
-    async def _cancel_watchdog(self, call: Call) -> None:
+    async def _cancel_watchdog(self, call: WorkerCall) -> None:
         assert call.settled is not None
         with trio.move_on_after(self.config.cancel_grace):
             await call.settled.wait()
