@@ -95,7 +95,7 @@ class Dispatcher:
         worker.reserved -= 1
         if not worker.accepting or self._closed:
             return
-        if worker.holds:  # it may be stuck on an abandoned call: keep the unit back
+        if worker.recall.holds:  # it may be stuck on an abandoned call: keep it back
             worker.parked += 1
             return
         if self.pipeline_depth > 2:
@@ -159,9 +159,10 @@ class Dispatcher:
         victim, deepest, newest = None, 0, None
         started_before: float | None = None
         for worker in self._workers:
-            if worker is thief or not worker.withdraws or worker.withdrawing:
+            recall = worker.recall
+            if worker is thief or not recall.withdraws or recall.withdrawing:
                 continue
-            waiting = worker.unstarted()
+            waiting = recall.unstarted()
             if len(waiting) <= deepest:
                 continue
             if started_before is None:
@@ -169,7 +170,7 @@ class Dispatcher:
             if worker.busy_since() <= started_before:
                 victim, deepest, newest = worker, len(waiting), waiting[-1]
         if victim is not None and newest is not None:
-            victim.withdraw(newest)
+            victim.recall.withdraw(newest)
             victim.connection.write_now()
 
     def requeue(self, call: WorkerCall) -> None:
@@ -222,7 +223,7 @@ class Dispatcher:
             while units:
                 worker = units.popleft()
                 if worker.accepting:
-                    if worker.holds:  # keep it back until the worker is resumed
+                    if worker.recall.holds:  # keep it back until the worker is resumed
                         worker.parked += 1
                         continue
                     worker.reserved += 1

@@ -36,6 +36,7 @@ queue (``lost`` from SENT or WITHDRAWING) and run elsewhere -- unless they canno
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import outcome
 import trio
 
+from snakepit import telemetry
 from snakepit.errors import (
     QueueTimeout,
     SnakepitError,
@@ -53,6 +55,9 @@ from snakepit.errors import (
 
 if TYPE_CHECKING:
     from snakepit.worker.calls import ChunkBuffer, ProgressCallback
+
+
+log = logging.getLogger("snakepit.worker")
 
 
 class CallState(enum.Enum):
@@ -236,6 +241,19 @@ class Call(Generic[W]):
     def abandoned(self) -> bool:
         """Its caller stopped waiting."""
         return self.state is CallState.ABANDONED or self.state is CallState.CANCELLED
+
+    def report_progress(self, done: float, total: float | None, message: str | None,
+                        pool: str, worker: str) -> None:
+        """A ``progress`` frame for the call: to telemetry, and to its ``on_progress``."""
+        if telemetry.enabled("call.progress"):
+            telemetry.emit("call.progress", {"done": done, "total": total or 0.0},
+                           {"pool": pool, "worker": worker, "command": self.command,
+                            "message": message})
+        if self.on_progress is not None and not self.abandoned:
+            try:
+                self.on_progress(done, total, message)
+            except Exception:
+                log.exception("on_progress callback of call %d raised", self.id)
 
     # -- the caller's side ----------------------------------------------------------------
     async def wait(self) -> Any:

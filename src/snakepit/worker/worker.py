@@ -8,24 +8,20 @@ wait for them, abandoning calls that time out, and ending the worker.
 from __future__ import annotations
 
 import collections
-import contextlib
 import enum
 import itertools
 import logging
 import signal
-import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import outcome
 import trio
 
-from snakepit import telemetry
 from snakepit.config import PoolConfig
 from snakepit.errors import (
     PoolClosed,
     ProtocolError,
-    QueueTimeout,
     SnakepitError,
     WorkerCrashed,
     WorkerCrashedBeforeStart,
@@ -33,7 +29,6 @@ from snakepit.errors import (
 from snakepit.process.launch import WorkerProcess
 from snakepit.protocol.messages import (
     Beat,
-    Cancel,
     Chunk,
     Credit,
     Drop,
@@ -46,7 +41,6 @@ from snakepit.protocol.messages import (
     Result,
     Shutdown,
     Welcome,
-    Withdraw,
     Withdrawn,
     call_to_wire,
 )
@@ -54,7 +48,8 @@ from snakepit.protocol.shm import SharedMemoryCodec
 from snakepit.worker.calls import ChunkBuffer, error_from_wire
 from snakepit.worker.connection import Connection
 from snakepit.worker.inflight import InFlight
-from snakepit.worker.lifecycle import Call, CallEvent, CallState
+from snakepit.worker.lifecycle import Call, CallEvent
+from snakepit.worker.recall import Recall, Seat
 from snakepit.worker.stderr import StderrLog
 
 log = logging.getLogger("snakepit.worker")
@@ -69,22 +64,6 @@ class WorkerState(enum.Enum):
 
 WorkerCall = Call["Worker"]
 """A call as a worker holds it."""
-
-
-class Seat(Protocol):
-    """What a worker needs of the dispatcher that hands out its capacity."""
-
-    def release(self, worker: Worker) -> None:
-        """One unit of ``worker``'s capacity is free again."""
-
-    def requeue(self, call: WorkerCall) -> None:
-        """``call`` never started on its worker: send it elsewhere, first in line."""
-
-    def resume(self, worker: Worker) -> None:
-        """``worker`` answered the call that held it: hand out its units again."""
-
-    def record_service_time(self, seconds: float) -> None:
-        """How long a handler ran (feeds the pipeline depth and ``retry_after``)."""
 
 
 class Worker:
@@ -118,18 +97,13 @@ class Worker:
         self._release = release
         self.seat: Seat | None = None
         """The dispatcher that hands out this worker's capacity (set when it is added)."""
-        self._inflight = InFlight(worker_id)
+        self.inflight = InFlight(worker_id)
         """Calls sent and not answered, in the order they were sent."""
         self._ids = itertools.count(1)
-        self._deferred_graces = 0
-        """Abandoned calls whose cancel_grace waits for them to reach the front."""
-        self.holds = 0
-        """Abandoned calls that may be running: until each answers (or the worker is
-        killed), the worker gets no new call -- it may be stuck."""
-        self.withdrawing = 0
-        """Withdraw frames sent and not answered yet."""
+        self.recall = Recall(self)
+        """Calls taken back from the worker: abandoned, held on, withdrawn."""
         self._last_answer = 0.0
-        self._nursery: trio.Nursery | None = None
+        self.nursery: trio.Nursery | None = None
         self.end_reason: SnakepitError | None = None
         """The error calls in flight get when the worker ends (None: a crash)."""
         self.shutdown_sent = False
@@ -151,11 +125,11 @@ class Worker:
     @property
     def capacity(self) -> int:
         """Calls the worker runs at once (its declared concurrency)."""
-        return self._inflight.capacity
+        return self.inflight.capacity
 
     @capacity.setter
     def capacity(self, value: int) -> None:
-        self._inflight.capacity = value
+        self.inflight.capacity = value
 
     @property
     def accepting(self) -> bool:
@@ -163,23 +137,18 @@ class Worker:
         return self.state is WorkerState.READY
 
     @property
+    def running(self) -> bool:
+        """Past its handshake and not dead: it may hold calls."""
+        return self.state is WorkerState.READY or self.state is WorkerState.STOPPING
+
+    @property
     def available(self) -> bool:
         """Accepting, and not held by an abandoned call that may be stuck."""
-        return self.state is WorkerState.READY and not self.holds
+        return self.state is WorkerState.READY and not self.recall.holds
 
     @property
     def in_flight(self) -> int:
-        return len(self._inflight)
-
-    @property
-    def withdraws(self) -> bool:
-        """Whether the worker can give back calls it has not started (``withdraw``)."""
-        return self.welcome is not None and "withdraw" in self.welcome.capabilities
-
-    def unstarted(self) -> list[WorkerCall]:
-        """Calls waiting in the pipe that the host could take back and send elsewhere."""
-        return [call for call in self._inflight.behind()
-                if call.state is CallState.SENT and call.movable]
+        return len(self.inflight)
 
     def busy_since(self) -> float:
         """When the call now at the front of a busy worker started, at the earliest."""
@@ -210,38 +179,26 @@ class Worker:
             if event is not None:
                 event.set()
         elif isinstance(message, Progress):
-            self._progress(message)
+            progressing = self.inflight.get(message.id)
+            if progressing is not None:  # else it raced the call's answer: dropped
+                progressing.report_progress(message.done, message.total, message.message,
+                                            self.config.name, self.id)
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} from worker {self.id}")
-
-    def _progress(self, message: Progress) -> None:
-        call = self._inflight.get(message.id)
-        if call is None:
-            return  # progress that raced the call's answer: harmless, dropped
-        if telemetry.enabled("call.progress"):
-            telemetry.emit("call.progress",
-                           {"done": message.done, "total": message.total or 0.0},
-                           {"pool": self.config.name, "worker": self.id,
-                            "command": call.command, "message": message.message})
-        if call.on_progress is not None and not call.abandoned:
-            try:
-                call.on_progress(message.done, message.total, message.message)
-            except Exception:
-                log.exception("on_progress callback of call %d raised", message.id)
 
     def on_result(self, call_id: int, value: Any) -> None:
         """A ``result`` frame (the reader's fast path, skipping :meth:`on_message`)."""
         self._finish(call_id, outcome.Value(value))
 
     def _lookup(self, call_id: int) -> WorkerCall:
-        call = self._inflight.get(call_id)
+        call = self.inflight.get(call_id)
         if call is None:
             raise ProtocolError(f"worker {self.id} answered unknown call id {call_id}")
         return call
 
     def _take_back(self, call_id: int) -> WorkerCall:
         """Remove an answered (or withdrawn) call; its unit and shared memory are free."""
-        call = self._inflight.remove(call_id)
+        call = self.inflight.remove(call_id)
         if self.shared_memory is not None and self.shared_memory.exported:
             self.shared_memory.release(call_id)  # the worker has read its arguments
         return call
@@ -257,29 +214,16 @@ class Worker:
         self.calls_served += 1
         call.settle(answer)
         self._release(self)
-        if call.abandoned_at_front:
-            self._unhold(call)
-        if self._deferred_graces:
-            if call.grace_deferred:  # answered while it waited: refused, most likely
-                call.grace_deferred = False
-                self._deferred_graces -= 1
-                call.never_started = (isinstance(answer, outcome.Error)
-                                      and isinstance(answer.error, QueueTimeout))
-            self._watch_deferred_graces()
-        if self.killed_on_purpose and not self._inflight and not self.shutdown_sent:
+        self.recall.answered(call, answer)
+        if self.killed_on_purpose and not self.inflight and not self.shutdown_sent:
             self.request_shutdown()  # a retiring worker's last call is done
 
     def _withdrawn(self, call_id: int) -> None:
         """The worker gave back a call it had not started: it runs elsewhere."""
         call = self._take_back(call_id)
-        self.withdrawing -= 1
-        if call.grace_deferred:
-            call.grace_deferred = False
-            self._deferred_graces -= 1
         self._release(self)
         call.back_to_queue(self._requeue, CallEvent.WITHDRAWN)
-        if self._deferred_graces:
-            self._watch_deferred_graces()
+        self.recall.given_back(call)
 
     def _requeue(self, call: WorkerCall) -> None:
         if self.seat is None:
@@ -324,7 +268,7 @@ class Worker:
         call.id = call_id
         call.worker = self
         call.sent_at = trio.current_time()
-        self._inflight.add(call)
+        self.inflight.add(call)
         self.calls_started += 1
         if self.config.max_calls is not None and self.calls_started >= self.config.max_calls:
             # Counted when sent, not when answered: with pipelining a worker may hold
@@ -337,118 +281,13 @@ class Worker:
         if not call.answered:
             self._send(Credit(call.id, n))
 
-    def withdraw(self, call: WorkerCall) -> None:
-        """Ask for ``call`` back; the worker answers ``withdrawn`` or runs it."""
-        call.advance(CallEvent.WITHDRAW)
-        self.withdrawing += 1
-        self._send(Withdraw(call.id))
-
-    def withdraw_unstarted(self) -> int:
-        """Ask for every call waiting in the pipe back (they run elsewhere); returns how
-        many were asked for. A worker that cannot withdraw keeps them: if it dies, they
-        still go elsewhere, since they never started."""
-        if not self.withdraws:
-            return 0
-        calls = self.unstarted()
-        for call in calls:
-            self.withdraw(call)
-        if calls:
-            self.connection.write_now()  # in the pipe before the worker takes the next
-        return len(calls)
-
-    def _hold(self, call: WorkerCall) -> None:
-        """``call`` was abandoned when it may be running and may never stop: send the
-        worker nothing new, and take back what waits behind it."""
-        call.abandoned_at_front = True
-        self.holds += 1
-        self.withdraw_unstarted()
-
-    def _unhold(self, call: WorkerCall) -> None:
-        call.abandoned_at_front = False
-        self.holds -= 1
-        if not self.holds and self.seat is not None and self.accepting:
-            self.seat.resume(self)
-
     def abandon(self, call: WorkerCall) -> None:
-        """The caller stopped waiting: ask the worker to stop, kill it if it will not.
+        """The caller stopped waiting for ``call`` (see :class:`Recall`)."""
+        self.recall.abandon(call)
 
-        The call keeps its capacity unit until the worker answers, and that answer is
-        discarded. A worker that does not answer within ``cancel_grace`` is killed,
-        since its state is then unknown; until it answers, it gets no new call, and the
-        calls waiting behind it are withdrawn to run elsewhere. A call still queued in
-        the worker's pipe behind running calls is refused by the worker (it answers a
-        cancel for a call it has not started, and never starts one whose deadline has
-        passed), so its grace period starts only once it may have started -- the calls
-        running ahead of it are never put at risk by it.
-        """
-        if call.answered or call.abandoned:
-            return
-        at_front = self.may_have_started(call)
-        call.advance(CallEvent.ABANDON)
-        call.task = None
-        if not self.accepting and self.state is not WorkerState.STOPPING:
-            return
-        if not at_front:
-            self._send(Cancel(call.id))
-            self.connection.write_now()  # in the pipe before the call can start
-            if self._will_never_start(call):
-                call.never_started = True
-                return
-            call.grace_deferred = True
-            self._deferred_graces += 1
-            if self.connection.unread_bytes() and self._nursery is not None:
-                with contextlib.suppress(RuntimeError):  # the worker's tasks are ending
-                    self._nursery.start_soon(self.look_again, call)
-            return
-        self._hold(call)
-        if self.config.cancel_grace == 0:
-            self.kill(f"call {call.command!r} was cancelled (cancel_grace is 0)",
-                      on_purpose=True)
-            return
-        self._send(Cancel(call.id))
-        self._watch_grace(call)
-
-    def _watch_grace(self, call: WorkerCall) -> None:
-        """Kill the worker unless it answers ``call`` within ``cancel_grace``.
-
-        A task watches, even for a ``cancel_grace`` of 0: a deferred call's refusal
-        may be in the very batch of frames that brought it to the front.
-        """
-        call.settled = trio.Event()
-        try:
-            if self._nursery is None:
-                raise RuntimeError("no nursery")
-            self._nursery.start_soon(self._cancel_watchdog, call)
-        except RuntimeError:
-            # The worker's own tasks are already ending (the pool is being torn down
-            # around us): nobody is left to watch the grace period, so do not wait.
-            self.kill("cancelled while the worker was shutting down", on_purpose=True)
-
-    def _watch_deferred_graces(self) -> None:
-        """Start the grace period of abandoned calls that have reached the front."""
-        for index, call in enumerate(self._inflight):
-            if index >= self.capacity:
-                return
-            if call.grace_deferred:
-                call.grace_deferred = False
-                self._deferred_graces -= 1
-                self._hold(call)
-                self._watch_grace(call)
-
-    async def look_again(self, call: WorkerCall, rounds: int = 3) -> None:
-        """A deferred call that could not be told never to start only because the worker
-        had written frames the reader had not taken yet (a heartbeat, progress): once
-        the reader has, look again. The cancel frame was written before, so what held
-        then still holds; the reader may also have brought the call to the front, and
-        then its grace period is being watched already."""
-        for _ in range(rounds):
-            if not (call.grace_deferred and self.connection.unread_bytes()):
-                return
-            await self.connection.wait_read()
-            if call.grace_deferred and self._will_never_start(call):
-                call.grace_deferred = False
-                self._deferred_graces -= 1
-                call.never_started = True
+    async def look_again(self, call: WorkerCall) -> None:
+        """See :meth:`Recall.look_again`."""
+        await self.recall.look_again(call)
 
     def may_have_started(self, call: WorkerCall) -> bool:
         """Whether the worker may have started ``call``, by what the host has read.
@@ -458,33 +297,7 @@ class Worker:
         ``capacity`` older calls still unanswered has not started -- unless such an
         answer is already on its way, which :meth:`_will_never_start` rules out.
         """
-        return self._inflight.may_have_started(call)
-
-    def _will_never_start(self, call: WorkerCall) -> bool:
-        """Whether ``call``, just cancelled, has not started and never will.
-
-        Needs ``capacity`` older calls unanswered and nothing the worker wrote left
-        unread: then no older call had finished, so ``call`` had not started. It never
-        will if its deadline has passed (a worker never starts a call past its deadline;
-        the clock is read first, so the deadline had passed before that moment) or if
-        the worker has the ``refuse`` capability and the cancel frame is already in the
-        pipe (written before ``call`` could start, so it keeps it from starting).
-        """
-        if self.may_have_started(call):
-            return False
-        expired = call.wall_deadline is not None and time.time() >= call.wall_deadline
-        refuses = (self.connection.flushed and self.welcome is not None
-                   and "refuse" in self.welcome.capabilities)
-        return (expired or refuses) and self.connection.unread_bytes() == 0
-
-    async def _cancel_watchdog(self, call: WorkerCall) -> None:
-        assert call.settled is not None
-        with trio.move_on_after(self.config.cancel_grace):
-            await call.settled.wait()
-        if call.settled.is_set():  # answered, perhaps just as the grace ran out
-            return
-        self.kill(f"call {call.command!r} did not stop within cancel_grace "
-                  f"({self.config.cancel_grace}s) after it was cancelled", on_purpose=True)
+        return self.inflight.may_have_started(call)
 
     async def ping(self) -> None:
         """Send a health-check ping and wait for the pong (no capacity unit is used).
@@ -513,8 +326,8 @@ class Worker:
         self.killed_on_purpose = True
         self.state = WorkerState.STOPPING
         if withdraw:
-            self.withdraw_unstarted()
-        if not self._inflight:
+            self.recall.withdraw_unstarted()
+        if not self.inflight:
             self.request_shutdown()
         if self.on_retire is not None:
             self.on_retire()
@@ -561,7 +374,7 @@ class Worker:
         deadlines (or, when they must run here, fail with the retryable
         :class:`WorkerCrashedBeforeStart`).
         """
-        may_have_started, behind = self._inflight.take_all()
+        may_have_started, behind = self.inflight.take_all()
         for call in may_have_started:
             call.fail(error)
         for call in behind:
