@@ -91,6 +91,8 @@ class Dispatcher:
         """Units of each worker in circulation (free or held); follows :meth:`_depth`."""
         self._closed = False
         self._broken = False
+        self._broken_until: float | None = None
+        """When a failed slot tries again (its cool-down's end); ``None``: never."""
         self.mean_service_time = 0.001
         """Moving average of call durations, in seconds; feeds ``retry_after``."""
 
@@ -251,7 +253,7 @@ class Dispatcher:
                 raise PoolClosed("the pool is closed")
             worker = self.try_acquire()
         if self._broken:
-            raise PoolBroken("every worker slot has failed past its restart intensity")
+            raise self.broken_error()
         self._check_room()
         task = trio.lowlevel.current_task()
         self._waiters.append(task)
@@ -290,7 +292,7 @@ class Dispatcher:
         if self._closed:
             raise PoolClosed("the pool is closed")
         if self._broken:
-            raise PoolBroken("every worker slot has failed past its restart intensity")
+            raise self.broken_error()
         self._check_room()
         self._waiters.append(queued)
 
@@ -319,10 +321,25 @@ class Dispatcher:
             task = waiter.task if type(waiter) is QueuedCall else waiter
             trio.lowlevel.reschedule(task, outcome.Error(error))  # type: ignore[arg-type]
 
-    def mark_broken(self) -> None:
-        """Every slot has failed: waiting callers and new ones get PoolBroken."""
+    def mark_broken(self, retry_at: float | None = None) -> None:
+        """Every slot has failed: waiting callers and new ones get PoolBroken, whose
+        ``retry_after`` counts down to ``retry_at`` (when a slot tries again)."""
         self._broken = True
-        self._fail_waiters(PoolBroken("every worker slot has failed past its restart intensity"))
+        self._broken_until = retry_at
+        self._fail_waiters(self.broken_error())
+
+    def mark_recovered(self) -> None:
+        """A failed slot is starting a worker again: calls wait for it, as in a restart."""
+        self._broken = False
+        self._broken_until = None
+
+    def broken_error(self) -> PoolBroken:
+        until = self._broken_until
+        if until is None:
+            return PoolBroken("every worker slot has failed past its restart intensity")
+        retry_after = max(0.0, until - trio.current_time())
+        return PoolBroken("every worker slot has failed past its restart intensity; the "
+                          f"first tries again in {retry_after:.1f}s", retry_after=retry_after)
 
     def close(self) -> None:
         """Refuse new calls; waiting callers get PoolClosed."""
