@@ -187,6 +187,7 @@ class Slot:
                                 consecutive = 0  # healthy until a call or time: no loop
                             consecutive += 1
                             if self._over_intensity():
+                                self._report_failure(event, None)
                                 if not await self._fail():
                                     return
                                 consecutive = 0
@@ -265,20 +266,23 @@ class Slot:
             self._on_retry(self)
         return True
 
-    def _report_failure(self, event: SlotEvent, delay: float) -> None:
-        """Log a crash or a failed start (rate-limited, with the pool's other slots)."""
+    def _report_failure(self, event: SlotEvent, delay: float | None) -> None:
+        """Log a crash or a failed start (rate-limited, with the pool's other slots);
+        ``delay``: the backoff before the restart, ``None`` when the slot fails."""
+        then = ("past the restart intensity" if delay is None
+                else f"restarting in {delay:.2f}s")
         if isinstance(event, StartFailed):
-            self.crash_log.log(logging.WARNING, "slot %s: replacement failed to start: %s; "
-                               "retrying in %.2fs", self.id, event.error, delay)
+            self.crash_log.log(logging.WARNING, "slot %s: replacement failed to start: %s; %s",
+                               self.id, event.error, then)
             return
         worker = cast(WorkerEnded, event).worker
         lost = worker.calls_started - worker.calls_served
         self.crash_log.log(logging.WARNING,
                            "worker %s (pid %d) crashed (%s) after %.1fs, %d call(s) served, "
-                           "%d lost; restarting in %.2fs", self.id, worker.pid,
+                           "%d lost; %s", self.id, worker.pid,
                            describe_exit(worker.process.returncode),
                            trio.current_time() - worker.started_at, worker.calls_served, lost,
-                           delay)
+                           then)
 
     async def _next_event(self, receive: trio.MemoryReceiveChannel[SlotEvent], number: int,
                           task_status: trio.TaskStatus[None]) -> SlotEvent:
