@@ -25,7 +25,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["EVENTS", "Handler", "Telemetry", "attach", "detach", "emit", "enabled", "telemetry"]
+__all__ = ["CANCELLED_ERRORS", "EVENTS", "Handler", "Telemetry", "attach", "detach", "emit",
+           "enabled", "telemetry"]
 
 log = logging.getLogger("snakepit.telemetry")
 
@@ -58,6 +59,12 @@ EVENTS: dict[str, str] = {
     "session.expired": "a session passed its TTL unused and was removed",
     "session.deleted": "a session was deleted by the application",
 }
+
+
+#: ``error`` names of ``call.exception`` that mean the caller cancelled the call (a client
+#: that went away, a cancel scope around it): not a failure of the pool. ``stats()``
+#: counts these calls in ``cancelled``, not ``failed``; exporters label them apart.
+CANCELLED_ERRORS = frozenset({"Cancelled", "CallCancelled"})
 
 
 class Telemetry:

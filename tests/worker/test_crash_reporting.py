@@ -43,7 +43,8 @@ def test_every_slot_state_is_documented() -> None:
     for state in states:  # attribute docstrings are not introspectable: read the source
         assert state.value in (snakepit.WorkerStats.__doc__ or "") + _state_field_doc()
     # the enum is a str: code written against the old plain strings keeps working
-    assert snakepit.SlotState.READY == "ready" and f"{snakepit.SlotState.READY}" == "ready"
+    ready: str = snakepit.SlotState.READY
+    assert ready == "ready" and f"{ready}" == "ready"
 
 
 def _state_field_doc() -> str:
@@ -100,7 +101,7 @@ async def restart_delays(pool: snakepit.Pool, clock: MockClock, crash: Any,
     started: list[float] = []
     handle = snakepit.telemetry.attach(
         "worker.restarted", lambda *_: started.append(trio.current_time()))
-    delays = []
+    delays: list[float] = []
     try:
         for _ in range(count):
             await crash(pool)
