@@ -76,7 +76,7 @@ class OutageMonitor:
         retry_after = None if retry_at is None else retry_at - now
         log.error("pool %s is broken: every slot failed past its restart intensity; %s",
                   self.name, "it stays broken (restart.cooldown is None)"
-                  if retry_after is None else f"the first slot tries again in {retry_after:g}s")
+                  if retry_after is None else f"the first slot tries again in {retry_after:.1f}s")
         measurements: dict[str, Any] = {} if retry_after is None else {
             "retry_after": retry_after}
         self._emit("pool.broken", measurements)
