@@ -112,7 +112,7 @@ async def test_slots_that_cannot_start_break_the_pool_until_the_outage_ends(
 async def test_no_cooldown_keeps_the_pool_broken(mock_clock: MockClock) -> None:
     policy = snakepit.RestartPolicy(max_restarts=0, backoff_initial=0, backoff_max=0,
                                     cooldown=None)
-    with wall_clock_limit(60):
+    with Events(*OUTAGE_EVENTS) as events, wall_clock_limit(60):
         async with snakepit.open_pool(mock_clock_config(size=1, restart=policy)) as pool:
             with pytest.raises(snakepit.WorkerCrashed):
                 await pool.execute("crash")
@@ -123,6 +123,8 @@ async def test_no_cooldown_keeps_the_pool_broken(mock_clock: MockClock) -> None:
                 await pool.execute("echo", 1)
             assert info.value.retry_after is None
             assert pool.stats().workers[0].state is snakepit.SlotState.FAILED
+    failed, broken = (fields for _, fields in events.seen)
+    assert "cooldown" not in failed and "retry_after" not in broken
 
 
 @pytest.mark.parametrize("wait", ["backoff", "cooldown"])

@@ -249,8 +249,10 @@ class Slot:
                   "it stays failed (restart.cooldown is None)" if cooldown is None
                   else f"it tries again in {cooldown:g}s (restart.cooldown)")
         if telemetry.enabled("slot.failed"):
-            telemetry.emit("slot.failed", {"restarts": self.restarts,
-                                           "cooldown": -1.0 if cooldown is None else cooldown},
+            measurements = {"restarts": float(self.restarts)}
+            if cooldown is not None:
+                measurements["cooldown"] = cooldown
+            telemetry.emit("slot.failed", measurements,
                            {"pool": self.config.name, "worker": self.id})
         self._on_failed(self)
         if cooldown is None:
