@@ -146,3 +146,11 @@ async def test_closing_cancels_a_backoff_or_a_cooldown(wait: str) -> None:
         closing = time.perf_counter()
     took = time.perf_counter() - closing
     assert took < 0.5, f"closing took {took:.2f}s"
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), True, "30"])
+def test_a_cooldown_is_a_finite_positive_number_or_none(bad: object) -> None:
+    with pytest.raises(snakepit.ConfigError, match="pools.p.restart.cooldown"):
+        snakepit.SnakepitConfig.from_dict({"pools": {"p": {"restart": {"cooldown": bad}}}})
+    assert snakepit.RestartPolicy().cooldown == 30.0  # the documented default
+    assert snakepit.RestartPolicy(cooldown=None).cooldown is None
