@@ -150,7 +150,7 @@ async def test_closing_cancels_a_backoff_or_a_cooldown(wait: str) -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), True, "30"])
 def test_a_cooldown_is_a_finite_positive_number_or_none(bad: object) -> None:
-    with pytest.raises(snakepit.ConfigError, match="pools.p.restart.cooldown"):
+    with pytest.raises(snakepit.ConfigError, match=r"pools\.p\.restart\.cooldown"):
         snakepit.SnakepitConfig.from_dict({"pools": {"p": {"restart": {"cooldown": bad}}}})
     assert snakepit.RestartPolicy().cooldown == 30.0  # the documented default
     assert snakepit.RestartPolicy(cooldown=None).cooldown is None
