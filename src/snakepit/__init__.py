@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "open_pool": "snakepit.pool.pool",
     "PoolStats": "snakepit.pool.stats",
     "WorkerStats": "snakepit.pool.stats",
+    "SlotState": "snakepit.worker.slot_events",
     "CallCancelled": "snakepit.errors",
     "CircuitOpen": "snakepit.errors",
     "RetryPolicy": "snakepit.policies",
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.pool.stats import WorkerStats as WorkerStats
     from snakepit.refs import Ref as Ref
     from snakepit.sessions.store import SessionStore as SessionStore
+    from snakepit.worker.slot_events import SlotState as SlotState
 
 
 def __getattr__(name: str) -> Any:

@@ -92,11 +92,18 @@ class PoolSaturated(SnakepitError):
 
 
 class PoolBroken(SnakepitError):
-    """Every worker slot has failed past its restart intensity; nothing can run.
+    """Every worker slot has failed past its restart intensity; nothing can run now.
 
-    The pool stays open so that the application can report and exit; it will not heal
-    by itself. Look at the workers' stderr in the logs.
+    With ``restart.cooldown`` set (the default), each failed slot tries again after its
+    cool-down, and ``retry_after`` says in how many seconds the first one does: answer
+    503 with that ``Retry-After``, or wait and retry. With ``cooldown = None`` the pool
+    stays broken (``retry_after`` is ``None``): report and exit. The workers' stderr and
+    the crash lines of the ``snakepit.supervisor`` logger say why they died.
     """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class QueueTimeout(SnakepitError):

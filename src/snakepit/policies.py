@@ -5,12 +5,15 @@ Frozen attrs classes, validated like every configuration class (all bad fields a
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from snakepit._checks import (
     Check,
     _at_least,
     _is_number,
+    _optional,
     _positive,
     _run_checks,
     _tuple_or_none,
@@ -25,6 +28,8 @@ _RESTART_CHECKS: list[Check] = [
         ("backoff_initial", _at_least(0), "must be a number >= 0"),
         ("backoff_max", _at_least(0), "must be a number >= 0"),
         ("jitter", lambda v: _is_number(v) and 0 <= v <= 1, "must be between 0 and 1"),
+        ("cooldown", _optional(lambda v: _positive(v) and v < math.inf),
+         "must be a finite number > 0, or None"),
 ]
 
 
@@ -38,11 +43,17 @@ class RestartPolicy:
     period: float = 60.0
     """Window, in seconds, over which ``max_restarts`` is counted."""
     backoff_initial: float = 0.05
-    """Delay before the first restart; doubles on each consecutive failure."""
+    """Delay before the first restart; doubles on each consecutive failure to start (or
+    death before the worker was sent any call). A worker that was sent calls started
+    healthily: its crash restarts the count, so it is replaced after this delay."""
     backoff_max: float = 5.0
     """Ceiling of the exponential backoff."""
     jitter: float = 0.2
     """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
+    cooldown: float | None = 30.0
+    """Seconds a failed slot waits before it tries again with a fresh intensity window
+    (``PoolBroken`` says when, as ``retry_after``); ``None``: failed until the pool
+    closes."""
 
     def __attrs_post_init__(self) -> None:
         _run_checks(self, _RESTART_CHECKS)

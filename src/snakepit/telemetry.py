@@ -25,7 +25,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["EVENTS", "Handler", "Telemetry", "attach", "detach", "emit", "enabled", "telemetry"]
+__all__ = ["CANCELLED_ERRORS", "EVENTS", "Handler", "Telemetry", "attach", "detach", "emit",
+           "enabled", "telemetry"]
 
 log = logging.getLogger("snakepit.telemetry")
 
@@ -38,6 +39,9 @@ EVENTS: dict[str, str] = {
     "pool.drained": "an operator drained the pool: new calls are refused until it resumes",
     "pool.resumed": "a drained pool takes calls again",
     "pool.health": "periodic pool health: available, busy, total workers and restarts",
+    "pool.broken": "every slot failed past its restart intensity: calls get PoolBroken",
+    "pool.recovered": "a broken pool has a worker ready again after a cool-down",
+    "slot.failed": "a slot passed its restart intensity and runs no worker (until cool-down)",
     "worker.started": "a worker process was spawned",
     "worker.ready": "a worker completed its handshake and takes calls",
     "worker.exited": "a worker process exited (for any reason)",
@@ -55,6 +59,12 @@ EVENTS: dict[str, str] = {
     "session.expired": "a session passed its TTL unused and was removed",
     "session.deleted": "a session was deleted by the application",
 }
+
+
+#: ``error`` names of ``call.exception`` that mean the caller cancelled the call (a client
+#: that went away, a cancel scope around it): not a failure of the pool. ``stats()``
+#: counts these calls in ``cancelled``, not ``failed``; exporters label them apart.
+CANCELLED_ERRORS = frozenset({"Cancelled", "CallCancelled"})
 
 
 class Telemetry:

@@ -148,17 +148,18 @@ async def test_concurrent_worker_multiplexes_and_all_its_calls_fail_together() -
 
 async def test_restart_intensity_marks_slot_failed_and_pool_broken() -> None:
     policy = snakepit.RestartPolicy(max_restarts=2, period=60, backoff_initial=0.01,
-                                    backoff_max=0.02)
+                                    backoff_max=0.02, cooldown=None)
     async with snakepit.open_pool(chaos_config(size=1, restart=policy)) as pool:
         for _ in range(3):
             await pool.wait_ready()
             with pytest.raises(snakepit.WorkerCrashed):
                 await pool.execute("crash")
         await pool.wait_ready()  # returns once the slot is failed
-        assert pool.stats().workers[0].state == "failed"
+        assert pool.stats().workers[0].state is snakepit.SlotState.FAILED
         assert pool.stats().restarts == 2
-        with pytest.raises(snakepit.PoolBroken):
+        with pytest.raises(snakepit.PoolBroken) as info:
             await pool.execute("ping")
+        assert info.value.retry_after is None  # no cool-down: broken for good
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:

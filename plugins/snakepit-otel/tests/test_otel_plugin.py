@@ -131,8 +131,7 @@ async def test_errors_are_recorded(otel: Recorded) -> None:
                 await pool.execute("echo", 1, timeout=0.2)
             nursery.cancel_scope.cancel()
     remote, queued, cancelled = otel.calls()
-    for span, error in ((remote, "RemoteError"), (queued, "QueueTimeout"),
-                        (cancelled, "Cancelled")):
+    for span, error in ((remote, "RemoteError"), (queued, "QueueTimeout")):
         assert span.status.status_code is StatusCode.ERROR
         assert span.status.description == error
         assert span.attributes is not None and span.attributes["error.type"] == error
@@ -140,6 +139,13 @@ async def test_errors_are_recorded(otel: Recorded) -> None:
         assert event.name == "exception"
         assert event.attributes == {"exception.type": error}
     assert remote.name == "snakepit.call raise" and cancelled.name == "snakepit.call nap"
+    # a call its caller cancelled is no error (issue 21: client churn fired error alerts)
+    assert cancelled.status.status_code is StatusCode.UNSET
+    assert cancelled.attributes is not None and cancelled.attributes["snakepit.cancelled"]
+    assert "error.type" not in cancelled.attributes and not cancelled.events
+    assert otel.children(cancelled)["snakepit.execute"].status.status_code is StatusCode.UNSET
+    outcomes = sorted(p.attributes["snakepit.outcome"] for p in otel.points("snakepit.calls"))
+    assert outcomes == ["cancelled", "error", "error"]  # RemoteError, QueueTimeout
     remote_execute = otel.children(remote)["snakepit.execute"]
     assert remote_execute.status.status_code is StatusCode.ERROR
     # the timed-out call never reached a worker: it only queued
@@ -209,7 +215,8 @@ async def test_open_spans_are_bounded(otel: Recorded) -> None:
     assert snakepit_otel.open_calls() == before
     first, *others = otel.calls()
     assert first.context == evicted.context  # ended once, never again
-    assert [span.status.description for span in others] == ["Cancelled", "Cancelled"]
+    assert [(span.status.status_code, (span.attributes or {}).get("snakepit.cancelled"))
+            for span in others] == [(StatusCode.UNSET, True)] * 2
     # the evicted call's end still counts in the metrics
     assert sum(p.value for p in otel.points("snakepit.calls")) == 3
 

@@ -176,3 +176,21 @@ async def test_the_readme_example_runs() -> None:
     assert result.stdout.decode().splitlines() == [
         'snakepit_calls_total{command="echo",outcome="ok",pool="general"} 10.0',
         'snakepit_call_duration_seconds_count{command="echo",pool="general"} 10.0']
+
+
+async def test_cancelled_calls_are_counted_apart_from_errors() -> None:
+    # Issue 21: client disconnects showed up as errors and fired failed-call alerts.
+    name = unique_pool_name()
+    async with snakepit.open_pool(snakepit.PoolConfig(size=1, name=name, handler=CHAOS)) as pool:
+        with trio.CancelScope() as scope:  # the caller goes away once the call runs
+            await pool.execute("nap", {"seconds": 60}, on_progress=lambda *_: scope.cancel())
+        with pytest.raises(snakepit.RemoteError):
+            await pool.execute("raise")
+
+    def sample(metric: str, **labels: str) -> float | None:
+        return snakepit_prometheus.REGISTRY.get_sample_value(metric, {"pool": name, **labels})
+
+    assert sample("snakepit_calls_total", command="nap", outcome="cancelled") == 1
+    assert sample("snakepit_calls_total", command="nap", outcome="error") is None
+    assert sample("snakepit_call_errors_total", command="nap", error="Cancelled") is None
+    assert sample("snakepit_calls_total", command="raise", outcome="error") == 1

@@ -63,6 +63,8 @@ class Dispatcher:
         """Workers whose capacity is in circulation (where a free one may steal from)."""
         self._closed = False
         self._broken = False
+        self._broken_until: float | None = None
+        """When a failed slot tries again (its cool-down's end); ``None``: never."""
         self.mean_service_time = 0.001
         """Moving average of how long handlers run, in seconds (measured from when a call
         could start, not from when it was sent: a deeper pipe must not look slower).
@@ -309,7 +311,7 @@ class Dispatcher:
                 raise PoolClosed("the pool is closed")
             worker = self.try_acquire()
         if self._broken:
-            raise PoolBroken("every worker slot has failed past its restart intensity")
+            raise self.broken_error()
         self._check_room()
         task = trio.lowlevel.current_task()
         self._waiters.append(task)
@@ -344,7 +346,7 @@ class Dispatcher:
         if self._closed:
             raise PoolClosed("the pool is closed")
         if self._broken:
-            raise PoolBroken("every worker slot has failed past its restart intensity")
+            raise self.broken_error()
         self._check_room()
         call.unqueue = self._unqueue
         self._waiters.append(call)
@@ -364,10 +366,25 @@ class Dispatcher:
             else:
                 trio.lowlevel.reschedule(waiter, outcome.Error(error))  # type: ignore[arg-type]
 
-    def mark_broken(self) -> None:
-        """Every slot has failed: waiting callers and new ones get PoolBroken."""
+    def mark_broken(self, retry_at: float | None = None) -> None:
+        """Every slot has failed: waiting callers and new ones get PoolBroken, whose
+        ``retry_after`` counts down to ``retry_at`` (when a slot tries again)."""
         self._broken = True
-        self._fail_waiters(PoolBroken("every worker slot has failed past its restart intensity"))
+        self._broken_until = retry_at
+        self._fail_waiters(self.broken_error())
+
+    def mark_recovered(self) -> None:
+        """A failed slot is starting a worker again: calls wait for it, as in a restart."""
+        self._broken = False
+        self._broken_until = None
+
+    def broken_error(self) -> PoolBroken:
+        until = self._broken_until
+        if until is None:
+            return PoolBroken("every worker slot has failed past its restart intensity")
+        retry_after = max(0.0, until - trio.current_time())
+        return PoolBroken("every worker slot has failed past its restart intensity; the "
+                          f"first tries again in {retry_after:.1f}s", retry_after=retry_after)
 
     def close(self) -> None:
         """Refuse new calls; waiting callers get PoolClosed."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from snakepit import telemetry
+from snakepit.worker.slot_events import SlotState
 from snakepit.worker.worker import WorkerState
 
 if TYPE_CHECKING:
@@ -97,8 +98,8 @@ async def monitor_health(pool: Pool) -> None:
             states = [slot.current_state for slot in pool._slots]
             pool._emit("pool.health", {"available": len(ready) - busy, "busy": busy,
                                        "total": pool.config.size,
-                                       "starting": states.count("starting"),
-                                       "failed": states.count("failed"),
+                                       "starting": states.count(SlotState.STARTING),
+                                       "failed": states.count(SlotState.FAILED),
                                        "queue_depth": pool._dispatcher.queue_depth,
                                        "restarts": sum(s.restarts for s in pool._slots)})
 

@@ -38,6 +38,7 @@ from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
 from snakepit.pool.health import monitor_health, resident_memory, watch_heartbeats
 from snakepit.pool.nursery import unwrap_single_error
+from snakepit.pool.outage import OutageMonitor
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats, percentiles
 from snakepit.pool.stream import ChunkStream
@@ -48,7 +49,7 @@ from snakepit.resilience.breaker import CircuitBreaker
 from snakepit.sessions.store import AffinityMode, Session
 from snakepit.worker.calls import ProgressCallback
 from snakepit.worker.run import offered_codecs, registry
-from snakepit.worker.supervisor import Slot
+from snakepit.worker.supervisor import Slot, SlotState
 from snakepit.worker.worker import Worker
 
 __all__ = ["Pool", "open_pool"]
@@ -68,12 +69,15 @@ class Pool(CallPath, DynamicCalls):
         check_warm_start(config, self._adapter)
         self._fork_server: ForkServer | None = None
         self._kind: KindRuntime | None = None
+        self._outage = OutageMonitor(config.name, self._dispatcher, self._emit)
         self._slots = [
             Slot(config, index, release=self._dispatcher.release,
                  on_ready=self._worker_ready, on_failed=self._slot_failed,
-                 on_exit=self._worker_exited, launch=self._launch)
+                 on_exit=self._worker_exited, launch=self._launch,
+                 on_retry=self._outage.slot_retrying, crash_log=self._outage.crash_log)
             for index in range(config.size)
         ]
+        self._outage.slots = self._slots
         self._slots_by_id = {slot.id: slot for slot in self._slots}
         # Bumped whenever a worker becomes ready or a slot fails; wait_ready watches it.
         self._changes = trio_util.AsyncValue(0)
@@ -148,6 +152,7 @@ class Pool(CallPath, DynamicCalls):
 
     def _worker_ready(self, worker: Worker) -> None:
         self._dispatcher.add_worker(worker)
+        self._outage.worker_ready()
         self._changes.value += 1
         self._emit("worker.ready", {"startup": trio.current_time() - worker.started_at},
                    worker=worker.id, pid=worker.pid)
@@ -164,13 +169,12 @@ class Pool(CallPath, DynamicCalls):
                    on_purpose=worker.killed_on_purpose)
 
     def _slot_failed(self, slot: Slot) -> None:
-        if all(s.state == "failed" for s in self._slots):
-            self._dispatcher.mark_broken()
+        self._outage.slot_failed(slot)
         self._changes.value += 1
 
     def _all_ready(self, _: int = 0) -> bool:
         return all(
-            slot.state == "failed" or (slot.worker is not None and slot.worker.accepting)
+            slot.state is SlotState.FAILED or (slot.worker is not None and slot.worker.accepting)
             for slot in self._slots
         )
 

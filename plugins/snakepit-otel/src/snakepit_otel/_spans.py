@@ -19,6 +19,7 @@ import attrs
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from snakepit.telemetry import CANCELLED_ERRORS
 from snakepit_otel._providers import Providers
 
 __all__ = ["CallSpans"]
@@ -72,11 +73,16 @@ class CallSpans:
     def end(self, measurements: Mapping[str, float], metadata: Mapping[str, Any],
             error: str | None) -> None:
         """``call.stop`` (``error`` None) or ``call.exception``: the children, then the
-        end of the call's span; the metrics of the call in any case."""
+        end of the call's span; the metrics of the call in any case. A call its caller
+        cancelled is no error: its span keeps status UNSET and says
+        ``snakepit.cancelled``."""
+        cancelled = error in CANCELLED_ERRORS
+        if cancelled:
+            error = None
         pool, command = str(metadata.get("pool")), str(metadata.get("command"))
         queue_wait = float(measurements.get("queue_wait", 0.0))
-        self._measure(pool, command, error, float(measurements.get("duration", 0.0)),
-                      queue_wait)
+        self._measure(pool, command, "cancelled" if cancelled else error,
+                      float(measurements.get("duration", 0.0)), queue_wait)
         record = self._open.pop(metadata.get("call"), None)
         if record is None:  # not recording, evicted, or started before the plugin loaded
             return
@@ -89,6 +95,8 @@ class CallSpans:
         span.set_attribute("snakepit.attempts", int(measurements.get("attempts", 1)))
         if worker is not None:
             span.set_attribute("snakepit.worker", str(worker))
+        if cancelled:
+            span.set_attribute("snakepit.cancelled", True)
         if "chunks" in measurements:
             span.set_attribute("snakepit.chunks", int(measurements["chunks"]))
         tracer = self.providers.tracer()
@@ -110,10 +118,13 @@ class CallSpans:
 
     def _measure(self, pool: str, command: str, error: str | None, duration: float,
                  queue_wait: float) -> None:
+        """``error``: the class name, ``"cancelled"`` for a cancelled call, or None."""
         instruments = self.providers.instruments()
+        outcome = "ok" if error is None else "cancelled" if error == "cancelled" else "error"
         attributes = {"snakepit.pool": pool, "snakepit.command": command,
-                      "snakepit.outcome": "ok" if error is None else "error"}
-        if error is not None:
+                      "snakepit.outcome": outcome}
+        if outcome == "error":
+            assert error is not None
             attributes["error.type"] = error
         instruments.calls.add(1, attributes)
         instruments.duration.record(duration, attributes)

@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from snakepit.telemetry import CANCELLED_ERRORS
+
 __all__ = ["LATENCY_BUCKETS", "REGISTRY", "TelemetryMetrics", "metrics"]
 
 #: Seconds. Calls to a warm worker take from ~100 µs (an echo) to minutes (a model), so
@@ -42,10 +44,12 @@ class TelemetryMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.calls = Counter(
-            "snakepit_calls", "Calls finished, by outcome (ok or error); streams included.",
+            "snakepit_calls", "Calls finished, by outcome (ok, error, or cancelled by their "
+            "caller); streams included.",
             ["pool", "command", "outcome"], registry=registry)
         self.errors = Counter(
-            "snakepit_call_errors", "Calls that raised, by the exception's class name.",
+            "snakepit_call_errors", "Calls that raised, by the exception's class name "
+            "(cancelled calls are not errors).",
             ["pool", "command", "error"], registry=registry)
         self.retries = Counter(
             "snakepit_call_retries", "Failed attempts that the retry policy retried.",
@@ -124,8 +128,12 @@ class TelemetryMetrics:
 
     def _call_exception(self, measurements: Mapping[str, float],
                         metadata: Mapping[str, Any]) -> None:
+        error = str(metadata.get("error"))
+        if error in CANCELLED_ERRORS:  # the caller went away: churn, not a failure
+            self._finished("cancelled", measurements, metadata)
+            return
         pool, command = self._finished("error", measurements, metadata)
-        self.errors.labels(pool, command, str(metadata.get("error"))).inc()
+        self.errors.labels(pool, command, error).inc()
 
     def _call_retry(self, measurements: Mapping[str, float],
                     metadata: Mapping[str, Any]) -> None:
