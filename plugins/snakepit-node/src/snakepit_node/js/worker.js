@@ -9,9 +9,9 @@
  *   - every frame is a 4-byte big-endian payload length, then the payload;
  *   - the host's first frame is a JSON `hello`; this worker answers with a JSON
  *     `welcome` naming the first offered codec it speaks (msgpack or json);
- *   - after that every frame uses the chosen codec: `call`, `cancel`, `credit`, `ping`,
- *     `drop`, `shutdown` in; `result`, `error`, `chunk`, `end`, `progress`, `pong`,
- *     `beat` out.
+ *   - after that every frame uses the chosen codec: `call`, `cancel`, `credit`,
+ *     `withdraw`, `ping`, `drop`, `shutdown` in; `result`, `error`, `chunk`, `end`,
+ *     `progress`, `withdrawn`, `pong`, `beat` out.
  *
  * Usage: node worker.js [--handler /path/to/handler.js] [--concurrency N]
  *
@@ -28,7 +28,8 @@ const msgpack = require('@msgpack/msgpack');
 
 const PROTOCOL_VERSION = 1;
 const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
-const CAPABILITIES = ['streams', 'cancel', 'progress', 'deadline', 'sessions', 'ping', 'heartbeat'];
+const CAPABILITIES = ['streams', 'cancel', 'progress', 'deadline', 'sessions', 'ping', 'heartbeat',
+  'withdraw'];
 const KIND_HANDLER = 'handler';
 const KIND_UNKNOWN_COMMAND = 'unknown_command';
 const KIND_CANCELLED = 'cancelled';
@@ -665,6 +666,14 @@ class Server {
         if (ctx !== undefined) ctx._cancel();
         return;
       }
+      case 'withdraw': {
+        if (!Number.isInteger(message.id)) {
+          throw new ProtocolError(`malformed 'withdraw' frame, id must be an integer: ${
+            String(JSON.stringify(message)).slice(0, 200)}`);
+        }
+        this.withdraw(message.id);
+        return;
+      }
       case 'credit': {
         const ctx = this.active.get(message.id);
         if (ctx !== undefined) ctx._grant(Number.isInteger(message.n) ? message.n : 0);
@@ -683,6 +692,24 @@ class Server {
       default:
         throw new ProtocolError(`unexpected message type ${pyRepr(message.t)}`);
     }
+  }
+
+  /**
+   * The host takes back call `id`. Still waiting in the backlog: it leaves it, is
+   * answered `withdrawn` and never runs. Started, finished or unknown: nothing is said
+   * (its own answer comes, or came). Calls start only from `pump`, synchronously, so
+   * a call is either still in the backlog here or started: never both, never neither.
+   */
+  withdraw(id) {
+    const ctx = this.active.get(id);
+    if (ctx === undefined) return;
+    const at = this.backlog.indexOf(ctx);
+    if (at < 0) return; // started
+    this.backlog.splice(at, 1);
+    this.active.delete(id);
+    ctx._dispose();
+    this.send({ t: 'withdrawn', id });
+    this.exitIfIdle();
   }
 
   pump() {
