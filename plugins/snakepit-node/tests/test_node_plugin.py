@@ -18,7 +18,7 @@ import trio
 import snakepit
 from snakepit.adapters import find_adapter
 from snakepit.plugins import installed_plugins
-from snakepit_node import EXAMPLE_HANDLER, NodeAdapter, ensure_node_modules
+from snakepit_node import EXAMPLE_HANDLER, JS_DIR, NodeAdapter, ensure_node_modules
 
 # No skip when node is missing: these tests are the plugin's proof, and a machine
 # without Node.js should fail them loudly rather than report them as passed.
@@ -336,7 +336,9 @@ async def test_npm_installs_off_the_event_loop(fake_npm: tuple[str, str], tmp_pa
         assert not greeting
         await npm.send_all(b"install")
     assert greeting == ["Hello, npm!"]
-    assert list((tmp_path / "home").glob("*/node_modules/.snakepit-node-installed"))
+    [marker] = (tmp_path / "home").glob("*/node_modules/.snakepit-node-installed")
+    copied = marker.parent.parent  # worker.js requires its modules: all were copied
+    assert {p.name for p in copied.glob("*.js")} == {p.name for p in JS_DIR.glob("*.js")}
 
 
 async def test_a_failed_npm_install_fails_the_pool_start_clearly(fake_npm: tuple[str, str]
