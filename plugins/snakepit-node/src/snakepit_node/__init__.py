@@ -61,7 +61,8 @@ _DEPENDENCY = Path("node_modules", "@msgpack", "msgpack", "package.json")
 _INSTALL_TIMEOUT = 600.0
 
 _install_lock = threading.Lock()
-_ready: dict[str, Path] = {}  # node executable -> directory with worker.js and its deps
+# (node executable, $SNAKEPIT_NODE_HOME) -> directory with worker.js and its deps
+_ready: dict[tuple[str, str | None], Path] = {}
 
 
 def find_node(node: str | None = None) -> str:
