@@ -197,7 +197,14 @@ class Server {
       }
       case CANCEL: {
         const ctx = this.active.get(message.id);
-        if (ctx !== undefined) ctx._cancel();
+        if (ctx === undefined) return;
+        if (this.unqueue(ctx)) { // not started: answer now, never start it
+          this.sendError(ctx.id, KIND_CANCELLED, 'CallCancelled',
+            `call ${ctx.id} (${ctx.command}) was cancelled before it started`);
+          this.exitIfIdle();
+        } else {
+          ctx._cancel();
+        }
         return;
       }
       case WITHDRAW: {
@@ -229,19 +236,27 @@ class Server {
   }
 
   /**
+   * Take `ctx` out of the backlog if it still waits there (it will then never run);
+   * false if it has started. Calls start only from `pump`, synchronously, so a call is
+   * either still in the backlog or started: never both, never neither.
+   */
+  unqueue(ctx) {
+    const at = this.backlog.indexOf(ctx);
+    if (at < 0) return false;
+    this.backlog.splice(at, 1);
+    this.active.delete(ctx.id);
+    ctx._dispose();
+    return true;
+  }
+
+  /**
    * The host takes back call `id`. Still waiting in the backlog: it leaves it, is
    * answered `withdrawn` and never runs. Started, finished or unknown: nothing is said
-   * (its own answer comes, or came). Calls start only from `pump`, synchronously, so
-   * a call is either still in the backlog here or started: never both, never neither.
+   * (its own answer comes, or came).
    */
   withdraw(id) {
     const ctx = this.active.get(id);
-    if (ctx === undefined) return;
-    const at = this.backlog.indexOf(ctx);
-    if (at < 0) return; // started
-    this.backlog.splice(at, 1);
-    this.active.delete(id);
-    ctx._dispose();
+    if (ctx === undefined || !this.unqueue(ctx)) return;
     this.send({ t: WITHDRAWN, id });
     this.exitIfIdle();
   }
@@ -249,6 +264,13 @@ class Server {
   pump() {
     while (this.running < this.concurrency && this.backlog.length > 0 && !this.exiting) {
       const ctx = this.backlog.shift();
+      if (ctx.expired) { // it waited past its deadline: never start it
+        this.active.delete(ctx.id);
+        ctx._dispose();
+        this.sendError(ctx.id, KIND_EXPIRED, '',
+          "the call's deadline passed before the worker started it");
+        continue;
+      }
       this.running += 1;
       this.runCall(ctx).catch((err) => {
         process.stderr.write(`snakepit-node: internal error: ${err && err.stack}\n`);

@@ -1,9 +1,12 @@
-"""worker.js answers ``withdraw`` frame by frame as src/snakepit/protocol/wire.py says: a
-call still waiting in its queue is dropped and answered ``withdrawn`` (it never runs);
-any other call is left alone and answers for itself."""
+"""Calls waiting in worker.js's queue, frame by frame, as src/snakepit/protocol/wire.py
+says: ``withdraw`` drops a queued call and answers ``withdrawn`` (it never runs) and
+leaves any other call alone; a ``cancel`` for a queued call is answered at once and the
+call never starts; a queued call whose deadline passes is answered ``expired`` and
+never starts."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,3 +132,39 @@ def test_a_withdraw_without_an_integer_id_is_a_protocol_error(recorder: Start) -
     assert error is not None and error["t"] == "error" and error["kind"] == "protocol"
     assert "withdraw" in error["msg"]
     assert worker.wait() == 2
+
+
+def test_a_queued_call_cancelled_is_answered_at_once_and_never_runs(recorder: Start) -> None:
+    worker = recorder()
+    holding(worker, 1)
+    worker.send({"t": "call", "id": 2, "cmd": "note"})
+    worker.send({"t": "cancel", "id": 2})
+    worker.send({"t": "ping", "id": 3})
+    cancelled = worker.read()  # before the pong: not when `hold` ends
+    assert cancelled is not None and cancelled["t"] == "error" and cancelled["id"] == 2
+    assert cancelled["kind"] == "cancelled" and "before it started" in cancelled["msg"]
+    assert worker.read() == {"t": "pong", "id": 3}
+    worker.send({"t": "withdraw", "id": 2})  # answered already: nothing more to say
+    next_is_pong(worker, 4)
+    worker.send({"t": "cancel", "id": 1})
+    running = worker.read()
+    assert running is not None and running["id"] == 1 and running["kind"] == "cancelled"
+    worker.send({"t": "call", "id": 5, "cmd": "ran"})
+    assert worker.read() == {"t": "result", "id": 5, "value": [1]}
+
+
+def test_a_queued_call_past_its_deadline_is_expired_and_never_runs(recorder: Start) -> None:
+    worker = recorder()
+    holding(worker, 1)
+    deadline = time.time() + 0.2
+    worker.send({"t": "call", "id": 2, "cmd": "note", "dl": deadline})
+    next_is_pong(worker, 3)  # it arrived in time and waits
+    while time.time() <= deadline:  # the wall clock passing the deadline is the point
+        time.sleep(deadline - time.time() + 0.01)
+    worker.send({"t": "cancel", "id": 1})
+    answers = [worker.read(), worker.read()]
+    assert answers[0] is not None and answers[0]["id"] == 1
+    assert answers[1] is not None and answers[1]["t"] == "error" and answers[1]["id"] == 2
+    assert answers[1]["kind"] == "expired" and "before the worker started it" in answers[1]["msg"]
+    worker.send({"t": "call", "id": 4, "cmd": "ran"})
+    assert worker.read() == {"t": "result", "id": 4, "value": [1]}
