@@ -223,7 +223,9 @@ async def main(port: int) -> None:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(serve, app, config,
                                                 shutdown_trigger=until_signalled))
-            print(f"listening on {binds[0]}", flush=True)
+            # hypercorn binds even when the startup failed, then exits with its error
+            if "snakepit" in app.extensions:
+                print(f"listening on {binds[0]}", flush=True)
 
 
 if __name__ == "__main__":

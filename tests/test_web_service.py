@@ -199,6 +199,18 @@ async def test_dropped_and_stalled_clients_free_the_worker(tmp_path: Path) -> No
         await server.wait_in_flight(0)
 
 
+async def test_a_pool_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    """The pool opens in the lifespan: a bad pool configuration fails the startup, and
+    the server exits with an error instead of serving without workers."""
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, str(EXAMPLE), "0"], capture_stdout=True, capture_stderr=True,
+            check=False, env={**os.environ, "POOL_SIZE": "0"})
+    assert result.returncode != 0
+    assert result.stdout == b""  # it never said it was listening
+    assert b"size: must be an integer >= 1" in result.stderr
+
+
 def _example_module() -> Any:
     spec = importlib.util.spec_from_file_location("web_service_example", EXAMPLE)
     assert spec is not None and spec.loader is not None
