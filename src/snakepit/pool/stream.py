@@ -41,8 +41,9 @@ class ChunkStream:
         """The consumer waits inside a read: it is not idle."""
         self._idle_since = trio.current_time()
         """When the consumer last left a read (or opened the stream)."""
-        self._idle_error: StreamIdleTimeout | None = None
-        """Set when the idle limit cut the stream; the consumer's next read raises it."""
+        self._idle_error: str | None = None
+        """Set when the idle limit cut the stream: the message of the
+        :class:`StreamIdleTimeout` each later read raises."""
         self._watch: trio.CancelScope | None = None
 
     @property
@@ -62,7 +63,7 @@ class ChunkStream:
 
     async def __anext__(self) -> Any:
         if self._idle_error is not None:
-            raise self._idle_error
+            raise StreamIdleTimeout(self._idle_error)
         buffer = self._pending.stream
         assert buffer is not None
         self._reading = True
@@ -107,7 +108,10 @@ class ChunkStream:
                     continue
                 expires = self._idle_since + limit
                 if trio.current_time() >= expires:
-                    self._cut_idle(limit)
+                    try:
+                        self._cut_idle(limit)
+                    except Exception:  # a task of the pool's nursery: never take it down
+                        log.exception("cancelling an idle stream failed")
                     return
                 await trio.sleep_until(expires)
 
@@ -118,9 +122,9 @@ class ChunkStream:
         pending = self._pending
         log.info("cancelling stream %r on worker %s: its consumer took nothing for %ss "
                  "(stream_idle_timeout)", pending.command, self.worker.id, limit)
-        self._idle_error = StreamIdleTimeout(
-            f"stream {pending.command!r} on worker {self.worker.id} was cancelled: its "
-            f"consumer took no chunk for {limit}s (stream_idle_timeout)")
+        self._idle_error = (f"stream {pending.command!r} on worker {self.worker.id} was "
+                            f"cancelled: its consumer took no chunk for {limit}s "
+                            "(stream_idle_timeout)")
         if pending.stream is not None:
             pending.stream.chunks.clear()
         self.worker.abandon(pending)
