@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "SessionNotFound": "snakepit.errors",
     "SessionWorkerLost": "snakepit.errors",
     "SnakepitError": "snakepit.errors",
+    "StreamIdleTimeout": "snakepit.errors",
     "UnknownCommand": "snakepit.errors",
     "WorkerCrashed": "snakepit.errors",
     "WorkerCrashedBeforeStart": "snakepit.errors",
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import SessionNotFound as SessionNotFound
     from snakepit.errors import SessionWorkerLost as SessionWorkerLost
     from snakepit.errors import SnakepitError as SnakepitError
+    from snakepit.errors import StreamIdleTimeout as StreamIdleTimeout
     from snakepit.errors import UnknownCommand as UnknownCommand
     from snakepit.errors import WorkerCrashed as WorkerCrashed
     from snakepit.errors import WorkerCrashedBeforeStart as WorkerCrashedBeforeStart

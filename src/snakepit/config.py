@@ -111,6 +111,7 @@ _POOL_CHECKS: list[Check] = [
         ("shutdown_grace", _at_least(0), "must be a number >= 0"),
         ("kill_timeout", _positive, "must be a number > 0"),
         ("stream_window", _at_least(1, integer=True), "must be an integer >= 1"),
+        ("stream_idle_timeout", _optional(_positive), "must be a number > 0 or None"),
         ("session_ttl", _optional(_positive), "must be a number > 0 or None"),
         ("health_check_interval", _optional(_positive), "must be a number > 0 or None"),
         ("health_check_timeout", _positive, "must be a number > 0"),
@@ -193,6 +194,10 @@ class PoolConfig:
     """Seconds between SIGTERM and SIGKILL in the shutdown ladder."""
     stream_window: int = 64
     """Chunks a stream may have in flight before the consumer grants more credit."""
+    stream_idle_timeout: float | None = 30.0
+    """Seconds a stream's consumer may take no chunk (time spent waiting inside a read
+    does not count) before the stream is cancelled, its worker freed and the consumer's
+    next read raises :class:`StreamIdleTimeout` (``None``: no limit)."""
     session_ttl: float | None = 3600.0
     """Default TTL of sessions: one unused this long expires (``None``: never)."""
     health_check_interval: float | None = 30.0

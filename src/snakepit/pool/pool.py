@@ -309,7 +309,9 @@ class Pool(CallPath, DynamicCalls):
 
         ``window`` (default ``config.stream_window``) bounds how many chunks may be in
         flight: the worker stops producing until the consumer takes some. Leaving the
-        block early cancels the stream in the worker (its generator is closed).
+        block early cancels the stream in the worker (its generator is closed), and so
+        does taking no chunk for ``config.stream_idle_timeout`` seconds: the next read
+        then raises :class:`StreamIdleTimeout`.
         ``session_id`` runs it in a session, as :meth:`execute_in_session` does.
         """
         call_id, submitted = self._call_started(command, stream=True)
@@ -330,6 +332,7 @@ class Pool(CallPath, DynamicCalls):
                                  window or self.config.stream_window, session_id,
                                  movable=session is None or session.mode != "strict")
             attempt.call = stream._pending
+            stream.watch_idle(self._nursery, self.config.stream_idle_timeout)
             try:
                 yield stream
             finally:
