@@ -156,13 +156,14 @@ class Dispatcher:
     def _steal_for(self, thief: Worker) -> None:
         """``thief`` has a free unit and nobody waits: take back a call that waits in the
         pipe of a worker stuck on a long call, so that it runs here instead (work
-        stealing). The newest such call of the deepest pipe goes; it comes back through
+        stealing). The newest such call of the deepest pipe goes (one per free unit: a
+        call already being withdrawn is not asked for twice); it comes back through
         :meth:`requeue` once its worker answers ``withdrawn``."""
         victim, deepest, newest = None, 0, None
         started_before: float | None = None
         for worker in self._workers:
             recall = worker.recall
-            if worker is thief or not recall.withdraws or recall.withdrawing:
+            if worker is thief or not recall.withdraws:
                 continue
             waiting = recall.unstarted()
             if len(waiting) <= deepest:
