@@ -31,7 +31,6 @@ import itertools
 import logging
 import os
 import socket
-import stat
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +44,7 @@ from snakepit import __version__
 from snakepit.control.snapshot import EventLog, pool_snapshot
 from snakepit.errors import ConfigError, ProtocolError
 from snakepit.process.registry import RunRegistry
+from snakepit.process.trust import secure_dir
 from snakepit.protocol.framing import FrameDecoder, encode_frame
 
 if TYPE_CHECKING:
@@ -69,19 +69,13 @@ def control_enabled(requested: bool) -> bool:
 
 
 def control_dir(state_dir: Path) -> Path:
-    """``<state_dir>/control``, created 0700; refused if another user could enter it.
+    """``<state_dir>/control``, created 0700; refused if another user controls it or
+    the state dir (:func:`~snakepit.process.trust.secure_dir`).
 
     Raises:
-        ConfigError: the directory belongs to another user or is open to others.
+        ConfigError: the directory belongs to another user or others may write it.
     """
-    directory = state_dir / "control"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = directory.lstat()
-    if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode):
-        raise ConfigError([f"state_dir: {directory} is not a directory of this user"])
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(directory, 0o700)  # ours, made before with a looser umask: tighten it
-    return directory
+    return secure_dir(secure_dir(state_dir) / "control")
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
