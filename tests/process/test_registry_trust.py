@@ -224,7 +224,8 @@ async def test_a_state_dir_others_may_write_is_refused(tmp_path: Path) -> None:
     assert "chmod 700" in error
 
 
-async def test_the_state_dir_and_its_folders_are_made_0700(shared_tmp: Path) -> None:
+async def test_the_state_dir_and_its_folders_are_0700_and_records_0600(
+        shared_tmp: Path) -> None:
     async with snakepit.open_pool(size=1) as pool:
         state = shared_tmp / f"snakepit-{os.geteuid()}"
         assert registry(pool.config).state_dir == state
@@ -232,6 +233,8 @@ async def test_the_state_dir_and_its_folders_are_made_0700(shared_tmp: Path) -> 
             info = directory.lstat()
             assert stat.S_IMODE(info.st_mode) == 0o700, directory
             assert info.st_uid == os.geteuid()
+        record = registry(pool.config).path  # the run's own record: no one else reads it
+        assert record.exists() and stat.S_IMODE(record.stat().st_mode) == 0o600
 
 
 def test_cleanup_refuses_a_state_dir_others_may_write(tmp_path: Path) -> None:

@@ -162,7 +162,11 @@ class RunRegistry:
                   "endpoints": [{"socket": path, "pools": pools}
                                 for path, pools in self._endpoints.items()]}
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record))
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()  # made 0600 afresh, whatever was there
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(record))
         temporary.replace(self.path)  # atomic: a reader never sees half a file
 
 
