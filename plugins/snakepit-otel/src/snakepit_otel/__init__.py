@@ -16,9 +16,16 @@ providers explicitly instead.
 
 from __future__ import annotations
 
-from snakepit_otel._providers import DURATION_BUCKETS, MAX_OPEN_SPANS, SCOPE, configure
+from snakepit_otel._providers import (
+    DURATION_BUCKETS,
+    MAX_COMMAND_LABELS,
+    MAX_OPEN_SPANS,
+    SCOPE,
+    configure,
+)
 
-__all__ = ["DURATION_BUCKETS", "MAX_OPEN_SPANS", "SCOPE", "configure", "open_calls"]
+__all__ = ["DURATION_BUCKETS", "MAX_COMMAND_LABELS", "MAX_OPEN_SPANS", "SCOPE", "configure",
+           "open_calls"]
 
 
 def open_calls() -> int:

@@ -30,6 +30,8 @@ class _OpenCall:
     span: trace.Span
     started: int
     """Wall-clock nanoseconds at ``call.start``."""
+    label: str
+    """The command's label in the span's name when it started."""
 
 
 class CallSpans:
@@ -45,19 +47,23 @@ class CallSpans:
 
     def start(self, measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> None:
         """``call.start``: open the call's span, a child of the caller's current span."""
-        command = str(metadata.get("command"))
+        pool, command = str(metadata.get("pool")), str(metadata.get("command"))
+        # bounded, but not yet admitted: the worker may still refuse the name
+        label = self.providers.commands.peek(pool, command)
         attributes: dict[str, Any] = {
-            "snakepit.pool": str(metadata.get("pool")), "snakepit.command": command,
+            "snakepit.pool": pool, "snakepit.command": label,
             "snakepit.call.id": int(metadata.get("call", 0)),
             "snakepit.queue_depth": int(measurements.get("queue_depth", 0))}
+        if label != command:
+            attributes["snakepit.command.requested"] = command
         if metadata.get("stream"):
             attributes["snakepit.stream"] = True
         started = time.time_ns()
-        span = self.providers.tracer().start_span(f"snakepit.call {command}",
+        span = self.providers.tracer().start_span(f"snakepit.call {label}",
                                                   attributes=attributes, start_time=started)
         if not span.is_recording():  # no SDK, or sampled out: nothing to finish later
             return
-        self._open[metadata.get("call")] = _OpenCall(span, started)
+        self._open[metadata.get("call")] = _OpenCall(span, started, label)
         while len(self._open) > self.providers.max_open_spans:
             self._evict_oldest()
 
@@ -80,14 +86,19 @@ class CallSpans:
         if cancelled:
             error = None
         pool, command = str(metadata.get("pool")), str(metadata.get("command"))
+        label = self.providers.commands.label(pool, command, error)
         queue_wait = float(measurements.get("queue_wait", 0.0))
-        self._measure(pool, command, "cancelled" if cancelled else error,
+        self._measure(pool, label, "cancelled" if cancelled else error,
                       float(measurements.get("duration", 0.0)), queue_wait)
         record = self._open.pop(metadata.get("call"), None)
         if record is None:  # not recording, evicted, or started before the plugin loaded
             return
         ended = time.time_ns()
         span, worker = record.span, metadata.get("worker")
+        if label != record.label:  # refused as unknown, or the cap filled meanwhile
+            span.update_name(f"snakepit.call {label}")
+            span.set_attribute("snakepit.command", label)
+            span.set_attribute("snakepit.command.requested", command)
         # a call that never reached a worker only queued (its queue_wait is its duration)
         queued_until = (ended if worker is None
                         else min(record.started + int(queue_wait * 1e9), ended))
