@@ -25,6 +25,7 @@ from snakepit.errors import (
     WorkerCrashedBeforeStart,
 )
 from snakepit.pool.dynamic import acquire_pinned
+from snakepit.pool.tools import lender
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
 from snakepit.worker.lifecycle import Call, wait_for_answer
@@ -207,8 +208,11 @@ class CallPath:
             elif session_id is None:
                 call = attempt.call = Call(command, args, deadline)
                 call.on_progress = on_progress
-                free = self._dispatcher.try_acquire()
-                if free is None:
+                run = lender()  # made by a host tool: on the capacity of its caller
+                free = None if run is not None else self._dispatcher.try_acquire()
+                if run is not None:
+                    run.worker.send_nested(call, run.call)
+                elif free is None:
                     self._dispatcher.queue(call)
                 else:
                     free.send_call(call)

@@ -33,6 +33,7 @@ from snakepit.errors import (
 )
 from snakepit.kinds import KindRuntime, apply_kind, find_kind
 from snakepit.plugins import plugin_manager
+from snakepit.pool.broadcast import broadcast, replay_setups, run_setup
 from snakepit.pool.calls import Attempt, CallPath
 from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
@@ -42,6 +43,7 @@ from snakepit.pool.outage import OutageMonitor
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats, percentiles
 from snakepit.pool.stream import ChunkStream
+from snakepit.pool.tools import ToolBox, ToolFunction, lender
 from snakepit.pool.warm import check_warm_start, open_fork_server
 from snakepit.process.forkserver import ForkServer
 from snakepit.process.registry import reap_orphans
@@ -89,6 +91,8 @@ class Pool(CallPath, DynamicCalls):
             config.circuit_breaker, trio.current_time,
             lambda circuit, state: self._emit("circuit.changed", {}, circuit=circuit,
                                               state=state)))
+        self._tools = ToolBox(config.name, nursery, config.host_tool_limit)
+        self._setups: list[tuple[str, Any]] = []
         self._affinity = SessionAffinity(self)
         self.sessions = self._affinity.store
         """The pool's :class:`~snakepit.sessions.store.SessionStore`."""
@@ -151,6 +155,13 @@ class Pool(CallPath, DynamicCalls):
         return spec, offered_codecs(self.config, self._adapter.codecs)
 
     def _worker_ready(self, worker: Worker) -> None:
+        worker.host = self._tools
+        if self._setups:  # a new worker runs the recorded set-up before it takes calls
+            self._nursery.start_soon(replay_setups, self, worker, self._worker_serving)
+        else:
+            self._worker_serving(worker)
+
+    def _worker_serving(self, worker: Worker) -> None:
         self._dispatcher.add_worker(worker)
         self._outage.worker_ready()
         self._changes.value += 1
@@ -320,7 +331,10 @@ class Pool(CallPath, DynamicCalls):
         try:
             self._check_open()
             deadline = self._deadline(timeout)
-            if session_id is None:
+            run = lender() if session_id is None else None  # from a host tool: nested
+            if run is not None:
+                worker = run.worker
+            elif session_id is None:
                 worker = await self._acquire(deadline)
             else:
                 # In use for the stream's whole life, as a session is for a call's run:
@@ -330,7 +344,8 @@ class Pool(CallPath, DynamicCalls):
                 worker = await self._affinity.acquire(session, deadline)
             stream = ChunkStream(worker, command, args, deadline,
                                  window or self.config.stream_window, session_id,
-                                 movable=session is None or session.mode != "strict")
+                                 movable=session is None or session.mode != "strict",
+                                 nest=run.call if run is not None else None)
             attempt.call = stream._pending
             stream.watch_idle(self._nursery, self.config.stream_idle_timeout)
             try:
@@ -347,6 +362,33 @@ class Pool(CallPath, DynamicCalls):
         self._call_succeeded(command, call_id, submitted, attempt,
                              measurements={"chunks": stream.received}, stream=True)
 
+    # -- host tools and broadcasts (pool/tools.py, pool/broadcast.py) ---------------------
+    def register_tool(self, name: str, fn: ToolFunction, *,
+                      description: str | None = None) -> None:
+        """Let every call's handler run ``await fn(args)`` in the host with
+        ``ctx.call_host(name, args)`` (see docs/host-tools.md); replaces a tool of that
+        name. ``description`` (default: ``fn``'s docstring) is listed by
+        ``ctx.host_tools()``.
+
+        Raises:
+            TypeError: ``name`` is empty or reserved, or ``fn`` is not callable.
+        """
+        self._tools.register(name, fn, description)
+
+    async def broadcast(self, command: str, args: Any = None, *,
+                        timeout: float | None = None) -> dict[str, Any]:
+        """Run ``command`` once on every live worker, concurrently; returns each
+        worker's result by worker id -- or, for a worker where it failed (or that died
+        meanwhile), the :class:`SnakepitError` it raised, in the result's place."""
+        return await broadcast(self, command, args, self._deadline(timeout))
+
+    async def setup(self, command: str, args: Any = None, *,
+                    timeout: float | None = None) -> dict[str, Any]:
+        """:meth:`broadcast` ``command`` now, and replay it on every worker started
+        later (a replacement, a recycled one) before that worker takes calls -- for
+        ``dspy.configure`` and the like. Returns the broadcast's results."""
+        return await run_setup(self, command, args, self._deadline(timeout))
+
     # -- sessions --------------------------------------------------------------------------
     def slot_worker(self, slot_id: str) -> Worker | None:
         """The current worker of slot ``slot_id`` (None between processes)."""
@@ -354,8 +396,8 @@ class Pool(CallPath, DynamicCalls):
         return slot.worker if slot is not None else None
 
     def session(self, *, ttl: float | None = None, mode: AffinityMode = "prefer",
-                metadata: dict[str, Any] | None = None, session_id: str | None = None
-                ) -> Any:
+                metadata: dict[str, Any] | None = None, session_id: str | None = None,
+                tools: dict[str, ToolFunction] | None = None) -> Any:
         """Open a session for the block: ``async with pool.session() as s:``.
 
         Args:
@@ -364,9 +406,11 @@ class Pool(CallPath, DynamicCalls):
             mode: ``"prefer"`` or ``"strict"`` affinity (see :meth:`execute_in_session`).
             metadata: free-form data kept with the session in the store.
             session_id: the id to use (default: a fresh one).
+            tools: host tools only this session's calls reach, by name (shadowing
+                pool tools of the same name); gone when the session ends.
         """
         return open_session(self, ttl=ttl, mode=mode, metadata=metadata,
-                            session_id=session_id)
+                            session_id=session_id, tools=tools)
 
     # -- introspection -------------------------------------------------------------------
     def stats(self) -> PoolStats:

@@ -146,12 +146,15 @@ class SessionHandle:
 
 @asynccontextmanager
 async def open_session(pool: Pool, *, ttl: float | None, mode: AffinityMode,
-                       metadata: dict[str, Any] | None, session_id: str | None
-                       ) -> AsyncIterator[SessionHandle]:
+                       metadata: dict[str, Any] | None, session_id: str | None,
+                       tools: dict[str, Any] | None = None) -> AsyncIterator[SessionHandle]:
     session = pool.sessions.create(session_id, ttl=ttl, mode=mode, metadata=metadata)
     try:
+        if tools:
+            pool._tools.open_session(session.id, tools)
         yield SessionHandle(pool, session)
     finally:
+        pool._tools.close_session(session.id)
         with contextlib.suppress(SessionNotFound):  # it may have expired meanwhile
             pool.sessions.delete(session.id)
 

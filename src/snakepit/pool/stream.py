@@ -9,7 +9,7 @@ import trio
 
 from snakepit.errors import StreamIdleTimeout
 from snakepit.worker.lifecycle import abandon, deadline_error
-from snakepit.worker.worker import Worker
+from snakepit.worker.worker import Worker, WorkerCall
 
 log = logging.getLogger("snakepit.pool")
 
@@ -28,11 +28,12 @@ class ChunkStream:
     """
 
     def __init__(self, worker: Worker, command: str, args: Any, deadline: float,
-                 window: int, session_id: str | None = None, movable: bool = True) -> None:
+                 window: int, session_id: str | None = None, movable: bool = True,
+                 nest: WorkerCall | None = None) -> None:
         self.deadline = deadline
         self.window = window
         self._pending = worker.start_call(command, args, deadline=deadline, window=window,
-                                          session_id=session_id, movable=movable)
+                                          session_id=session_id, movable=movable, nest=nest)
         self._taken = 0
         self._batch = max(1, window // 2)
         self.received = 0
