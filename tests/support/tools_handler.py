@@ -48,6 +48,12 @@ class ToolsHandler(ChaosHandler):
         return "sent"
 
     @command
+    def emit_raw(self, args: dict[str, Any], ctx: CallContext) -> str:
+        """Send an ``emit`` frame as is, past the worker's checks (a foreign worker)."""
+        self.bridge.send({"t": "emit", "call": ctx.id, **args})
+        return "sent"
+
+    @command
     def configure(self, args: dict[str, Any]) -> int:
         """Set-up: remember ``args`` in this process; returns the pid."""
         _configured.update(args)

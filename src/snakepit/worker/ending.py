@@ -84,10 +84,11 @@ class Ending:
         :class:`WorkerCrashedBeforeStart`).
         """
         may_have_started, behind = self.inflight.take_all()
-        if self.host is not None and self.host.runs:
-            for call in (*may_have_started, *self.nested):
+        nested = list(self.nested)
+        self.nested.fail_all(error)  # first: a tool waiting on one learns why
+        if self.host is not None and self.host.runs:  # then the tools stop
+            for call in (*may_have_started, *nested):
                 self.host.call_ended(call)
-        self.nested.fail_all(error)
         for call in may_have_started:
             call.fail(error)
         for call in behind:
