@@ -185,7 +185,7 @@ async def test_the_limiter_bounds_tools_running_at_once() -> None:
             await gate.wait()
         finally:
             running -= 1
-        return args
+        return int(args)
 
     async with snakepit.open_pool(tools_config(size=3, host_tool_limit=2)) as pool:
         pool.register_tool("slow", slow)

@@ -60,6 +60,13 @@ class ToolsHandler(ChaosHandler):
         return os.getpid()
 
     @command
+    def configure_unless(self, args: dict[str, Any]) -> int:
+        """Set-up that fails while the file ``path`` exists."""
+        if os.path.exists(args["path"]):
+            raise RuntimeError("refusing to configure")
+        return self.configure({"checked": True})
+
+    @command
     def configured(self) -> dict[str, Any]:
         return {"pid": os.getpid(), **_configured}
 
