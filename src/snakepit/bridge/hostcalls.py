@@ -151,3 +151,39 @@ class HostLink:
         self._send({wire.TAG: wire.EMIT, "call": ctx.id, "event": event,
                     "measurements": measurements or {}, "metadata": metadata or {}})
 
+
+
+HOST_TOOL_KEY = "$host_tool"
+"""``{"$host_tool": name}`` in the enhanced bridge's arguments becomes a
+:class:`HostToolProxy` (the host writes it with ``snakepit.host_tool(name)``)."""
+
+
+class HostToolProxy:
+    """A callable that runs host tool ``name`` for the call running on this thread.
+
+    Pass it wherever a function is expected (a DSPy tool, a callback). Called with
+    keyword arguments only, the tool receives them as a dict; with one positional
+    argument, that argument; with none, ``None``; with several, the list of them.
+
+    Raises (when called):
+        RuntimeError: outside a call (no host to ask).
+        HostToolError, CallCancelled: as ``ctx.call_host``.
+    """
+
+    def __init__(self, name: str, description: str = "") -> None:
+        self.name = self.__name__ = name
+        self.__doc__ = description or f"Host tool {name!r}."
+
+    def __repr__(self) -> str:
+        return f"<host tool {self.name!r}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ctx = current_context()
+        if ctx is None:
+            raise RuntimeError(f"host tool {self.name!r} called outside a snakepit call")
+        if args and kwargs:
+            raise TypeError(f"host tool {self.name!r} takes positional or keyword "
+                            "arguments, not both")
+        value: Any = kwargs if kwargs else (args[0] if len(args) == 1 else
+                                            list(args) if args else None)
+        return ctx.call_host(self.name, value)

@@ -34,6 +34,7 @@ import attrs
 import trio
 
 from snakepit import telemetry
+from snakepit.bridge.hostcalls import HOST_TOOL_KEY
 from snakepit.errors import PayloadError
 from snakepit.protocol import wire
 from snakepit.protocol.events import MAX_EVENTS_PER_SECOND, RateLimit, check_event
@@ -86,6 +87,15 @@ def lender() -> ToolRun | None:
     """The tool run whose waiting call lends its capacity to a call made now, if any."""
     run = CURRENT.get()
     return run if run is not None and run.lends else None
+
+
+def host_tool(name: str) -> dict[str, str]:
+    """An argument of ``pool.call`` (the enhanced bridge) that the worker receives as a
+    callable running host tool ``name`` -- to pass a host function where a worker's
+    library expects one (a DSPy tool, a callback)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a host tool's name must be a non-empty string, got {name!r:.80}")
+    return {HOST_TOOL_KEY: name}
 
 
 def make_tool(name: Any, fn: Any, description: str | None) -> HostTool:
