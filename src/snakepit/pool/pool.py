@@ -379,7 +379,8 @@ class Pool(CallPath, DynamicCalls):
                         timeout: float | None = None) -> dict[str, Any]:
         """Run ``command`` once on every live worker, concurrently; returns each
         worker's result by worker id -- or, for a worker where it failed (or that died
-        meanwhile), the :class:`SnakepitError` it raised, in the result's place."""
+        meanwhile), the :class:`~snakepit.errors.SnakepitError` it raised, in the
+        result's place."""
         return await broadcast(self, command, args, self._deadline(timeout))
 
     async def setup(self, command: str, args: Any = None, *,
