@@ -38,9 +38,12 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
                                                for row in report["streams"])
     assert {row["name"] for row in report["sessions"]} == {
         "create", "get", "touch", "update_metadata", "delete"}
+    assert [row["name"] for row in report["host_tools"]] == ["plain", "host_tool"]
+    assert all(0 < row["p50_us"] <= row["p99_us"] for row in report["host_tools"])
+    assert "call making one host-tool round trip" in out
 
     # every target is judged or skipped, and said so in the output
-    assert len(report["targets"]) == 6
+    assert len(report["targets"]) == 8
     for target in report["targets"]:
         assert target["passed"] in (True, False, None)
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
