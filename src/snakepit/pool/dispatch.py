@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from snakepit.errors import (
     PoolBroken,
     PoolClosed,
     PoolSaturated,
+    QueueTimeout,
     SnakepitError,
     WorkerCrashedBeforeStart,
 )
@@ -351,6 +353,26 @@ class Dispatcher:
         self._check_room()
         call.unqueue = self._unqueue
         self._waiters.append(call)
+
+    async def acquire_until(self, deadline: float, worker: Worker | None = None) -> Worker:
+        """:meth:`acquire` (or, for ``worker``, :meth:`acquire_worker`) within ``deadline``.
+
+        Raises:
+            QueueTimeout: the deadline passed first.
+            PoolClosed, PoolBroken, PoolSaturated, SessionWorkerLost: as those do.
+        """
+        if worker is None:
+            found = self.try_acquire()
+            if found is not None:
+                return found
+        if math.isinf(deadline):
+            return await (self.acquire() if worker is None else self.acquire_worker(worker))
+        with trio.CancelScope(deadline=deadline):
+            found = await (self.acquire() if worker is None else self.acquire_worker(worker))
+            if trio.current_time() < deadline:
+                return found
+            self.release(found)  # handed over just as the deadline passed
+        raise QueueTimeout("the call's deadline passed while it waited for a worker")
 
     def _fail_waiters(self, error: Exception, *, pinned_too: bool = False) -> None:
         waiters, self._waiters = self._waiters, collections.deque()
