@@ -105,9 +105,15 @@ class _Completed(BaseAdapter):
         self._adapter = adapter
         self.name: str = adapter.name
         self.codecs: tuple[str, ...] = tuple(adapter.codecs)
-        self.launch = adapter.launch
-        if hasattr(adapter, "prepare"):
-            self.prepare = adapter.prepare  # type: ignore[method-assign]
+        self._prepare = adapter.prepare if hasattr(adapter, "prepare") else None
+
+    def launch(self, config: PoolConfig, worker_id: str) -> LaunchSpec:
+        spec: LaunchSpec = self._adapter.launch(config, worker_id)
+        return spec
+
+    async def prepare(self, config: PoolConfig) -> None:
+        if self._prepare is not None:
+            await self._prepare(config)
 
 
 class PythonAdapter(BaseAdapter):

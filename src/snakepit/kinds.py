@@ -125,12 +125,27 @@ class _Completed(BaseRuntime):
 
     def __init__(self, runtime: Any) -> None:
         self._runtime = runtime
-        self.worker_env = runtime.worker_env  # type: ignore[method-assign]
-        self.worker_exited = runtime.worker_exited  # type: ignore[method-assign]
-        self.worker_info = runtime.worker_info  # type: ignore[method-assign]
-        if hasattr(runtime, "run"):
-            self.run = runtime.run  # type: ignore[method-assign]
+        self._run = runtime.run if hasattr(runtime, "run") else None
         self._opener: Opener | None = getattr(runtime, "open_worker", None)
+
+    def worker_env(self, worker_id: str) -> Mapping[str, str]:
+        env: Mapping[str, str] = self._runtime.worker_env(worker_id)
+        return env
+
+    def worker_exited(self, worker_id: str, pid: int, exit_code: int | None,
+                      stderr_tail: str) -> None:
+        self._runtime.worker_exited(worker_id, pid, exit_code, stderr_tail)
+
+    def worker_info(self, worker_id: str) -> Mapping[str, Any]:
+        info: Mapping[str, Any] = self._runtime.worker_info(worker_id)
+        return info
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        if self._run is None:
+            task_status.started()
+        else:
+            await self._run(task_status=task_status)
 
     @property
     def opener(self) -> Opener | None:
