@@ -73,7 +73,8 @@ def chaos_config(**overrides: object) -> snakepit.PoolConfig:
 def mock_clock_config(**overrides: object) -> snakepit.PoolConfig:
     """:func:`chaos_config` for tests on trio's MockClock: time moves only when the test
     jumps it, so nothing but the behaviour under test may wait on the clock -- no
-    heartbeat or health check (a jump would read as silence), restarts without backoff.
+    heartbeat or health check (they count real time, so a jump is not silence, but their
+    pings would add frames the test did not ask for), restarts without backoff.
     """
     options: dict[str, object] = {
         "heartbeat_interval": None,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit import telemetry
 from snakepit.worker.worker import WorkerState
 
@@ -41,7 +42,7 @@ async def check_worker(pool: Pool, worker: Worker) -> None:
     if worker.in_flight or not worker.accepting:
         return  # a call started since the round looked: pinging it would measure that
     served = worker.calls_served
-    with trio.move_on_after(pool.config.health_check_timeout):
+    with realtime.move_on_after(pool.config.health_check_timeout):
         await worker.ping()
         return
     if worker.in_flight == 0 and worker.calls_served == served and worker.accepting:
@@ -67,7 +68,7 @@ async def monitor_health(pool: Pool) -> None:
     interval = pool.config.health_check_interval
     assert interval is not None
     while True:
-        await trio.sleep(interval)
+        await realtime.sleep(interval)
         workers = pool.workers()
         async with trio.open_nursery() as nursery:
             for worker in workers:
@@ -116,7 +117,7 @@ async def watch_heartbeats(pool: Pool) -> None:
     interval = pool.config.heartbeat_interval
     assert interval is not None
     while True:
-        await trio.sleep(interval)
+        await realtime.sleep(interval)
         check_heartbeats(pool)
 
 
@@ -131,7 +132,7 @@ def check_heartbeats(pool: Pool) -> None:
     host's own scheduling delay) and its calls fail with ``WorkerCrashed``.
     """
     timeout = pool.config.heartbeat_timeout
-    now = trio.current_time()
+    now = realtime.monotonic()
     for worker in live_workers(pool):
         silent = now - worker.connection.last_heard
         if silent <= timeout:

@@ -21,6 +21,7 @@ import attrs
 import trio
 import trio_util
 
+from snakepit import _realtime as realtime
 from snakepit import telemetry
 from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
@@ -195,7 +196,7 @@ class Pool(CallPath, DynamicCalls):
         self._dispatcher.close()
         for slot in self._slots:
             slot.stop()
-        with trio.move_on_after(self.config.shutdown_grace):
+        with realtime.move_on_after(self.config.shutdown_grace):
             for slot in self._slots:
                 if slot.supervising:  # a slot that never started has nothing to stop
                     await slot.stopped.wait()
@@ -425,17 +426,21 @@ async def run_pool(config: PoolConfig, *, control: bool) -> AsyncIterator[Pool]:
         with unwrap_single_error(), EventLog([config.name] if control else []) as events:
             async with trio.open_nursery() as nursery:
                 pool = Pool(config, nursery)
-                try:
-                    await pool._start()
-                    if control:
-                        await nursery.start(serve_control, {config.name: pool},
-                                            registry(config), events)
-                    stopping = math.inf  # started: pool.stopped will be emitted
-                    yield pool
-                finally:
-                    stopping = trio.current_time() if stopping is not None else None
-                    with trio.CancelScope(shield=True):
-                        await pool.aclose()
+                # under pytest-trio's autojump_clock: no jumps while workers start,
+                # run calls or stop (see snakepit._realtime)
+                with realtime.pause_autojump(lambda: pool.in_flight) as waiting_on_workers:
+                    try:
+                        with waiting_on_workers():
+                            await pool._start()
+                        if control:
+                            await nursery.start(serve_control, {config.name: pool},
+                                                registry(config), events)
+                        stopping = math.inf  # started: pool.stopped will be emitted
+                        yield pool
+                    finally:
+                        stopping = trio.current_time() if stopping is not None else None
+                        with trio.CancelScope(shield=True), waiting_on_workers():
+                            await pool.aclose()
     finally:
         if stopping is not None:  # every worker has exited: the nursery is done
             pool._emit("pool.stopped", {"duration": trio.current_time() - stopping})

@@ -21,6 +21,7 @@ from typing import Any
 import outcome
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit import telemetry
 from snakepit.config import PoolConfig
 from snakepit.errors import (
@@ -383,7 +384,7 @@ class Worker:
 
     async def _cancel_watchdog(self, pending: Pending) -> None:
         assert pending.settled is not None
-        with trio.move_on_after(self.config.cancel_grace):
+        with realtime.move_on_after(self.config.cancel_grace):
             await pending.settled.wait()
         if pending.settled.is_set():  # answered, perhaps just as the grace ran out
             return
