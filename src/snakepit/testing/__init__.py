@@ -6,6 +6,8 @@
   into a chosen call of *your own* handler, without writing one.
 - :class:`LeakCheck`: what a pool left behind -- processes, shared-memory segments,
   file descriptors.
+- :class:`ThreadedPool`: a pool for synchronous code (hypothesis tests and state
+  machines), in a Trio run on a helper thread.
 - ``snakepit.testing.pytest_plugin``: the pytest plugin (the ``snakepit_pool`` fixture),
   registered through the ``pytest11`` entry point.
 - ``snakepit.testing.strategies``: hypothesis strategies (needs hypothesis).
@@ -24,11 +26,14 @@ if TYPE_CHECKING:
     from snakepit.testing._chaos import ChaosHandler
     from snakepit.testing.faults import FAULT_KINDS, Fault, FaultInjector, Faults
     from snakepit.testing.leaks import LeakCheck
+    from snakepit.testing.threaded import ThreadedPool
 
-__all__ = ["FAULT_KINDS", "ChaosHandler", "Fault", "FaultInjector", "Faults", "LeakCheck"]
+__all__ = ["FAULT_KINDS", "ChaosHandler", "Fault", "FaultInjector", "Faults", "LeakCheck",
+           "ThreadedPool"]
 
 _HOME = {"ChaosHandler": "_chaos", "FAULT_KINDS": "faults", "Fault": "faults",
-         "FaultInjector": "faults", "Faults": "faults", "LeakCheck": "leaks"}
+         "FaultInjector": "faults", "Faults": "faults", "LeakCheck": "leaks",
+         "ThreadedPool": "threaded"}
 
 
 def __getattr__(name: str) -> Any:
