@@ -102,3 +102,23 @@ async def test_a_plain_mock_clock_shutdown_ladder_is_real(mock_clock: MockClock)
     assert time.monotonic() - real < 15
     assert mock_clock.current_time() == 0
     assert not child_pids()
+
+
+async def test_under_autojump_a_silent_start_gets_its_real_startup_timeout(
+        autojump_clock: MockClock) -> None:
+    # before: the clock jumped 30 s at once and the start failed in 0.46 s, blaming the
+    # worker; now the handshake gets its full second, and the clock is given back
+    config = snakepit.PoolConfig(size=1, startup_timeout=1.0, kill_timeout=0.5,
+                                 command=("/bin/sh", "-c", "exec sleep 60"))
+    real = time.monotonic()
+    with wall_clock_limit(30):
+        with pytest.raises(snakepit.WorkerStartupError, match="startup_timeout"):
+            async with snakepit.open_pool(config):
+                pytest.fail("the pool must not open")
+    assert 1.0 <= time.monotonic() - real < 15
+    assert (autojump_clock.rate, autojump_clock.autojump_threshold) == (0, 0)
+    before, real = trio.current_time(), time.monotonic()
+    await trio.sleep(100)  # it autojumps again
+    assert trio.current_time() - before == pytest.approx(100)
+    assert time.monotonic() - real < 5
+    assert not child_pids()

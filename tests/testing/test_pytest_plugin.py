@@ -134,3 +134,22 @@ def test_a_leaked_descriptor_fails_the_test(leaky_run: subprocess.CompletedProce
     assert re.search(rf"file descriptor {read_end} \(pipe:\[\d+\]\) is still open", out), out
     assert re.search(rf"file descriptor {write_end} \(pipe:\[\d+\]\) is still open", out), out
     assert "3 failed" in out  # each test failed for its own leak only
+
+
+def test_the_fixture_works_on_trio_marked_tests_outside_trio_mode(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")  # no trio_mode
+    (project / "test_app.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.trio
+        async def test_marked(snakepit_pool):
+            pool = await snakepit_pool(size=1)
+            assert await pool.execute("echo", [1, "a"]) == [1, "a"]
+    """))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+                            cwd=project, env=installed_snakepit(tmp_path / "site"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
