@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -120,3 +121,20 @@ def test_faults_need_a_python_handler(tmp_path: Path) -> None:
     config = snakepit.PoolConfig(command=("/bin/sh", "-c", "true"))
     with pytest.raises(snakepit.ConfigError, match="faults need a Python handler"):
         Faults(tmp_path).wrap(config)
+
+
+async def test_several_named_pools_take_faults_too(snakepit_pool: Any) -> None:
+    config = snakepit.SnakepitConfig(pools={
+        "general": attrs.evolve(APP, name="general", size=1),
+        "neural": attrs.evolve(APP, name="neural", size=1),
+    })
+    pools = await snakepit_pool.open_pools(config)
+    assert set(snakepit_pool.pools) == {pools["general"], pools["neural"]}
+    snakepit_pool.inject("predict", "oversized")
+    outcomes = []
+    for name in ("general", "neural"):
+        try:
+            outcomes.append(await pools[name].execute("predict", {"x": 1}))
+        except snakepit.PayloadError:
+            outcomes.append("fault")
+    assert outcomes == ["fault", {"label": 2}]  # the first call of any pool took it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,39 @@ class PoolFactory:
             config = snakepit.PoolConfig(**overrides)
         elif overrides:
             config = attrs.evolve(config, **overrides)
-        if config.command is None and config.adapter == "python":
-            config = self.faults.wrap(config)
-        self.leaks.watch(config)
+        config = self._prepare(config)
         pool: snakepit.Pool = await self._nursery.start(self._serve, config)
         self.pools.append(pool)
         return pool
+
+    async def open_pools(self, config: snakepit.SnakepitConfig | Mapping[str, Any]
+                         ) -> snakepit.Pools:
+        """Open several named pools (as :func:`snakepit.open_pools`) until the test ends.
+
+        Raises:
+            WorkerStartupError: a pool could not start; the others are shut down again.
+            ConfigError: ``config`` is plain data and invalid.
+        """
+        if not isinstance(config, snakepit.SnakepitConfig):
+            config = snakepit.SnakepitConfig.from_dict(config)
+        config = attrs.evolve(config, pools={name: self._prepare(pool_config)
+                                             for name, pool_config in config.pools.items()})
+        pools: snakepit.Pools = await self._nursery.start(self._serve_pools, config)
+        self.pools.extend(pools[name] for name in config.pools)
+        return pools
+
+    def _prepare(self, config: snakepit.PoolConfig) -> snakepit.PoolConfig:
+        """Fault injection for a Python handler; its run watched for leaks."""
+        if config.command is None and config.adapter == "python":
+            config = self.faults.wrap(config)
+        self.leaks.watch(config)
+        return config
+
+    async def _serve_pools(self, config: snakepit.SnakepitConfig,
+                           task_status: trio.TaskStatus[snakepit.Pools]) -> None:
+        async with snakepit.open_pools(config) as pools:
+            task_status.started(pools)
+            await self._closing.wait()
 
     async def _serve(self, config: snakepit.PoolConfig,
                      task_status: trio.TaskStatus[snakepit.Pool]) -> None:
