@@ -82,6 +82,8 @@ class _TimerThread:
 
     def call_after(self, seconds: float, callback: Callable[[], object]) -> _Timer:
         timer = _Timer(trio.lowlevel.current_trio_token(), callback)
+        if math.isinf(seconds):
+            return timer  # never fires
         with self._wake:
             heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), timer))
             if self._thread is None:
