@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "SessionStore": "snakepit.sessions.store",
     "telemetry": "snakepit.telemetry",
     "Pool": "snakepit.pool.pool",
-    "open_pool": "snakepit.pool.pool",
+    "open_pool": "snakepit.pool.tree",
     "PoolStats": "snakepit.pool.stats",
     "WorkerStats": "snakepit.pool.stats",
     "SlotState": "snakepit.worker.slot_events",
@@ -97,12 +97,12 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.pool.group import Pools as Pools
     from snakepit.pool.group import open_pools as open_pools
     from snakepit.pool.pool import Pool as Pool
-    from snakepit.pool.pool import open_pool as open_pool
     from snakepit.pool.session import SessionHandle as SessionHandle
     from snakepit.pool.stats import PoolStats as PoolStats
     from snakepit.pool.stats import WorkerStats as WorkerStats
     from snakepit.pool.tools import HostTool as HostTool
     from snakepit.pool.tools import host_tool as host_tool
+    from snakepit.pool.tree import open_pool as open_pool
     from snakepit.refs import Ref as Ref
     from snakepit.sessions.store import SessionStore as SessionStore
     from snakepit.worker.slot_events import SlotState as SlotState

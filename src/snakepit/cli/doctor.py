@@ -153,7 +153,7 @@ def _fix_for_startup(error: WorkerStartupError, config: PoolConfig) -> str:
 async def pool_findings(config: PoolConfig, *,
                         on_started: Callable[[], None] | None = None) -> list[Finding]:
     """Resolve the pool's adapter and kind, find its executable, start one worker."""
-    from snakepit.pool.pool import run_pool
+    from snakepit.pool.tree import run_pool
 
     name = config.name
     found: list[Finding] = []

@@ -39,20 +39,17 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import trio
 
 from snakepit import __version__
-from snakepit.control.snapshot import EventLog, pool_snapshot
+from snakepit.control.snapshot import EventLog, OperatedPool, pool_snapshot
 from snakepit.errors import ConfigError, ProtocolError
 from snakepit.process.registry import RunRegistry
 from snakepit.process.trust import secure_dir
 from snakepit.protocol.framing import FrameDecoder, encode_frame
-
-if TYPE_CHECKING:
-    from snakepit.pool.pool import Pool
 
 __all__ = ["IDLE_TIMEOUT", "MAX_ANSWER", "MAX_CONNECTIONS", "MAX_REQUEST", "control_enabled",
            "control_limits", "serve_control"]
@@ -126,7 +123,7 @@ def peer_uid(sock: trio.socket.SocketType) -> int:
 class ControlServer:
     """Answers operators about ``pools``; one per pool tree."""
 
-    def __init__(self, pools: Mapping[str, Pool], registry: RunRegistry,
+    def __init__(self, pools: Mapping[str, OperatedPool], registry: RunRegistry,
                  events: EventLog, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.pools = pools
         self.registry = registry
@@ -196,7 +193,7 @@ class ControlServer:
         except (TypeError, ValueError) as exc:
             return _failure("BadRequest", str(exc))
 
-    def _pool(self, request: dict[str, Any]) -> Pool:
+    def _pool(self, request: dict[str, Any]) -> OperatedPool:
         name = request.get("pool")
         if name is None and len(self.pools) == 1:
             return next(iter(self.pools.values()))
@@ -282,7 +279,7 @@ async def _refuse_busy(stream: trio.SocketStream, max_connections: int) -> None:
         await stream.aclose()
 
 
-async def serve_control(pools: Mapping[str, Pool], registry: RunRegistry, events: EventLog,
+async def serve_control(pools: Mapping[str, OperatedPool], registry: RunRegistry, events: EventLog,
                         *, task_status: trio.TaskStatus[trio.CancelScope | None]
                         = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the control socket for ``pools`` until cancelled; report its cancel scope.

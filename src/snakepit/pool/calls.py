@@ -1,8 +1,9 @@
 """The path of one call: a deadline, a worker, attempts with retries, and back.
 
-Mixed into :class:`~snakepit.Pool`; the hot path is written inline (no context
-managers, no telemetry payloads unless someone listens) because every microsecond here
-is paid per call (DESIGN.md: ~10 µs per Trio task switch on the reference box).
+A part of :class:`~snakepit.Pool` (which delegates ``execute`` and friends here); the
+hot path is written inline (no context managers, no telemetry payloads unless someone
+listens) because every microsecond here is paid per call (DESIGN.md: ~10 µs per Trio
+task switch on the reference box).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from snakepit.errors import (
     ConfigError,
     PoolClosed,
     PoolDraining,
-    QueueTimeout,
+    RefLost,
     SessionWorkerLost,
     SnakepitError,
     WorkerCrashedBeforeStart,
 )
-from snakepit.pool.dynamic import acquire_pinned
 from snakepit.pool.tools import lender
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
@@ -67,21 +67,57 @@ class Attempt:
         return self.call.sent_at
 
 
+class Gate:
+    """Whether the pool takes new calls: every calling path asks here first."""
+
+    __slots__ = ("closed", "draining", "pool")
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self.closed = False
+        self.draining = False
+        """Set by ``Pool.drain``: new calls are refused with :class:`PoolDraining`."""
+
+    def check(self) -> None:
+        """Raise PoolClosed or PoolDraining when the pool takes no new calls."""
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+        if self.draining:
+            raise PoolDraining(f"pool {self.pool!r} is drained by its operator")
+
+
 class CallPath:
-    """Acquiring a worker within a deadline, and running a call's attempts."""
+    """Acquiring a worker within a deadline, and running a call's attempts.
 
-    config: PoolConfig
-    sessions: SessionStore
-    _closed: bool
-    draining: bool
-    _dispatcher: Dispatcher
-    _counters: CallCounters
-    _breaker: CircuitBreaker | None
-    _affinity: SessionAffinity
+    Args:
+        config: the pool's configuration (``call_timeout``, ``retry``).
+        gate: whether the pool takes calls.
+        dispatcher: hands out worker capacity.
+        affinity: routes a session's calls.
+        counters: the pool's call statistics.
+        breaker: the circuit breaker, if the pool has one.
+        emit: the pool's telemetry.
+    """
 
-    _emit: Callable[..., None]
+    def __init__(self, config: PoolConfig, gate: Gate, dispatcher: Dispatcher,
+                 affinity: SessionAffinity, counters: CallCounters,
+                 breaker: CircuitBreaker | None, emit: Callable[..., None]) -> None:
+        self.config = config
+        self.gate = gate
+        self._dispatcher = dispatcher
+        self._affinity = affinity
+        self.sessions: SessionStore = affinity.store
+        self._counters = counters
+        self._breaker = breaker
+        self._emit = emit
 
-    def _deadline(self, timeout: float | None) -> float:
+    def deadline(self, timeout: float | None) -> float:
+        """The Trio-clock deadline for ``timeout`` seconds (``config.call_timeout`` by
+        default; ``inf`` for none).
+
+        Raises:
+            ConfigError: ``timeout`` is not a number > 0.
+        """
         if timeout is None:
             timeout = self.config.call_timeout
         if timeout is None:
@@ -90,34 +126,29 @@ class CallPath:
             raise ConfigError([f"timeout: must be a number > 0 (got {timeout!r})"])
         return trio.current_time() + timeout
 
-    def _check_open(self) -> None:
-        """Raise PoolClosed or PoolDraining when the pool takes no new calls."""
-        if self._closed:
-            raise PoolClosed("the pool is closed")
-        if self.draining:
-            raise PoolDraining(f"pool {self.config.name!r} is drained by its operator")
-
-    async def _acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
+    async def acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
         """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
-        self._check_open()
-        dispatcher = self._dispatcher
-        if worker is None:
-            found = dispatcher.try_acquire()
-            if found is not None:
-                return found
-        if math.isinf(deadline):
-            return await (dispatcher.acquire() if worker is None
-                          else dispatcher.acquire_worker(worker))
-        with trio.CancelScope(deadline=deadline):
-            found = await (dispatcher.acquire() if worker is None
-                           else dispatcher.acquire_worker(worker))
-            if trio.current_time() < deadline:
-                return found
-            dispatcher.release(found)  # handed over just as the deadline passed
-        raise QueueTimeout("the call's deadline passed while it waited for a worker")
+        self.gate.check()
+        return await self._dispatcher.acquire_until(deadline, worker)
+
+    async def acquire_pinned(self, worker: Worker, deadline: float) -> Worker:
+        """A unit of the one worker that holds an object; RefLost if it is gone."""
+        if not worker.accepting:
+            raise RefLost(f"worker {worker.id} (pid {worker.pid}), which held the object, "
+                          "is gone")
+        try:
+            acquired = await self.acquire(deadline, worker)
+        except SessionWorkerLost as exc:
+            raise RefLost(f"worker {worker.id} (pid {worker.pid}) died while the call "
+                          "waited for it; the object is gone") from exc
+        if not acquired.accepting:
+            self._dispatcher.release(acquired)
+            raise RefLost(f"worker {worker.id} (pid {worker.pid}) is being recycled; the "
+                          "object goes with it")
+        return acquired
 
     # -- calls -------------------------------------------------------------------------
-    def _call_started(self, command: str, **metadata: Any) -> tuple[int, float]:
+    def call_started(self, command: str, **metadata: Any) -> tuple[int, float]:
         """Count a submitted call and announce it; returns its id and submission time."""
         self._counters.calls += 1
         call_id = next(_call_ids)
@@ -126,7 +157,7 @@ class CallPath:
                        command=command, call=call_id, **metadata)
         return call_id, trio.current_time()
 
-    def _call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
+    def call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
                      attempt: Attempt, tries: int = 1, **metadata: Any) -> None:
         """Count and announce a call that raised ``exc``."""
         self._counters.failure(exc)
@@ -138,7 +169,7 @@ class CallPath:
                    command=command, call=call_id, worker=worker.id if worker else None,
                    error=type(exc).__name__, **metadata)
 
-    def _call_succeeded(self, command: str, call_id: int, submitted: float,
+    def call_succeeded(self, command: str, call_id: int, submitted: float,
                         attempt: Attempt, tries: int = 1,
                         measurements: dict[str, float] | None = None,
                         **metadata: Any) -> None:
@@ -154,22 +185,22 @@ class CallPath:
                                  "attempts": tries, **(measurements or {})},
                    command=command, call=call_id, worker=worker.id, **metadata)
 
-    async def _run(self, command: str, args: Any, timeout: float | None,
+    async def run(self, command: str, args: Any, timeout: float | None,
                    on_progress: ProgressCallback | None, session_id: str | None,
                    idempotent: bool = False, pinned: Worker | None = None) -> Any:
-        return (await self._run_attempts(command, args, timeout, on_progress, session_id,
+        return (await self.run_attempts(command, args, timeout, on_progress, session_id,
                                          idempotent, pinned))[0]
 
-    async def _run_attempts(self, command: str, args: Any, timeout: float | None,
+    async def run_attempts(self, command: str, args: Any, timeout: float | None,
                             on_progress: ProgressCallback | None, session_id: str | None,
                             idempotent: bool = False, pinned: Worker | None = None
                             ) -> tuple[Any, Attempt]:
         """Run a call, retrying per the policy; returns its result and its last try."""
-        call_id, submitted = self._call_started(command)
+        call_id, submitted = self.call_started(command)
         attempt = Attempt(submitted)
         tries = 1
         try:
-            deadline = self._deadline(timeout)
+            deadline = self.deadline(timeout)
             while True:
                 try:
                     result = await self._attempt(command, args, deadline, on_progress,
@@ -184,9 +215,9 @@ class CallPath:
                     await trio.sleep(delay)
                     tries += 1
         except BaseException as exc:
-            self._call_failed(exc, command, call_id, submitted, attempt, tries)
+            self.call_failed(exc, command, call_id, submitted, attempt, tries)
             raise
-        self._call_succeeded(command, call_id, submitted, attempt, tries)
+        self.call_succeeded(command, call_id, submitted, attempt, tries)
         return result, attempt
 
     async def _attempt(self, command: str, args: Any, deadline: float,
@@ -194,12 +225,12 @@ class CallPath:
                        attempt: Attempt, pinned: Worker | None = None) -> Any:
         """One try: through the breaker, to a worker, and back; the call is kept in
         ``attempt``. ``pinned``: only that worker (it holds an object the call uses)."""
-        self._check_open()  # the one gate every call passes (drain included)
+        self.gate.check()  # the one gate every call passes (drain included)
         breaker = self._breaker
         probe = breaker.before(command) if breaker is not None else False
         try:
             if pinned is not None:
-                worker = await acquire_pinned(self, pinned, deadline)
+                worker = await self.acquire_pinned(pinned, deadline)
                 call = attempt.call = Call(command, args, deadline, session_id=session_id,
                                            movable=False)
                 call.on_progress = on_progress

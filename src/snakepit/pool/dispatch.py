@@ -7,19 +7,16 @@ DESIGN.md measured pipelining as the big lever). A caller takes a primary unit w
 one is free, a spare one only when every worker is busy, and otherwise parks in FIFO
 order; a released unit is handed straight to the first waiter (no thundering herd).
 
-The pipeline is only as deep as the calls are quick: a worker offers
-``1 + PIPELINE_BUDGET / mean service time`` units per unit of concurrency, at least
-two (one running, one waiting: the behaviour of slow calls) and at most
-``pipeline_depth``. So about a millisecond of expected work waits in a pipe, whatever
-the call length: trivial calls go 8 deep (on the 2-core box that cut the host's CPU per
-call from ~25 to ~17 µs and the worker's from ~20 to ~11 µs), while calls of a
-millisecond or more queue no deeper than before.
+How deep the pipes go, and which call a free worker takes from another's pipe, is
+:mod:`snakepit.pool.pipelining`'s policy; calls given back unstarted come back here
+(:meth:`Dispatcher.requeue`) and go first in line.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,20 +27,16 @@ from snakepit.errors import (
     PoolBroken,
     PoolClosed,
     PoolSaturated,
+    QueueTimeout,
     SnakepitError,
     WorkerCrashedBeforeStart,
 )
+from snakepit.pool.pipelining import call_to_steal, pipeline_depth
 from snakepit.worker.lifecycle import Call, CallEvent
 
 if TYPE_CHECKING:
     from snakepit.worker.worker import Worker, WorkerCall
 
-PIPELINE_BUDGET = 0.001
-"""Seconds of expected work (mean service time x calls) a worker's pipe may hold."""
-
-STEAL_AFTER = 0.002
-"""A worker that frees takes a call waiting in another's pipe only when the call ahead
-of it there has run this long: quick calls start before a withdraw could reach them."""
 
 
 class Dispatcher:
@@ -78,10 +71,7 @@ class Dispatcher:
 
     def _depth(self) -> int:
         """Units per unit of concurrency now: deeper while calls are quick."""
-        depth = self.pipeline_depth
-        if depth <= 2:
-            return depth
-        return max(2, min(depth, 1 + int(PIPELINE_BUDGET / self.mean_service_time)))
+        return pipeline_depth(self.pipeline_depth, self.mean_service_time)
 
     def add_worker(self, worker: Worker) -> None:
         """A new worker is ready: offer all of its capacity."""
@@ -154,26 +144,13 @@ class Dispatcher:
             call.on_moved(worker)
 
     def _steal_for(self, thief: Worker) -> None:
-        """``thief`` has a free unit and nobody waits: take back a call that waits in the
-        pipe of a worker stuck on a long call, so that it runs here instead (work
-        stealing). The newest such call of the deepest pipe goes (one per free unit: a
-        call already being withdrawn is not asked for twice); it comes back through
-        :meth:`requeue` once its worker answers ``withdrawn``."""
-        victim, deepest, newest = None, 0, None
-        started_before: float | None = None
-        for worker in self._workers:
-            recall = worker.recall
-            if worker is thief or not recall.withdraws:
-                continue
-            waiting = recall.unstarted()
-            if len(waiting) <= deepest:
-                continue
-            if started_before is None:
-                started_before = trio.current_time() - STEAL_AFTER
-            if worker.busy_since() <= started_before:
-                victim, deepest, newest = worker, len(waiting), waiting[-1]
-        if victim is not None and newest is not None:
-            victim.recall.withdraw(newest)
+        """``thief`` has a free unit and nobody waits: withdraw a call stuck in another
+        worker's pipe (:func:`call_to_steal`); it comes back through :meth:`requeue`
+        once its worker answers ``withdrawn``, and goes to a free unit."""
+        found = call_to_steal(self._workers, thief)
+        if found is not None:
+            victim, call = found
+            victim.recall.withdraw(call)
             victim.connection.write_now()
 
     def requeue(self, call: WorkerCall) -> None:
@@ -352,7 +329,27 @@ class Dispatcher:
         call.unqueue = self._unqueue
         self._waiters.append(call)
 
-    def _fail_waiters(self, error: Exception, *, pinned_too: bool = False) -> None:
+    async def acquire_until(self, deadline: float, worker: Worker | None = None) -> Worker:
+        """:meth:`acquire` (or, for ``worker``, :meth:`acquire_worker`) within ``deadline``.
+
+        Raises:
+            QueueTimeout: the deadline passed first.
+            PoolClosed, PoolBroken, PoolSaturated, SessionWorkerLost: as those do.
+        """
+        if worker is None:
+            found = self.try_acquire()
+            if found is not None:
+                return found
+        if math.isinf(deadline):
+            return await (self.acquire() if worker is None else self.acquire_worker(worker))
+        with trio.CancelScope(deadline=deadline):
+            found = await (self.acquire() if worker is None else self.acquire_worker(worker))
+            if trio.current_time() < deadline:
+                return found
+            self.release(found)  # handed over just as the deadline passed
+        raise QueueTimeout("the call's deadline passed while it waited for a worker")
+
+    def _fail_waiters(self, error: SnakepitError, *, pinned_too: bool = False) -> None:
         waiters, self._waiters = self._waiters, collections.deque()
         if pinned_too:
             for queue in self._pinned.values():
@@ -363,7 +360,7 @@ class Dispatcher:
                 waiter.unqueue = None
                 waiter.fail(WorkerCrashedBeforeStart(f"call {waiter.command!r} was given back "
                                                      f"unstarted by a worker that died: {error}")
-                            if waiter.bounced else error)  # type: ignore[arg-type]
+                            if waiter.bounced else error)
             else:
                 trio.lowlevel.reschedule(waiter, outcome.Error(error))  # type: ignore[arg-type]
 

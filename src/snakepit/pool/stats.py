@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -135,3 +136,15 @@ class CallCounters:
                 "cancelled": self.cancelled,
                 "timeouts": self.timeouts, "crashes": self.crashes, "rejected": self.rejected,
                 "latency_p50": p50, "latency_p95": p95, "latency_p99": p99}
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_memory(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (Linux /proc), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from snakepit.errors import StreamIdleTimeout
+from snakepit.pool.calls import Attempt
+from snakepit.pool.tools import lender
 from snakepit.worker.lifecycle import abandon, deadline_error
 from snakepit.worker.worker import Worker, WorkerCall
+
+if TYPE_CHECKING:
+    from snakepit.pool.calls import CallPath
+    from snakepit.pool.session import SessionAffinity
+    from snakepit.sessions.store import Session
 
 log = logging.getLogger("snakepit.pool")
 
@@ -143,3 +152,47 @@ class ChunkStream:
             self._watch.cancel()
         if not self._pending.answered:
             abandon(self._pending)
+
+
+@asynccontextmanager
+async def open_stream(calls: CallPath, affinity: SessionAffinity, nursery: trio.Nursery,
+                      command: str, args: Any, timeout: float | None, window: int | None,
+                      session_id: str | None) -> AsyncIterator[ChunkStream]:
+    """``Pool.stream``: a worker for the stream (the session's, with ``session_id``), the
+    stream's idle watcher in ``nursery``, and its telemetry as one call."""
+    config = calls.config
+    call_id, submitted = calls.call_started(command, stream=True)
+    attempt = Attempt(submitted)
+    session: Session | None = None
+    try:
+        calls.gate.check()
+        deadline = calls.deadline(timeout)
+        run = lender() if session_id is None else None  # from a host tool: nested
+        if run is not None:
+            worker = run.worker
+        elif session_id is None:
+            worker = await calls.acquire(deadline)
+        else:
+            # In use for the stream's whole life, as a session is for a call's run:
+            # its TTL cannot expire (and drop the worker's state) mid-stream.
+            session = calls.sessions.touch(session_id)
+            session.in_use += 1
+            worker = await affinity.acquire(session, deadline)
+        stream = ChunkStream(worker, command, args, deadline, window or config.stream_window,
+                             session_id, movable=session is None or session.mode != "strict",
+                             nest=run.call if run is not None else None)
+        attempt.call = stream._pending
+        stream.watch_idle(nursery, config.stream_idle_timeout)
+        try:
+            yield stream
+        finally:
+            stream.close()
+    except BaseException as exc:
+        calls.call_failed(exc, command, call_id, submitted, attempt, stream=True)
+        raise
+    finally:
+        if session is not None:
+            session.in_use -= 1
+            session.last_used = trio.current_time()  # its TTL counts from here
+    calls.call_succeeded(command, call_id, submitted, attempt,
+                         measurements={"chunks": stream.received}, stream=True)

@@ -27,8 +27,9 @@ import contextvars
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 import trio
@@ -48,6 +49,13 @@ log = logging.getLogger("snakepit.tools")
 
 ToolFunction = Callable[[Any], Awaitable[Any]]
 """A host tool: ``async def tool(args) -> result``."""
+
+
+class _Session(Protocol):
+    id: str
+
+
+Handle = TypeVar("Handle", bound=_Session)
 
 
 @attrs.frozen
@@ -146,6 +154,17 @@ class ToolBox:
     def close_session(self, session_id: str) -> None:
         """Session ``session_id`` ended: its tools go with it."""
         self.session_tools.pop(session_id, None)
+
+    @asynccontextmanager
+    async def with_tools(self, session: AbstractAsyncContextManager[Handle],
+                         tools: dict[str, ToolFunction]) -> AsyncIterator[Handle]:
+        """``session`` (``pool.session()``'s block), with ``tools`` for its calls."""
+        async with session as handle:
+            self.open_session(handle.id, tools)
+            try:
+                yield handle
+            finally:
+                self.close_session(handle.id)
 
     def reachable(self, session_id: str | None) -> dict[str, HostTool]:
         """The tools a call of ``session_id`` reaches (session tools shadow pool ones)."""

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from snakepit.adapters import LaunchSpec
+from snakepit.adapters import BaseAdapter, LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
 
@@ -234,7 +234,7 @@ def _checked_options(config: PoolConfig) -> tuple[str | None, str]:
     return module, find_node(options.get("node"))
 
 
-class NodeAdapter:
+class NodeAdapter(BaseAdapter):
     """Starts workers running ``worker.js`` under Node.js (``PoolConfig.adapter="node"``)."""
 
     name = "node"

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from snakepit.adapters import LaunchSpec
+from snakepit.adapters import LaunchSpec, Opener
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError, WorkerStartupError
 from snakepit.kinds import BaseRuntime
@@ -153,6 +153,11 @@ class RayRuntime(BaseRuntime):
             return argv, False
         own = bridge and os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
         return argv, own
+
+    @property
+    def opener(self) -> Opener:
+        """Every worker of a ray pool is started by :meth:`open_worker`."""
+        return self.open_worker
 
     async def open_worker(self, config: PoolConfig, worker_id: str, spec: LaunchSpec,
                           env: Mapping[str, str]) -> RayWorker:
