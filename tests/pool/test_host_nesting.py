@@ -133,3 +133,22 @@ async def test_a_worker_dying_in_a_nested_call_gives_back_only_the_never_started
         assert not isinstance(nested_error[0], snakepit.WorkerCrashedBeforeStart)
         assert outcomes["b"] != old.pid  # B never started there: it ran on the replacement
         assert outcomes["b"] == pool.workers()[0].pid
+
+
+@pytest.mark.parametrize("mode", ["strict", "prefer"])
+async def test_a_session_tool_calls_its_own_session_on_the_waiting_worker(mode: str) -> None:
+    """A session's call waits in a tool that calls the session again: on a pool of one,
+    with the session bound to the only (waiting) worker, that call runs nested there
+    and sees the session's state."""
+    async with snakepit.open_pool(tools_config(size=1)) as pool:
+        sessions: list[Any] = []
+
+        async def bump(args: Any) -> Any:
+            return await sessions[0].execute("incr", None, timeout=10)
+
+        async with pool.session(mode=mode, tools={"bump": bump}) as session:  # type: ignore[arg-type]
+            sessions.append(session)
+            with trio.fail_after(20):
+                assert await session.execute("incr", None, timeout=10) == 1
+                assert await session.execute("ask", {"tool": "bump"}, timeout=10) == 2
+                assert await session.execute("incr", None, timeout=10) == 3
