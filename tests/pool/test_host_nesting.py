@@ -152,3 +152,37 @@ async def test_a_session_tool_calls_its_own_session_on_the_waiting_worker(mode: 
                 assert await session.execute("incr", None, timeout=10) == 1
                 assert await session.execute("ask", {"tool": "bump"}, timeout=10) == 2
                 assert await session.execute("incr", None, timeout=10) == 3
+
+
+@pytest.mark.parametrize("handler", ["ToolsHandler", "ThreadedToolsHandler"])
+async def test_cancelling_the_outer_call_stops_the_nested_call_it_runs(handler: str) -> None:
+    """The caller gives up while the worker runs a call nested in its own call's wait:
+    the tool is cancelled, which abandons the nested call; the worker stops both (the
+    nested one, then the wait) and stays in service."""
+    async with snakepit.open_pool(tools_config(size=1, handler=f"tools_handler:{handler}")
+                                  ) as pool:
+        pid = pool.workers()[0].pid
+        nested_running = trio.Event()
+        nested_error: list[BaseException] = []
+
+        async def nap_inside(args: Any) -> Any:
+            try:
+                return await pool.execute("nap", {"seconds": 60}, timeout=60,
+                                          on_progress=lambda *_: nested_running.set())
+            except BaseException as exc:
+                nested_error.append(exc)
+                raise
+
+        pool.register_tool("nap_inside", nap_inside)
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                async def caller() -> None:
+                    await pool.execute("ask", {"tool": "nap_inside"}, timeout=60)
+                nursery.start_soon(caller)
+                await nested_running.wait()
+                nursery.cancel_scope.cancel()
+            # both answered within cancel_grace: the same process serves the next call
+            assert await pool.execute("pid", timeout=10) == pid
+        assert len(nested_error) == 1 and isinstance(nested_error[0], trio.Cancelled)
+        worker = pool.workers()[0]
+        assert len(worker.nested) == 0 and worker.in_flight == 0 and not pool._tools.runs
