@@ -70,6 +70,13 @@ class HostTool:
     """Listed by ``ctx.host_tools()`` (default: the function's docstring)."""
 
 
+RUNNING = frozenset({CallState.STARTED, CallState.SENT, CallState.WITHDRAWING})
+"""States of a call that may wait for a host tool: a host call proves it started, even
+when the host had not seen it reach the front yet or had asked for it back (the worker
+decides: it answers the withdraw with nothing once the call runs). An abandoned call
+is not waited for: the worker reads its cancel."""
+
+
 @attrs.frozen
 class ToolRun:
     """A host tool running for ``call`` on ``worker`` (what :data:`CURRENT` holds)."""
@@ -82,7 +89,7 @@ class ToolRun:
     def lends(self) -> bool:
         """Whether calls made now may run nested on ``worker``: the call still waits
         for this tool there, and the worker still runs."""
-        return (self.call.state is CallState.STARTED and self.worker.running
+        return (self.call.state in RUNNING and self.worker.running
                 and not self.scope.cancel_called)
 
 
@@ -175,7 +182,7 @@ class ToolBox:
     def host_call(self, worker: Worker, message: HostCall) -> None:
         """A ``host_call`` frame from ``worker``: start the tool (see the module)."""
         call = worker.inflight.get(message.call) or worker.nested.get(message.call)
-        if call is None or call.state is not CallState.STARTED:
+        if call is None or call.state not in RUNNING:
             return  # its call has ended or was abandoned: the worker waits no more
         if message.name == wire.LIST_TOOLS:
             listing = [{"name": tool.name, "description": tool.description}
@@ -214,7 +221,7 @@ class ToolBox:
                     del self.runs[run.call]
         if answer is None:  # cut short: the call ended, or its deadline passed (which
             return  # the worker sees too): it waits no more
-        if run.call.state is CallState.STARTED and run.worker.running:
+        if run.call.state in RUNNING and run.worker.running:
             _answer(run.worker, answer)
 
     def call_ended(self, call: Call[Any]) -> None:
