@@ -24,6 +24,7 @@ import attrs
 import pluggy
 
 from snakepit import hookspecs
+from snakepit.bridge.arrays import BUILTIN_SERIALIZERS
 
 log = logging.getLogger("snakepit.plugins")
 
@@ -143,11 +144,14 @@ def _connect_telemetry(manager: pluggy.PluginManager) -> None:
 
 def host_serializers() -> list[Any]:
     """Serializers from the ``snakepit.serializers`` entry points and the
-    ``snakepit_serializers`` hook, for values crossing the wire on the host side."""
+    ``snakepit_serializers`` hook, for values crossing the wire on the host side, then
+    snakepit's own (numpy arrays: :mod:`snakepit.bridge.arrays`) unless a plugin
+    provides one of the same name."""
     found: list[Any] = []
     for provided in plugin_manager().hook.snakepit_serializers():
         found.extend(provided)
-    return found
+    names = {serializer.name for serializer in found}
+    return found + [s for s in BUILTIN_SERIALIZERS if s.name not in names]
 
 
 def plugin_adapters() -> list[Any]:

@@ -156,3 +156,19 @@ def test_nullable_and_timezone_columns_travel_as_bytes_not_cells() -> None:
     assert zoned["kind"] == "datetimetz" and len(zoned["data"]["bytes"]) == 8 * size
     assert periods["kind"] == "period" and len(periods["data"]["bytes"]) == 8 * size
     pandas.testing.assert_frame_equal(DataFrameSerializer().decode(encoded), frame)
+
+
+# -- numpy values, with snakepit-pandas alone --------------------------------------------------
+async def test_numpy_arrays_and_scalars_travel_with_pandas_alone() -> None:
+    frame = pandas.DataFrame({"f": [0.5, 1.5, 2.5], "n": numpy.arange(3, dtype="int64")})
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        floats = await pool.call("pandas.Series.to_numpy", frame["f"])
+        assert isinstance(floats, numpy.ndarray) and floats.tolist() == [0.5, 1.5, 2.5]
+        total, biggest = await pool.pipeline([
+            {"target": "pandas.Series.sum", "args": [frame["n"]]},
+            {"target": "pandas.Series.max", "args": [frame["n"]]}])
+        assert type(total) is numpy.int64 and total == 3
+        assert type(biggest) is numpy.int64 and biggest == 2
+        # an ndarray argument (PayloadError "ndarray has no wire form" before)
+        series = await pool.call("pandas.Series", numpy.array([3, 1, 2], dtype="uint8"))
+        pandas.testing.assert_series_equal(series, pandas.Series([3, 1, 2], dtype="uint8"))

@@ -1,4 +1,5 @@
-"""Tensors, arrays, BatchEncoding and model outputs across the snakepit wire.
+"""Tensors, BatchEncoding and model outputs across the snakepit wire (numpy arrays
+travel with snakepit itself).
 
 Loaded by workers (without pluggy) and by the host through the
 ``snakepit.serializers`` entry point; torch and transformers are imported only when a
@@ -11,7 +12,11 @@ import importlib
 import sys
 from typing import Any
 
-__all__ = ["SERIALIZERS"]
+# numpy arrays are snakepit's own (snakepit.bridge.arrays); listed here too so that
+# arrays nested in outputs and encodings encode with this module's serializers
+from snakepit.bridge.arrays import ArraySerializer
+
+__all__ = ["SERIALIZERS", "ArraySerializer"]
 
 
 def _loaded(module: str, name: str) -> Any:
@@ -57,33 +62,6 @@ class TensorSerializer:
         dtype = getattr(torch, data["dtype"])
         array = numpy.frombuffer(data["bytes"], dtype=torch.empty(0, dtype=dtype).numpy().dtype)
         return torch.from_numpy(array.copy()).reshape(data["shape"])
-
-
-class ArraySerializer:
-    name = "numpy.ndarray"
-
-    def claims(self, value: Any) -> bool:
-        ndarray, generic = _loaded("numpy", "ndarray"), _loaded("numpy", "generic")
-        return ndarray is not None and isinstance(value, ndarray | generic)
-
-    def encode(self, array: Any) -> dict[str, Any]:
-        import numpy
-
-        scalar = isinstance(array, numpy.generic)
-        array = numpy.ascontiguousarray(array)
-        if array.dtype.kind not in "biufc":
-            return {"scalar": scalar, "list": array.tolist()}
-        return {"scalar": scalar, "dtype": array.dtype.str, "shape": list(array.shape),
-                "bytes": array.tobytes()}
-
-    def decode(self, data: dict[str, Any]) -> Any:
-        import numpy
-
-        if "list" in data:
-            return numpy.array(data["list"])
-        array = numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"]))
-        array = array.copy().reshape(data["shape"])
-        return array[()] if data["scalar"] else array
 
 
 class BatchEncodingSerializer:

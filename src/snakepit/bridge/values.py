@@ -1,0 +1,76 @@
+"""Walking values for the wire (worker side, standard library only).
+
+``encode_value`` walks a handler's result: plain data passes, objects a serializer
+claims become tagged maps, and anything else raises :class:`Unencodable` -- the
+enhanced handler keeps such values in the worker and returns a ref instead.
+``decode_value`` walks the other way. Serializers that hold containers (an object
+array, a model output) use the same walk for their items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY, Serializer
+
+__all__ = ["Unencodable", "decode_tagged", "decode_value", "encode_value", "is_tagged"]
+
+_PLAIN = (str, int, float, bool, bytes, type(None))
+
+
+class Unencodable(TypeError):
+    """A value no codec and no serializer can carry."""
+
+
+def encode_value(value: Any, serializers: Sequence[Serializer], depth: int = 0) -> Any:
+    """``value`` as wire data, with plugin objects tagged; raises Unencodable."""
+    if isinstance(value, _PLAIN):
+        return value
+    if depth > 64:
+        raise Unencodable("value nested too deeply")
+    if type(value) not in (list, tuple, dict):  # subclasses (a ModelOutput is a dict)
+        for serializer in serializers:         # get their plugin's form first
+            if serializer.claims(value):
+                return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+    if isinstance(value, list | tuple):
+        return [encode_value(item, serializers, depth + 1) for item in value]
+    if isinstance(value, dict):
+        if all(isinstance(key, str | int) for key in value):
+            return {key: encode_value(item, serializers, depth + 1)
+                    for key, item in value.items()}
+        raise Unencodable("dict keys must be str or int")
+    raise Unencodable(f"{type(value).__module__}.{type(value).__qualname__} has no "
+                      "wire form")
+
+
+def is_tagged(data: Any) -> bool:
+    """Whether ``data`` is a serializer's tagged map."""
+    return isinstance(data, dict) and len(data) == 2 and TAG_KEY in data and "data" in data
+
+
+def decode_tagged(data: dict[str, Any], serializers: Sequence[Serializer]) -> Any:
+    """The object a tagged map stands for; the map itself when no serializer of that
+    name is installed here, or its framework is missing (ImportError)."""
+    for serializer in serializers:
+        if serializer.name == data[TAG_KEY]:
+            try:
+                return serializer.decode(data["data"])
+            except ImportError:
+                return data
+    return data
+
+
+def decode_value(data: Any, serializers: Sequence[Serializer],
+                 resolve_ref: Any = None) -> Any:
+    """Wire data back to objects: tagged maps through their serializer, ref markers
+    through ``resolve_ref`` (the worker's object store)."""
+    if isinstance(data, list):
+        return [decode_value(item, serializers, resolve_ref) for item in data]
+    if not isinstance(data, dict):
+        return data
+    if is_tagged(data):
+        return decode_tagged(data, serializers)
+    if REF_KEY in data and len(data) == 1 and resolve_ref is not None:
+        return resolve_ref(data[REF_KEY])
+    return {key: decode_value(item, serializers, resolve_ref) for key, item in data.items()}
