@@ -172,3 +172,30 @@ async def test_numpy_arrays_and_scalars_travel_with_pandas_alone() -> None:
         # an ndarray argument (PayloadError "ndarray has no wire form" before)
         series = await pool.call("pandas.Series", numpy.array([3, 1, 2], dtype="uint8"))
         pandas.testing.assert_series_equal(series, pandas.Series([3, 1, 2], dtype="uint8"))
+
+
+# -- object columns stay object ------------------------------------------------------------------
+async def copied(value: pandas.DataFrame | pandas.Series) -> object:
+    """Host -> worker -> host through ``.copy()``: an identity even under pandas 3, whose
+    ``concat`` itself turns an object index of strings into ``str``."""
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        return await pool.call(f"pandas.{type(value).__name__}.copy", value)
+
+
+async def test_object_columns_and_indexes_of_strings_stay_object_with_none() -> None:
+    frame = pandas.DataFrame({
+        "o": pandas.Series(["a", None, "c"], dtype=object),
+        "mixed": pandas.Series(["a", 1, None], dtype=object),
+        "n": [1, 2, 3],
+    })
+    frame.index = pandas.Index(["x", None, "z"], dtype=object, name="key")
+    back = await copied(frame)
+    pandas.testing.assert_frame_equal(back, frame)
+    assert back["o"].dtype == object and back["o"].tolist() == ["a", None, "c"]
+    assert back.index.dtype == object and back.index.tolist() == ["x", None, "z"]
+    series = pandas.Series(["p", None], dtype=object, name="s")
+    back_series = await copied(series)
+    assert back_series.dtype == object and back_series.tolist() == ["p", None]
+    labels = pandas.Categorical(["u", "v"], categories=pandas.Index(["v", "u"], dtype=object))
+    back_labels = await copied(pandas.Series(labels))
+    assert back_labels.cat.categories.dtype == object

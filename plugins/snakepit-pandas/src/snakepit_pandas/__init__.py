@@ -12,7 +12,9 @@ Every column travels as a whole, never one Python object per cell for numeric da
 - periods: their ordinals' raw bytes and the frequency;
 - categoricals: codes plus categories; intervals: left and right ends plus ``closed``;
 - strings (``str``, ``string``) and other object columns: a list (``None`` for missing),
-  the dtype kept;
+  the dtype kept: an object column (or index) of strings stays ``object`` with its
+  ``None``, under pandas 3 too (whose constructors would infer ``str`` and turn ``None``
+  into NaN);
 - indexes (``RangeIndex`` as its range, ``MultiIndex`` as levels plus codes) and the
   columns (any labels, duplicates included, with their names), each as an index.
 
@@ -127,6 +129,14 @@ def encode_array(values: Any, what: str = "values") -> dict[str, Any]:
     return {"kind": "list", "dtype": "object", "values": array.tolist()}
 
 
+def _kept(array: Any) -> dict[str, Any]:
+    """Constructor arguments that keep ``array``'s dtype: an object array of strings
+    would otherwise be inferred as pandas 3's ``str`` dtype, ``None`` turned into NaN."""
+    import numpy
+
+    return {"dtype": object} if isinstance(array, numpy.ndarray) and array.dtype == object else {}
+
+
 def decode_array(data: dict[str, Any]) -> Any:
     import numpy
 
@@ -135,9 +145,10 @@ def decode_array(data: dict[str, Any]) -> Any:
     if kind == "raw":
         return _from_raw(data)
     if kind == "category":
-        return pandas.Categorical.from_codes(decode_array(data["codes"]),
-                                             categories=decode_array(data["categories"]),
-                                             ordered=data["ordered"])
+        categories = decode_array(data["categories"])
+        return pandas.Categorical.from_codes(
+            decode_array(data["codes"]), ordered=data["ordered"],
+            categories=pandas.Index(categories, **_kept(categories)))
     if kind == "datetimetz":
         dtype = pandas.api.types.pandas_dtype(data["dtype"])
         return pandas.array(_from_raw(data["data"])).tz_localize("UTC").tz_convert(dtype.tz)
@@ -181,7 +192,8 @@ def decode_index(data: dict[str, Any]) -> Any:
         return pandas.MultiIndex(levels=[decode_index(level) for level in data["levels"]],
                                  codes=[_from_raw(codes) for codes in data["codes"]],
                                  names=[_unlabel(name) for name in data["names"]])
-    return pandas.Index(decode_array(data["values"]), name=_unlabel(data["name"]))
+    values = decode_array(data["values"])
+    return pandas.Index(values, name=_unlabel(data["name"]), **_kept(values))
 
 
 class DataFrameSerializer:
@@ -199,8 +211,17 @@ class DataFrameSerializer:
 
     def decode(self, data: dict[str, Any]) -> Any:
         pandas = _pandas()
-        columns = {i: decode_array(column) for i, column in enumerate(data["data"])}
-        frame = pandas.DataFrame(columns, index=decode_index(data["index"]))
+        index = decode_index(data["index"])
+        if not data["data"]:
+            frame = pandas.DataFrame(index=index)
+        else:
+            columns = {}
+            for i, column in enumerate(data["data"]):
+                values = decode_array(column)
+                # a Series, not the array: the frame would infer str for an object column
+                columns[i] = pandas.Series(values, copy=False, **_kept(values))
+            frame = pandas.DataFrame(columns, copy=False)
+            frame.index = index  # set, not passed: aligning on labels would lose rows
         labels = data["columns"]
         # version 1 wrote a plain list of names
         frame.columns = decode_index(labels) if isinstance(labels, dict) else labels
@@ -218,8 +239,9 @@ class SeriesSerializer:
                 "values": encode_array(series.array, f"series {series.name!r}")}
 
     def decode(self, data: dict[str, Any]) -> Any:
-        return _pandas().Series(decode_array(data["values"]), index=decode_index(data["index"]),
-                                name=_unlabel(data["name"]))
+        values = decode_array(data["values"])
+        return _pandas().Series(values, index=decode_index(data["index"]),
+                                name=_unlabel(data["name"]), **_kept(values))
 
 
 SERIALIZERS = [DataFrameSerializer(), SeriesSerializer()]
