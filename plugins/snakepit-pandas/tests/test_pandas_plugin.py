@@ -199,3 +199,25 @@ async def test_object_columns_and_indexes_of_strings_stay_object_with_none() -> 
     labels = pandas.Categorical(["u", "v"], categories=pandas.Index(["v", "u"], dtype=object))
     back_labels = await copied(pandas.Series(labels))
     assert back_labels.cat.categories.dtype == object
+
+
+# -- pandas scalars and bare indexes are values -------------------------------------------------
+async def test_timestamps_timedeltas_periods_and_indexes_travel_as_values() -> None:
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        when = await pool.call("pandas.Timestamp", "2026-03-29 01:30", tz="Europe/Paris")
+        assert when == pandas.Timestamp("2026-03-29 01:30", tz="Europe/Paris")
+        assert type(when) is pandas.Timestamp and str(when.tz) == "Europe/Paris"
+        span = await pool.call("pandas.Timedelta", "1 day 2h")
+        assert type(span) is pandas.Timedelta and span == pandas.Timedelta(hours=26)
+        quarter = await pool.call("pandas.Period", "2026Q1")
+        assert type(quarter) is pandas.Period and quarter.freqstr == "Q-DEC"
+        assert await pool.call("pandas.to_datetime", "NaT") is pandas.NaT
+        days = await pool.call("pandas.date_range", "2026-01-01", periods=3, freq="D",
+                               tz="UTC", name="day")
+        assert isinstance(days, pandas.DatetimeIndex) and days.freqstr == "D"
+        pandas.testing.assert_index_equal(days, pandas.date_range(
+            "2026-01-01", periods=3, freq="D", tz="UTC", name="day"))
+        # and as arguments, host -> worker
+        assert await pool.call("pandas.Timestamp.isoformat", when) == (
+            "2026-03-29T01:30:00+01:00")
+        assert await pool.call("pandas.Index.max", days) == days[-1]

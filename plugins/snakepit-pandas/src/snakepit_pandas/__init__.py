@@ -1,4 +1,4 @@
-"""pandas DataFrame and Series across the snakepit wire.
+"""pandas DataFrame, Series, Index and scalars across the snakepit wire.
 
 Loaded by workers (without pluggy) and by the host, through the
 ``snakepit.serializers`` entry point: keep imports lazy and pandas-free at import time.
@@ -27,7 +27,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["SERIALIZERS", "DataFrameSerializer", "SeriesSerializer", "UnsupportedPandasData"]
+__all__ = ["SERIALIZERS", "DataFrameSerializer", "IndexSerializer", "ScalarSerializer",
+           "SeriesSerializer", "UnsupportedPandasData"]
 
 _RAW_KINDS = "biufcmM"  # bool, ints, floats, complex, timedelta, datetime: raw bytes
 
@@ -244,4 +245,61 @@ class SeriesSerializer:
                                 name=_unlabel(data["name"]), **_kept(values))
 
 
-SERIALIZERS = [DataFrameSerializer(), SeriesSerializer()]
+class IndexSerializer:
+    """A bare index (``DatetimeIndex``, ``RangeIndex``, ``MultiIndex``...), as the index
+    of a frame travels; a ``DatetimeIndex``'s or ``TimedeltaIndex``'s ``freq`` kept."""
+
+    name = "pandas.Index"
+
+    def claims(self, value: Any) -> bool:
+        return _is(value, "Index")
+
+    def encode(self, index: Any) -> dict[str, Any]:
+        freq = getattr(index, "freqstr", None) if not _is(index, "PeriodIndex") else None
+        return {"index": encode_index(index), "freq": freq}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        index = decode_index(data["index"])
+        if data.get("freq"):
+            index = type(index)(index, freq=data["freq"])
+        return index
+
+
+#: pandas scalars, each sent as a one-element array of its kind (unit, zone, frequency
+#: kept) and taken back out of it.
+_SCALARS = (("Timestamp", "DatetimeIndex"), ("Timedelta", "TimedeltaIndex"),
+            ("Period", "PeriodIndex"), ("Interval", "IntervalIndex"))
+
+
+class ScalarSerializer:
+    """``Timestamp``, ``Timedelta``, ``Period``, ``Interval``, ``NaT`` and ``NA``."""
+
+    name = "pandas.scalar"
+
+    def claims(self, value: Any) -> bool:
+        pandas = sys.modules.get("pandas")
+        if pandas is None:
+            return False
+        return value is pandas.NaT or value is pandas.NA or any(
+            isinstance(value, getattr(pandas, scalar)) for scalar, _ in _SCALARS)
+
+    def encode(self, value: Any) -> dict[str, Any]:
+        pandas = _pandas()
+        if value is pandas.NaT or value is pandas.NA:
+            return {"kind": "NaT" if value is pandas.NaT else "NA"}
+        for scalar, index in _SCALARS:
+            if isinstance(value, getattr(pandas, scalar)):
+                return {"kind": scalar,
+                        "values": encode_array(getattr(pandas, index)([value]).array)}
+        raise UnsupportedPandasData(f"no wire form for pandas scalar {value!r}")
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        pandas = _pandas()
+        kind = data["kind"]
+        if kind in ("NaT", "NA"):
+            return getattr(pandas, kind)
+        return pandas.Index(decode_array(data["values"]))[0]
+
+
+SERIALIZERS = [DataFrameSerializer(), SeriesSerializer(), IndexSerializer(),
+               ScalarSerializer()]
