@@ -16,12 +16,13 @@ from snakepit.bridge.values import (
     Unencodable,
     decode_tagged,
     decode_value,
+    encode_fields,
     encode_value,
     is_tagged,
 )
 
-__all__ = ["GROUP", "Unencodable", "decode_tagged", "decode_value", "encode_value",
-           "is_tagged", "load_serializers"]
+__all__ = ["GROUP", "Unencodable", "decode_tagged", "decode_value", "encode_fields",
+           "encode_value", "is_tagged", "load_serializers"]
 
 GROUP = "snakepit.serializers"
 

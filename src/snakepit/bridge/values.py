@@ -9,12 +9,46 @@ array, a model output) use the same walk for their items.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY, Serializer
 
-__all__ = ["Unencodable", "decode_tagged", "decode_value", "encode_value", "is_tagged"]
+__all__ = ["Unencodable", "decode_tagged", "decode_value", "encode_fields", "encode_value",
+           "is_tagged", "keeping_refs", "resolving_refs"]
+
+_keeper: contextvars.ContextVar[Callable[[Any], Any] | None] = contextvars.ContextVar(
+    "snakepit_ref_keeper", default=None)
+"""While the enhanced bridge encodes a result: keeps a value in the worker's object
+store and returns its ref marker (for :func:`encode_fields`)."""
+
+_resolver: contextvars.ContextVar[Callable[[Any], Any] | None] = contextvars.ContextVar(
+    "snakepit_ref_resolver", default=None)
+"""While a tagged value is decoded: turns a ref marker's payload into its object (the
+worker's stored object, or the host's :class:`~snakepit.Ref`)."""
+
+
+@contextlib.contextmanager
+def keeping_refs(keep: Callable[[Any], Any]) -> Iterator[None]:
+    """Within the block, :func:`encode_fields` keeps a field that has no wire form with
+    ``keep(value)`` (which returns its ref marker) instead of failing the whole value."""
+    token = _keeper.set(keep)
+    try:
+        yield
+    finally:
+        _keeper.reset(token)
+
+
+@contextlib.contextmanager
+def resolving_refs(resolve: Callable[[Any], Any] | None) -> Iterator[None]:
+    """Within the block, ref markers nested in tagged values decode through ``resolve``."""
+    token = _resolver.set(resolve)
+    try:
+        yield
+    finally:
+        _resolver.reset(token)
 
 _PLAIN = (str, int, float, bool, bytes, type(None))
 
@@ -44,18 +78,41 @@ def encode_value(value: Any, serializers: Sequence[Serializer], depth: int = 0) 
                       "wire form")
 
 
+def encode_fields(fields: dict[str, Any], serializers: Sequence[Serializer]) -> dict[str, Any]:
+    """A serializer's map of fields as wire data, where a field with no wire form stays
+    in the worker as a nested ref (a model output's ``past_key_values`` cache) when the
+    enhanced bridge encodes a result; elsewhere such a field raises :class:`Unencodable`
+    as :func:`encode_value` does. The other side decodes the marker back to the object
+    (in the worker) or to a :class:`~snakepit.Ref` (on the host)."""
+    keep = _keeper.get()
+    encoded = {}
+    for key, item in fields.items():
+        try:
+            encoded[key] = encode_value(item, serializers, 1)
+        except Unencodable:
+            if keep is None:
+                raise
+            encoded[key] = keep(item)
+    return encoded
+
+
 def is_tagged(data: Any) -> bool:
     """Whether ``data`` is a serializer's tagged map."""
     return isinstance(data, dict) and len(data) == 2 and TAG_KEY in data and "data" in data
 
 
-def decode_tagged(data: dict[str, Any], serializers: Sequence[Serializer]) -> Any:
+def decode_tagged(data: dict[str, Any], serializers: Sequence[Serializer],
+                  resolve_ref: Callable[[Any], Any] | None = None) -> Any:
     """The object a tagged map stands for; the map itself when no serializer of that
-    name is installed here, or its framework is missing (ImportError)."""
+    name is installed here, or its framework is missing (ImportError). Ref markers
+    nested in it resolve through ``resolve_ref`` (see :func:`encode_fields`)."""
     for serializer in serializers:
         if serializer.name == data[TAG_KEY]:
             try:
-                return serializer.decode(data["data"])
+                if resolve_ref is None:
+                    return serializer.decode(data["data"])
+                with resolving_refs(resolve_ref):
+                    return serializer.decode(data["data"])
             except ImportError:
                 return data
     return data
@@ -64,13 +121,16 @@ def decode_tagged(data: dict[str, Any], serializers: Sequence[Serializer]) -> An
 def decode_value(data: Any, serializers: Sequence[Serializer],
                  resolve_ref: Any = None) -> Any:
     """Wire data back to objects: tagged maps through their serializer, ref markers
-    through ``resolve_ref`` (the worker's object store)."""
+    through ``resolve_ref`` (the worker's object store), or, inside a serializer's
+    ``decode``, through the resolver of the tagged value being decoded."""
+    if resolve_ref is None:
+        resolve_ref = _resolver.get()
     if isinstance(data, list):
         return [decode_value(item, serializers, resolve_ref) for item in data]
     if not isinstance(data, dict):
         return data
     if is_tagged(data):
-        return decode_tagged(data, serializers)
+        return decode_tagged(data, serializers, resolve_ref)
     if REF_KEY in data and len(data) == 1 and resolve_ref is not None:
         return resolve_ref(data[REF_KEY])
     return {key: decode_value(item, serializers, resolve_ref) for key, item in data.items()}

@@ -89,8 +89,11 @@ class ModelOutputSerializer:
 
     def encode(self, output: Any) -> dict[str, Any]:
         cls = type(output)
+        from snakepit.bridge.plugins import encode_fields
+
+        # a field with no wire form (a DynamicCache) stays in the worker as a nested ref
         return {"class": f"{cls.__module__}:{cls.__qualname__}",
-                "fields": _nested(dict(output.items()))}
+                "fields": encode_fields(dict(output.items()), SERIALIZERS)}
 
     def decode(self, data: dict[str, Any]) -> Any:
         module, _, name = data["class"].partition(":")
