@@ -200,3 +200,21 @@ async def test_health_rounds_report_each_worker_and_stats_show_per_worker_figure
     assert served and all(w.latency_p50 is not None and w.latency_p99 is not None
                           and w.latency_p50 <= w.latency_p99 and (w.rss or 0) > 1_000_000
                           for w in served)
+
+
+async def test_dynamic_calls_are_named_by_their_target(log: Log) -> None:
+    config = snakepit.PoolConfig(size=1, name="dyn", allowed_targets=("json", "math"),
+                                 handler="snakepit.bridge.enhanced:EnhancedHandler")
+    async with snakepit.open_pool(config) as pool:
+        await pool.call("json.dumps", [1])
+        await pool.call("math.sqrt", 4)
+        with pytest.raises(snakepit.RemoteError):
+            await pool.call("math.sqrt", "four")
+    calls = [(name, meta) for name, _, meta in log.events if name.startswith("call.")]
+    assert [(name, meta["command"], meta["target"]) for name, meta in calls] == [
+        ("call.start", "call:json.dumps", "json.dumps"),
+        ("call.stop", "call:json.dumps", "json.dumps"),
+        ("call.start", "call:math.sqrt", "math.sqrt"),
+        ("call.stop", "call:math.sqrt", "math.sqrt"),
+        ("call.start", "call:math.sqrt", "math.sqrt"),
+        ("call.exception", "call:math.sqrt", "math.sqrt")]

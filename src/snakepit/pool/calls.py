@@ -131,8 +131,12 @@ class CallPath:
     async def _run(self, command: str, args: Any, timeout: float | None,
                    on_progress: ProgressCallback | None, session_id: str | None,
                    idempotent: bool = False, pinned: Worker | None = None,
-                   attempt: list[Any] | None = None) -> Any:
-        call_id, submitted = self._call_started(command)
+                   attempt: list[Any] | None = None, target: str | None = None) -> Any:
+        # telemetry names a dynamic call by its target ("call:dspy.Predict"), so that
+        # listeners and exporters (whose command labels are bounded) can tell them apart
+        label, meta = (command, {}) if target is None else (f"{command}:{target}",
+                                                            {"target": target})
+        call_id, submitted = self._call_started(label, **meta)
         # the worker and the start of the last try (the caller may want to know who served)
         if attempt is None:
             attempt = [None, submitted]
@@ -151,13 +155,13 @@ class CallPath:
                     if delay is None:
                         raise
                     self._emit("call.retry", {"attempt": tries, "delay": delay},
-                               command=command, call=call_id, error=type(exc).__name__)
+                               command=label, call=call_id, error=type(exc).__name__, **meta)
                     await trio.sleep(delay)
                     tries += 1
         except BaseException as exc:
-            self._call_failed(exc, command, call_id, submitted, attempt, tries)
+            self._call_failed(exc, label, call_id, submitted, attempt, tries, **meta)
             raise
-        self._call_succeeded(command, call_id, submitted, attempt, tries)
+        self._call_succeeded(label, call_id, submitted, attempt, tries, **meta)
         return result
 
     async def _attempt(self, command: str, args: Any, deadline: float,

@@ -58,7 +58,7 @@ class DynamicCalls:
         if store_as is not None:
             payload["store_as"] = store_as
         return await self._dynamic("call", payload, refs_in((args, kwargs)), timeout,
-                                   session_id)
+                                   session_id, target=target)
 
     async def pipeline(self, steps: Sequence[dict[str, Any]], *, timeout: float | None = None,
                        session_id: str | None = None) -> list[Any]:
@@ -110,7 +110,8 @@ class DynamicCalls:
         return self._releases
 
     async def _dynamic(self, command: str, payload: dict[str, Any], refs: list[Ref],
-                       timeout: float | None, session_id: str | None) -> Any:
+                       timeout: float | None, session_id: str | None,
+                       target: str | None = None) -> Any:
         pool: Pool = self  # type: ignore[assignment]
         serializers = host_serializers()
         pinned = None
@@ -127,7 +128,8 @@ class DynamicCalls:
         attempt: list[Any] = []
         try:
             data = await pool._run(command, to_wire(payload, serializers), timeout, None,
-                                   session_id, pinned=pinned, attempt=attempt)
+                                   session_id, pinned=pinned, attempt=attempt,
+                                   target=target)
         except RemoteError as exc:
             if exc.remote_type.rpartition(".")[2] == "RefNotFound":
                 raise RefLost(exc.remote_message) from exc
