@@ -134,8 +134,8 @@ class CallPath:
                    attempt: list[Any] | None = None, target: str | None = None) -> Any:
         # telemetry names a dynamic call by its target ("call:dspy.Predict"), so that
         # listeners and exporters (whose command labels are bounded) can tell them apart
-        label, meta = (command, {}) if target is None else (f"{command}:{target}",
-                                                            {"target": target})
+        label = command if target is None else f"{command}:{target}"
+        meta: dict[str, Any] = {} if target is None else {"target": target}
         call_id, submitted = self._call_started(label, **meta)
         # the worker and the start of the last try (the caller may want to know who served)
         if attempt is None:
@@ -161,7 +161,7 @@ class CallPath:
         except BaseException as exc:
             self._call_failed(exc, label, call_id, submitted, attempt, tries, **meta)
             raise
-        self._call_succeeded(label, call_id, submitted, attempt, tries, **meta)
+        self._call_succeeded(label, call_id, submitted, attempt, tries, None, **meta)
         return result
 
     async def _attempt(self, command: str, args: Any, deadline: float,
