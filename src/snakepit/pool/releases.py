@@ -75,17 +75,27 @@ class RefReleases:
 
     async def flush(self) -> None:
         """Send every pending release to its worker and wait for the answers. A worker
-        that has gone took its objects with it: its releases are dropped."""
+        that has gone took its objects with it: its releases are dropped.
+
+        Releases are housekeeping, not the application's calls: they go straight to the
+        worker that holds the objects, outside the call path, so they never count in
+        ``pool.stats()``, ``call.*`` telemetry (hence the exporters) or the circuit
+        breaker -- above all not as failures when the pool closes under them.
+        """
+        from snakepit.pool.dynamic import acquire_pinned  # which imports this module
+
         async with self._sending:
             self._settle()
             batch, self._pending = self._pending, {}
+            pool = self._pool
             for (worker_id, pid), refs in batch.items():
-                worker = self._pool.slot_worker(worker_id)
+                worker = pool.slot_worker(worker_id)
                 if worker is None or worker.pid != pid:
                     continue
                 with contextlib.suppress(SnakepitError):  # it died or the pool is closing
-                    await self._pool._run("release", {"refs": refs}, None, None, None,
-                                          pinned=worker)
+                    deadline = pool._deadline(None)
+                    unit = await acquire_pinned(pool, worker, deadline)
+                    await unit.call("release", {"refs": refs}, deadline=deadline)
 
     async def collect(self) -> None:
         """Garbage-collect now, then :meth:`flush`."""
