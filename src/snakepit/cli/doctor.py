@@ -233,3 +233,28 @@ async def diagnose(config: SnakepitConfig, *,
 
 def as_data(findings: Iterable[Finding]) -> list[dict[str, Any]]:
     return [attrs.asdict(finding) for finding in findings]
+
+
+def findings_table(findings: Iterable[Finding], source: str) -> Any:
+    """The findings as a rich table for a console of any width.
+
+    Details and fixes wrap, and a word longer than its column (a config path such as
+    ``pools.gpu.options.fallback_cpu``) folds onto the next line: nothing is cut off
+    with an ellipsis, even at 80 columns (the width of a pipe or CI log), because a fix
+    is meant to be copied.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"snakepit doctor: {source}", title_justify="left")
+    table.add_column("", no_wrap=True)
+    table.add_column("scope", overflow="fold")
+    table.add_column("check", overflow="fold")
+    table.add_column("detail", overflow="fold", ratio=3)
+    table.add_column("fix", overflow="fold", ratio=2)
+    marks = {"pass": "[green]✔ pass[/]", "warn": "[yellow]! warn[/]", "fail": "[red]✘ fail[/]"}
+    for finding in findings:
+        # Text, not markup: a detail may hold brackets ("options[0]", a traceback)
+        table.add_row(marks[finding.status], Text(finding.scope), Text(finding.check),
+                      Text(finding.detail), Text(finding.fix))
+    return table
