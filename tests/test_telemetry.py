@@ -137,7 +137,7 @@ class FailingPlugin:
         raise RuntimeError("plugin bug")
 
 
-async def test_a_failing_plugin_is_detached_alone() -> None:
+async def test_a_failing_plugin_is_detached_alone(caplog: pytest.LogCaptureFixture) -> None:
     good, bad = ListeningPlugin(), FailingPlugin()
     plugins.register_plugin(bad, name="bad")
     plugins.register_plugin(good, name="good")
@@ -146,6 +146,11 @@ async def test_a_failing_plugin_is_detached_alone() -> None:
             await pool.execute("ping")
             await pool.execute("ping")
         assert good.events.count("call.stop") == 2
+        # the log line names the plugin, not an internal function
+        (record,) = [r for r in caplog.records if r.name == "snakepit.telemetry"]
+        assert "snakepit plugin 'bad'" in record.getMessage()
+        assert "FailingPlugin.snakepit_telemetry_event" in record.getMessage()
+        assert "<locals>" not in record.getMessage()
     finally:
         plugins.unregister_plugin(good)
         plugins.unregister_plugin(bad)

@@ -134,12 +134,28 @@ def _connect_telemetry(manager: pluggy.PluginManager) -> None:
     for impl in manager.hook.snakepit_telemetry_event.get_hookimpls():
         if _connected.get(id(impl)) in attached:
             continue
+        _connected[id(impl)] = telemetry.attach("*", _HookHandler(impl.plugin_name,
+                                                                  impl.function))
 
-        def deliver(event: str, measurements: Any, metadata: Any,
-                    function: Any = impl.function) -> None:
-            function(event=event, measurements=measurements, metadata=metadata)
 
-        _connected[id(impl)] = telemetry.attach("*", deliver)
+class _HookHandler:
+    """One plugin's ``snakepit_telemetry_event`` as a telemetry handler, named after
+    the plugin: telemetry's log line for a handler that raised is then about the
+    plugin (``snakepit.telemetry:prometheus``), not an internal function."""
+
+    __slots__ = ("function", "plugin")
+
+    def __init__(self, plugin: str, function: Any) -> None:
+        self.plugin = plugin
+        self.function = function
+
+    def __call__(self, event: str, measurements: Any, metadata: Any) -> None:
+        self.function(event=event, measurements=measurements, metadata=metadata)
+
+    def __repr__(self) -> str:
+        module = getattr(self.function, "__module__", "?")
+        return (f"<snakepit plugin {self.plugin!r} ({module}."
+                f"{getattr(self.function, '__qualname__', '?')})>")
 
 
 def host_serializers() -> list[Any]:
