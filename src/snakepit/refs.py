@@ -146,7 +146,11 @@ def from_wire(data: Any, serializers: Sequence[Serializer], pool: Pool, worker: 
                    repr=marker.get("repr", ""), worker=worker, pid=pid, session_id=session_id,
                    releases=counted)
     if is_tagged(data):  # ref markers nested in it (a model output's cache) become Refs
-        return decode_tagged(data, serializers, lambda marker: from_wire(
-            {REF_KEY: marker}, serializers, pool, worker, pid, session_id, releases))
+        try:
+            return decode_tagged(data, serializers, lambda marker: from_wire(
+                {REF_KEY: marker}, serializers, pool, worker, pid, session_id, releases))
+        except Exception as exc:  # a plugin's error (named by decode_tagged), typed
+            raise PayloadError(f"a result from worker {worker} cannot be decoded here: "
+                               f"{exc}") from exc
     return {key: from_wire(item, serializers, pool, worker, pid, session_id, releases)
             for key, item in data.items()}

@@ -140,6 +140,8 @@ async def test_what_cannot_travel_is_a_clear_error_both_ways() -> None:
             await pool.call("pandas.DataFrame", {"sp": array})
         assert info.value.remote_type == "snakepit_pandas.UnsupportedPandasData"
         assert "convert to a numpy, nullable" in info.value.remote_message
+        assert info.value.remote_message.startswith(  # the worker names the serializer
+            "serializer 'pandas.DataFrame' (snakepit_pandas) failed to encode a DataFrame")
 
 
 def test_nullable_and_timezone_columns_travel_as_bytes_not_cells() -> None:

@@ -66,7 +66,12 @@ def encode_value(value: Any, serializers: Sequence[Serializer], depth: int = 0) 
     if type(value) not in (list, tuple, dict):  # subclasses (a ModelOutput is a dict)
         for serializer in serializers:         # get their plugin's form first
             if serializer.claims(value):
-                return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+                try:
+                    return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+                except Unencodable:
+                    raise  # "keep it as a ref", not a failure
+                except Exception as exc:
+                    raise blame(exc, serializer, "encode", value) from None
     if isinstance(value, list | tuple):
         return [encode_value(item, serializers, depth + 1) for item in value]
     if isinstance(value, dict):
@@ -115,7 +120,29 @@ def decode_tagged(data: dict[str, Any], serializers: Sequence[Serializer],
                     return serializer.decode(data["data"])
             except ImportError:
                 return data
+            except Exception as exc:
+                raise blame(exc, serializer, "decode", None) from None
     return data
+
+
+def blame(exc: Exception, serializer: Serializer, doing: str, value: Any) -> Exception:
+    """``exc``, raised by ``serializer``, with the serializer named at the head of its
+    message: ``serializer 'pandas.DataFrame' (snakepit_pandas) failed to encode a
+    DataFrame: ...``. The exception keeps its type (the host sees the plugin's own
+    class as a ``RemoteError``'s ``remote_type``); only its message changes, or, for
+    an exception whose message does not come from its arguments, a note is added."""
+    what = f" a {type(value).__qualname__}" if value is not None else ""
+    head = (f"serializer {serializer.name!r} ({type(serializer).__module__}) failed to "
+            f"{doing}{what}")
+    if head in str(exc):
+        return exc  # named already (nested serializers of one plugin)
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{head}: {exc.args[0]}", *exc.args[1:])
+    elif not exc.args:
+        exc.args = (head,)
+    if head not in str(exc):
+        exc.add_note(head)
+    return exc
 
 
 def decode_value(data: Any, serializers: Sequence[Serializer],
