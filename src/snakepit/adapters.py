@@ -125,15 +125,15 @@ def find_adapter(config: PoolConfig) -> Adapter:
     """The adapter ``config`` names (``command`` when ``config.command`` is set).
 
     Raises:
-        ConfigError: no installed adapter has that name.
+        ConfigError: no installed adapter has that name (the message says so, or that
+            the plugin providing it failed to load, and why).
     """
-    from snakepit.plugins import plugin_adapters
+    from snakepit.plugins import not_found, plugin_adapters
 
     name = "command" if config.command is not None and config.adapter == "python" else (
         config.adapter)
     adapters = {**BUILT_IN, **{a.name: a for a in plugin_adapters()}}
-    if name not in adapters:
-        raise ConfigError([f"adapter: no adapter named {name!r}; installed: "
-                           f"{', '.join(sorted(adapters))}"])
+    if name not in adapters:  # a plugin that failed to load is named, with why
+        raise ConfigError([f"adapter: {not_found('adapter', name, 'snakepit.adapters', adapters)}"])
     adapter: Adapter = adapters[name]
     return adapter

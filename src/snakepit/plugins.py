@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -99,6 +100,26 @@ def installed_plugins() -> list[PluginInfo]:
     """Every plugin entry point found (those that failed to load included)."""
     plugin_manager()
     return list(_infos)
+
+
+def not_found(what: str, name: str, group: str, installed: Iterable[str]) -> str:
+    """The message for a ``what`` (``"adapter"``, ``"pool kind"``) named ``name`` that
+    no loaded plugin provides: a plugin of ``group`` that failed to load is named with
+    why (its entry point of that name first), rather than leaving the reader to guess
+    that ``name`` was misspelt."""
+    failed = sorted((info for info in installed_plugins()
+                     if info.group == group and info.error is not None),
+                    key=lambda info: info.name != name)
+    message = f"no {what} named {name!r}; installed: {', '.join(sorted(installed))}"
+    if failed:
+        message += "; " + "; ".join(
+            f"plugin {info.name!r} ({info.distribution} {info.version}, {info.value}) "
+            f"failed to load: {info.error}" for info in failed)
+        if failed[0].name == name:
+            message = (f"the plugin that provides {what} {name!r} failed to load "
+                       f"({failed[0].distribution} {failed[0].version}, "
+                       f"{failed[0].value}): {failed[0].error}")
+    return message
 
 
 def register_plugin(plugin: object, name: str | None = None) -> None:

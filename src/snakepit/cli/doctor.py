@@ -156,8 +156,7 @@ async def pool_findings(config: PoolConfig, *,
         adapter = find_adapter(config)
     except ConfigError as exc:
         found.append(Finding(name, "adapter", "fail", "; ".join(exc.errors),
-                             f"install the plugin that provides adapter {config.adapter!r} "
-                             "(`snakepit plugins` lists what is installed)"))
+                             _plugin_fix(exc, f"adapter {config.adapter!r}")))
         return found
     found.append(Finding(name, "adapter", "pass", f"{adapter.name} (codecs "
                          f"{', '.join(adapter.codecs)})"))
@@ -175,8 +174,8 @@ async def pool_findings(config: PoolConfig, *,
         found.append(Finding(name, "pool kind", "pass", kind.name))
     except ConfigError as exc:
         found.append(Finding(name, "pool kind", "fail", "; ".join(exc.errors),
-                             f"install the plugin that provides kind {config.kind!r}, or fix "
-                             f"pools.{name}.options"))
+                             _plugin_fix(exc, f"kind {config.kind!r}")
+                             + f", or fix pools.{name}.options"))
         return found
     except SnakepitError as exc:  # the kind cannot run here (no GPU, say)
         found.append(Finding(name, "pool kind", "fail", str(exc),
@@ -212,6 +211,15 @@ async def pool_findings(config: PoolConfig, *,
         if on_started is not None:
             on_started()
     return found
+
+
+def _plugin_fix(error: ConfigError, what: str) -> str:
+    """The fix for a missing adapter or kind: install its plugin -- or, when the plugin
+    is installed but failed to load, repair what its import error names."""
+    if any("failed to load" in message for message in error.errors):
+        return (f"the plugin that provides {what} is installed but cannot be imported: fix "
+                "the error in the detail (`snakepit plugins` shows it too)")
+    return f"install the plugin that provides {what} (`snakepit plugins` lists what is installed)"
 
 
 async def diagnose(config: SnakepitConfig, *,
