@@ -22,12 +22,11 @@ import trio
 import trio_util
 
 from snakepit import telemetry
-from snakepit.adapters import LaunchSpec, find_adapter
+from snakepit.adapters import LaunchSpec, find_adapter, negotiate_codec
 from snakepit.config import PoolConfig
 from snakepit.control.server import control_enabled, serve_control
 from snakepit.control.snapshot import EventLog
 from snakepit.errors import (
-    ConfigError,
     SessionWorkerLost,
     SnakepitError,
 )
@@ -58,13 +57,10 @@ class Pool(CallPath, DynamicCalls):
     """A running pool of workers. Create it with :func:`open_pool`."""
 
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
-        self.config = config
+        self._adapter = find_adapter(config)
+        self.config = config = negotiate_codec(config, self._adapter)
         self._nursery = nursery
         self._dispatcher = Dispatcher(config.max_queue, config.pipeline_depth)
-        self._adapter = find_adapter(config)
-        if config.codec != "auto" and config.codec not in self._adapter.codecs:
-            raise ConfigError([f"codec: the {self._adapter.name} adapter's workers speak "
-                               f"{', '.join(self._adapter.codecs)}, not {config.codec}"])
         check_warm_start(config, self._adapter)
         self._fork_server: ForkServer | None = None
         self._kind: KindRuntime | None = None
