@@ -96,3 +96,17 @@ async def test_large_arrays_go_through_shared_memory() -> None:
         assert codec is not None and (codec.sent, codec.received) == (1, 1)
     assert doubled.shape == (512, 1024) and doubled.dtype == numpy.float64
     numpy.testing.assert_array_equal(doubled, big * 2)
+
+
+def test_messages_holding_serialized_values_are_encoded_once() -> None:
+    """A serializer's tagged value keeps its buffers deep in the message: the codec goes
+    straight to moving them out of band instead of first encoding them all in band."""
+    big = numpy.zeros(1 << 18)  # 2 MiB
+    tagged = encode_value(big, BUILTIN_SERIALIZERS)
+    threshold = 1 << 20
+    assert shm._shallow_large({"t": "result", "id": 1, "value": tagged}, threshold)
+    call = {"target": "numpy.sum", "args": [tagged], "kwargs": {}}
+    assert shm._shallow_large({"t": "call", "id": 2, "args": call}, threshold)
+    assert shm._shallow_large({"t": "result", "id": 3, "value": [1, tagged]}, threshold)
+    assert not shm._shallow_large({"t": "call", "id": 4, "args": {"n": 5}}, threshold)
+    assert not shm._shallow_large({"t": "result", "id": 5, "value": [1, 2, 3]}, threshold)

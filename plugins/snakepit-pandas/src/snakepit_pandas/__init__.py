@@ -11,10 +11,11 @@ Every column travels as a whole, never one Python object per cell for numeric da
   mask, so ``NA`` stays ``NA`` (it does not turn the column into float);
 - periods: their ordinals' raw bytes and the frequency;
 - categoricals: codes plus categories; intervals: left and right ends plus ``closed``;
-- strings (``str``, ``string``) and other object columns: a list (``None`` for missing),
-  the dtype kept: an object column (or index) of strings stays ``object`` with its
-  ``None``, under pandas 3 too (whose constructors would infer ``str`` and turn ``None``
-  into NaN);
+- strings (``str``, ``string``) and object columns of strings: one UTF-8 buffer of the
+  strings joined, plus a mask of the missing ones (:mod:`snakepit_pandas._text`); other
+  object columns: a list (``None`` for missing); the dtype kept either way: an object
+  column (or index) of strings stays ``object`` with its ``None``, under pandas 3 too
+  (whose constructors would infer ``str`` and turn ``None`` into NaN);
 - indexes (``RangeIndex`` as its range, ``MultiIndex`` as levels plus codes) and the
   columns (any labels, duplicates included, with their names), each as an index.
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+
+from snakepit_pandas._text import decode_strings, encode_strings
 
 __all__ = ["SERIALIZERS", "DataFrameSerializer", "IndexSerializer", "ScalarSerializer",
            "SeriesSerializer", "UnsupportedPandasData"]
@@ -49,15 +52,21 @@ def _is(value: Any, name: str) -> bool:
 
 
 def _raw(array: Any) -> dict[str, Any]:
+    """An array's data as a buffer: a view of its memory, no copy (a copy only for a
+    non-contiguous one), so a large column goes to shared memory straight from it."""
     import numpy
 
-    return {"dtype": array.dtype.str, "bytes": numpy.ascontiguousarray(array).tobytes()}
+    flat = numpy.ascontiguousarray(array).reshape(-1)
+    return {"dtype": array.dtype.str, "bytes": memoryview(flat.view(numpy.uint8))}
 
 
 def _from_raw(data: dict[str, Any]) -> Any:
+    """The array of a :func:`_raw` buffer, in writable memory of its own (the codec
+    hands over immutable ``bytes``: one copy; a writable buffer is used as it is)."""
     import numpy
 
-    return numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"])).copy()
+    array = numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"]))
+    return array if array.flags.writeable else array.copy()
 
 
 def _label(value: Any) -> Any:
@@ -107,9 +116,11 @@ def encode_array(values: Any, what: str = "values") -> dict[str, Any]:
                 "left": encode_array(values.left.array, what),
                 "right": encode_array(values.right.array, what)}
     if isinstance(dtype, pandas.StringDtype):
+        strings = values.to_numpy(dtype=object, na_value=None)
+        text = encode_strings(strings)
         return {"kind": "string", "storage": dtype.storage,
                 "na_nan": dtype.na_value is not pandas.NA,
-                "values": values.to_numpy(dtype=object, na_value=None).tolist()}
+                **({"text": text} if text is not None else {"values": strings.tolist()})}
     if isinstance(dtype, _masked_dtypes(pandas)):
         numpy_dtype = dtype.numpy_dtype
         filler = False if numpy_dtype.kind == "b" else 0
@@ -127,6 +138,9 @@ def encode_array(values: Any, what: str = "values") -> dict[str, Any]:
     if array.dtype.kind != "O":  # fixed-width numpy strings or bytes, void...
         raise UnsupportedPandasData(f"snakepit-pandas cannot send {what} of numpy dtype "
                                     f"{array.dtype}; use object or a pandas string dtype")
+    text = encode_strings(array)
+    if text is not None:  # an object column of strings (and None): one text buffer
+        return {"kind": "text", **text}
     return {"kind": "list", "dtype": "object", "values": array.tolist()}
 
 
@@ -162,7 +176,10 @@ def decode_array(data: dict[str, Any]) -> Any:
     if kind == "string":
         dtype = pandas.StringDtype(storage=data["storage"],
                                    na_value=numpy.nan if data["na_nan"] else pandas.NA)
-        return pandas.array(data["values"], dtype=dtype)
+        values = decode_strings(data["text"]) if "text" in data else data["values"]
+        return pandas.array(values, dtype=dtype)
+    if kind == "text":
+        return decode_strings(data)
     if kind == "masked":
         array = pandas.array(_from_raw(data["data"]), dtype=data["dtype"])
         array[_from_raw(data["mask"])] = pandas.NA

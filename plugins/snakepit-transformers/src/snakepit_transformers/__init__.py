@@ -45,23 +45,33 @@ class TensorSerializer:
         return tensor is not None and isinstance(value, tensor)
 
     def encode(self, tensor: Any) -> dict[str, Any]:
+        """dtype, shape and the raw bytes: a view of a contiguous CPU tensor's own memory
+        (no copy before the codec; a large one goes to shared memory straight from it),
+        a copy only for a strided, GPU or non-CPU tensor."""
+        import numpy
         import torch
 
         tensor = tensor.detach().cpu().contiguous()
         dtype = str(tensor.dtype).removeprefix("torch.")
         raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
-        return {"dtype": dtype, "shape": list(tensor.shape), "bytes": raw.numpy().tobytes()}
+        flat = raw.numpy().reshape(-1).view(numpy.uint8)
+        return {"dtype": dtype, "shape": list(tensor.shape), "bytes": memoryview(flat)}
 
     def decode(self, data: dict[str, Any]) -> Any:
         import numpy
         import torch
 
+        def array(dtype: Any) -> Any:
+            # writable memory of its own: one copy out of immutable received bytes
+            found = numpy.frombuffer(data["bytes"], dtype=dtype)
+            return found if found.flags.writeable else found.copy()
+
         if data["dtype"] == "bfloat16":
-            bits = numpy.frombuffer(data["bytes"], dtype=numpy.int16).copy()
+            bits = array(numpy.int16)
             return torch.from_numpy(bits).view(torch.bfloat16).reshape(data["shape"])
         dtype = getattr(torch, data["dtype"])
-        array = numpy.frombuffer(data["bytes"], dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-        return torch.from_numpy(array.copy()).reshape(data["shape"])
+        return torch.from_numpy(array(torch.empty(0, dtype=dtype).numpy().dtype)).reshape(
+            data["shape"])
 
 
 class BatchEncodingSerializer:
