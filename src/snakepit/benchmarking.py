@@ -340,67 +340,8 @@ def _payloads(options: argparse.Namespace, available: set[str], module: str,
             rows.append({"name": name, "label": label, "size": size,
                          "round_trip_ms": seconds * 1e3, "mb_per_s": size / seconds / 1e6,
                          "round_trip_ms_samples": [s["seconds"] * 1e3 for s in samples]})
-    rows.extend(_value_payloads(options))
+    rows.extend(values.payload_rows(options, functools.partial(_repeat, options)))
     return rows
-
-
-def _frame_trip(rows: int, strings: bool, rounds: int) -> dict[str, Any]:
-    table = values.frame(rows, strings=strings)
-    return {"seconds": trio.run(values.frame_round_trip, table, rounds)}
-
-
-def _frame_pickled(rows: int, rounds: int) -> dict[str, Any]:
-    return {"seconds": values.pickle_twice(values.frame(rows, strings=True), rounds)}
-
-
-def _tensor_trip(size: int, rounds: int) -> dict[str, Any]:
-    return {"seconds": trio.run(values.tensor_round_trip, size, rounds)}
-
-
-def _value_payloads(options: argparse.Namespace) -> list[dict[str, Any]]:
-    """Framework values through ``pool.call`` (issue 19), each beside its reference:
-    a frame's numeric columns and a shared-memory echo of as many bytes, a frame with
-    string columns and pickle (dumps and loads, twice), a tensor and an echo of its
-    bytes. Rows carry a ``role`` the targets find them by; none without pandas/torch."""
-    absent = values.missing()
-    rows_count = 50_000 if options.quick else 1_000_000
-    tensor_size = (4 << 20) if options.quick else (57 << 20)
-    rounds = 1 if options.quick else 3
-    label = f"{rows_count // 1000}k rows" if rows_count < 1_000_000 else (
-        f"{rows_count // 1_000_000}M rows")
-    runs: dict[str, Run] = {}
-    roles: dict[str, tuple[str, str, int]] = {}  # name -> (role, label, bytes moved)
-    if "pandas" not in absent:
-        numeric = values.numeric_bytes(values.frame(rows_count, strings=False))
-        mixed = int(values.frame(rows_count, strings=True).memory_usage(deep=True).sum())
-        for name, run, role, size in (
-                ("pandas frame, 7 numeric columns", functools.partial(
-                    _frame_trip, rows_count, False, rounds), "frame-numeric", numeric),
-                ("shared-memory echo of its bytes", functools.partial(
-                    _snakepit_payload, numeric, rounds, True), "frame-numeric-echo", numeric),
-                ("pandas frame, 9 columns (2 strings)", functools.partial(
-                    _frame_trip, rows_count, True, rounds), "frame-mixed", mixed),
-                ("pickle dumps+loads x2 of that frame", functools.partial(
-                    _frame_pickled, rows_count, rounds), "frame-mixed-pickle", mixed)):
-            runs[name] = run
-            roles[name] = (role, label, size)
-    if "torch" not in absent:
-        mib = f"{tensor_size >> 20} MiB"
-        for name, run, role in (
-                ("torch tensor (float32)", functools.partial(
-                    _tensor_trip, tensor_size, rounds), "tensor"),
-                ("echo of the tensor's bytes", functools.partial(
-                    _snakepit_payload, tensor_size, rounds, True), "tensor-echo")):
-            runs[name] = run
-            roles[name] = (role, mib, tensor_size)
-    found = []
-    for name, samples in _repeat(options, runs).items():
-        role, size_label, size = roles[name]
-        seconds = statistics.median(sample["seconds"] for sample in samples)
-        found.append({"name": name, "label": size_label, "size": size, "role": role,
-                      "round_trip_ms": seconds * 1e3, "mb_per_s": size / seconds / 1e6,
-                      "round_trip_ms_samples": [s["seconds"] * 1e3 for s in samples]})
-    return found
 
 
 def _snakepit_stream(chunks: int, size: int) -> dict[str, Any]:
