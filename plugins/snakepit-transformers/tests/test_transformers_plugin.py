@@ -1,7 +1,10 @@
 """snakepit-transformers through real pools: a tiny model built locally, run in a worker."""
 
+import os
+import sys
 from pathlib import Path
 
+import attrs
 import numpy
 import pytest
 import torch
@@ -91,3 +94,18 @@ async def test_a_causal_lm_output_travels_and_only_its_cache_stays_a_ref() -> No
         assert generated.sequences.shape == (1, 5)
         assert generated.sequences[0, :3].tolist() == [1, 2, 3]
         assert isinstance(generated.past_key_values, snakepit.Ref)
+
+
+async def test_an_output_holding_a_cache_ref_goes_back_to_the_worker_whole() -> None:
+    """Host -> worker: the output's Ref field is sent as the ref, and the worker's
+    serializer gets the cache object itself back in the output it rebuilds."""
+    here = str(Path(__file__).parent)
+    config = attrs.evolve(CONFIG, allowed_targets=(*CONFIG.allowed_targets, "output_probe"),
+                          env={"PYTHONPATH": os.pathsep.join([here, *sys.path])})
+    async with snakepit.open_pool(config) as pool, pool.session(mode="strict") as s:
+        gpt2 = await s.call("transformers.GPT2Config", vocab_size=32, n_positions=16,
+                            n_embd=16, n_layer=1, n_head=2)
+        model = await s.call("transformers.GPT2LMHeadModel", gpt2)
+        output = await model.call(input_ids=torch.tensor([[1, 2, 3, 4, 5]]))
+        assert isinstance(output.past_key_values, snakepit.Ref)
+        assert await s.call("output_probe.cache_length", output) == 5
