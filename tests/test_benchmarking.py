@@ -12,7 +12,7 @@ from snakepit import benchmarking
 from snakepit._bench import values
 from snakepit._bench.report import VALUE_TARGETS
 
-SECTIONS = {"calls", "start", "payloads", "streams", "sessions"}
+SECTIONS = {"calls", "start", "payloads", "streams", "sessions", "isolation"}
 
 
 def test_quick_run_prints_the_tables_and_saves_the_report(
@@ -20,7 +20,8 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
     assert benchmarking.main(["--quick", "--no-peers", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for heading in ("trivial calls", "workers ready", "echo round trip", "stream",
-                    "session store op", "targets (issue 7)"):
+                    "session store op", "calls after a timeout", "burst of 4",
+                    "pipeline depth under the concurrent load", "targets (issue 7)"):
         assert heading in out
 
     report = json.loads((tmp_path / "latest.json").read_text())
@@ -41,6 +42,11 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
     assert {row["name"] for row in report["sessions"]} == {
         "create", "get", "touch", "update_metadata", "delete"}
 
+    isolation = {row["name"]: row for row in report["isolation"]}
+    assert 0 <= isolation["calls after a timeout"]["succeeded"] <= 1
+    assert isolation["burst after recovery"]["seconds"] > 0
+    assert report["calls"][0]["depth"] >= 1
+
     # framework values beside their references, when pandas and torch are here
     roles = {row.get("role") for row in report["payloads"]}
     absent = set(values.missing())
@@ -51,7 +57,7 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
         assert {"tensor", "tensor-echo"} <= roles
 
     # every target is judged or skipped, and said so in the output
-    assert len(report["targets"]) == 6 + len(VALUE_TARGETS)
+    assert len(report["targets"]) == 8 + len(VALUE_TARGETS)
     for target in report["targets"]:
         assert target["passed"] in (True, False, None)
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]

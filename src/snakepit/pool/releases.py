@@ -18,14 +18,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
 from snakepit.errors import SnakepitError
+from snakepit.worker.lifecycle import Call, wait_for_answer
 
 if TYPE_CHECKING:
-    from snakepit.pool.pool import Pool
+    from snakepit.pool.calls import CallPath
+    from snakepit.worker.worker import Worker, WorkerCall
 
 RefKey = tuple[str, int, str]
 """A counted ref: the worker slot, its pid, the ref id."""
@@ -34,8 +37,9 @@ RefKey = tuple[str, int, str]
 class RefReleases:
     """One pool's count of host Refs to counted worker objects, and their release."""
 
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
+    def __init__(self, calls: CallPath, slot_worker: Callable[[str], Worker | None]) -> None:
+        self._calls = calls
+        self._slot_worker = slot_worker
         self._token = trio.lowlevel.current_trio_token()
         self._live: dict[RefKey, int] = {}      # host Refs alive
         self._received: dict[RefKey, int] = {}  # markers received since the last release
@@ -75,27 +79,31 @@ class RefReleases:
 
     async def flush(self) -> None:
         """Send every pending release to its worker and wait for the answers. A worker
-        that has gone took its objects with it: its releases are dropped.
-
-        Releases are housekeeping, not the application's calls: they go straight to the
-        worker that holds the objects, outside the call path, so they never count in
-        ``pool.stats()``, ``call.*`` telemetry (hence the exporters) or the circuit
-        breaker -- above all not as failures when the pool closes under them.
-        """
-        from snakepit.pool.dynamic import acquire_pinned  # which imports this module
-
+        that has gone took its objects with it: its releases are dropped."""
         async with self._sending:
             self._settle()
             batch, self._pending = self._pending, {}
-            pool = self._pool
             for (worker_id, pid), refs in batch.items():
-                worker = pool.slot_worker(worker_id)
+                worker = self._slot_worker(worker_id)
                 if worker is None or worker.pid != pid:
                     continue
                 with contextlib.suppress(SnakepitError):  # it died or the pool is closing
-                    deadline = pool._deadline(None)
-                    unit = await acquire_pinned(pool, worker, deadline)
-                    await unit.call("release", {"refs": refs}, deadline=deadline)
+                    await self._release(worker, refs)
+
+    async def _release(self, worker: Worker, refs: dict[str, int]) -> None:
+        """Send one worker its releases and wait for the answer.
+
+        Releases are housekeeping, not the application's calls: they go straight to the
+        worker that holds the objects, outside the counted call path, so they never show
+        in ``pool.stats()``, ``call.*`` telemetry (hence the exporters) or the circuit
+        breaker -- above all not as failures when the pool closes under them.
+        """
+        calls = self._calls
+        deadline = calls.deadline(None)
+        unit = await calls.acquire_pinned(worker, deadline)
+        call: WorkerCall = Call("release", {"refs": refs}, deadline, movable=False)
+        unit.send_call(call)
+        await wait_for_answer(call, deadline)
 
     async def collect(self) -> None:
         """Garbage-collect now, then :meth:`flush`."""

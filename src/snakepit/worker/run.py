@@ -183,7 +183,7 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
     startup_error: WorkerStartupError | None = None
     try:
         async with trio.open_nursery() as nursery:
-            worker._nursery = nursery
+            worker.nursery = nursery
             nursery.start_soon(worker.stderr.pump)
             nursery.start_soon(worker.connection.flush_forever)
             try:
