@@ -264,3 +264,36 @@ async def test_a_deadline_that_passes_while_frames_are_unread_is_still_queue_tim
             open_gate(gate)
         assert results == ["done"]
         assert pool.stats().restarts == 0
+
+
+async def test_a_queued_call_sent_behind_a_stuck_one_times_out_as_never_started(
+        tmp_path: Path) -> None:
+    """Issue 21, item 2: a call that waited in the queue, was then sent into a busy
+    worker's pipe and passed its deadline there never ran: ``QueueTimeout``
+    (retryable), not ``WorkerTimeout`` -- deterministically, gates decide the order."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    async with snakepit.open_pool(chaos_config(size=1, pipeline_depth=2)) as pool:
+        outcome: list[BaseException] = []
+        failed = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.execute, "block_until", {"path": str(first)})
+            nursery.start_soon(pool.execute, "block_until", {"path": str(second)})
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats().in_flight == 2  # one running, one in its pipe
+
+            async def queued() -> None:
+                try:
+                    await pool.execute("pid", timeout=2)
+                except snakepit.SnakepitError as exc:
+                    outcome.append(exc)
+                failed.set()
+
+            nursery.start_soon(queued)
+            await trio.testing.wait_all_tasks_blocked()
+            assert pool.stats().queue_depth == 1  # no unit free: it waits in the queue
+            open_gate(first)  # a unit frees: the queued call is sent behind the second
+            with trio.fail_after(10):
+                await failed.wait()
+            open_gate(second)
+        [error] = outcome
+        assert type(error) is snakepit.QueueTimeout and error.retryable

@@ -135,8 +135,8 @@ HOST = """
 import json, sys, trio, snakepit
 async def main():
     async with snakepit.open_pool(size=2, warm_start=True) as pool:
-        print(json.dumps([w.pid for w in pool.workers()] + [pool._launcher.fork_server.template_pid]),
-              flush=True)
+        template = pool._launcher.fork_server
+        print(json.dumps([w.pid for w in pool.workers()] + [template.template_pid]), flush=True)
         await trio.sleep_forever()
 trio.run(main)
 """

@@ -191,3 +191,20 @@ async def test_the_pipeline_depth_follows_service_time_not_round_trips() -> None
         assert len(samples) == 32 * 50
         assert sum(samples) <= 2 * elapsed * 1.01  # two workers, never overlapping
         assert dispatcher._depth() == min(8, 1 + int(0.001 / dispatcher.mean_service_time))
+
+
+async def test_a_worker_that_cannot_withdraw_still_gives_back_what_it_never_started(
+        tmp_path: Path) -> None:
+    """No ``withdraw`` capability (an older or third-party worker): nothing is withdrawn
+    from it, but a call waiting in its pipe when it dies still runs elsewhere."""
+    from tests.conftest import support_env
+    from tests.worker.test_supervisor import crash_with_a_call_queued
+
+    config = chaos_config(size=1, handler="older_bridge:ChaosHandler", env=support_env())
+    async with snakepit.open_pool(config) as pool:
+        worker = pool.workers()[0]
+        assert worker.welcome is not None and "withdraw" not in worker.welcome.capabilities
+        assert not worker.recall.withdraws
+        old_pid = worker.pid
+        _, queued = await crash_with_a_call_queued(pool, tmp_path / "gate", "pid")
+        assert isinstance(queued, int) and queued != old_pid  # it ran on the replacement

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit import telemetry
 from snakepit.pool.stats import resident_memory
 from snakepit.worker.slot_events import SlotState
@@ -54,7 +55,7 @@ class HealthMonitor:
             return  # a call started since the round looked: pinging it would measure that
         served = worker.calls_served
         timeout = self.config.health_check_timeout
-        with trio.move_on_after(timeout):
+        with realtime.move_on_after(timeout):
             await worker.ping()
             return
         if worker.in_flight == 0 and worker.calls_served == served and worker.accepting:
@@ -78,7 +79,7 @@ class HealthMonitor:
         interval = self.config.health_check_interval
         assert interval is not None
         while True:
-            await trio.sleep(interval)
+            await realtime.sleep(interval)
             async with trio.open_nursery() as nursery:
                 for worker in self.slots.workers():
                     if not worker.accepting:
@@ -122,7 +123,7 @@ class HealthMonitor:
         interval = self.config.heartbeat_interval
         assert interval is not None
         while True:
-            await trio.sleep(interval)
+            await realtime.sleep(interval)
             self.check_heartbeats()
 
     def check_heartbeats(self) -> None:
@@ -137,7 +138,7 @@ class HealthMonitor:
         host's own scheduling delay) and its calls fail with ``WorkerCrashed``.
         """
         timeout = self.config.heartbeat_timeout
-        now = trio.current_time()
+        now = realtime.monotonic()
         for worker in self.slots.live_workers():
             if worker.state is WorkerState.DEAD or worker.killed:
                 continue

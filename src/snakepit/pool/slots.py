@@ -14,6 +14,7 @@ from typing import Any
 import trio
 import trio_util
 
+from snakepit import _realtime as realtime
 from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import SessionWorkerLost, SnakepitError
@@ -90,7 +91,7 @@ class WorkerSlots:
         """Stop restarting, ask every worker to finish and exit; wait up to ``grace``."""
         for slot in self.slots:
             slot.stop()
-        with trio.move_on_after(grace):
+        with realtime.move_on_after(grace):
             for slot in self.slots:
                 if slot.supervising:  # a slot that never started has nothing to stop
                     await slot.stopped.wait()

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit.config import PoolConfig
 from snakepit.control.server import control_enabled, serve_control
 from snakepit.control.snapshot import EventLog
@@ -99,17 +100,21 @@ async def run_pool(config: PoolConfig, *, control: bool) -> AsyncIterator[Pool]:
         with unwrap_single_error(), EventLog([config.name] if control else []) as events:
             async with trio.open_nursery() as nursery:
                 pool = Pool(config, nursery)
-                try:
-                    await start_pool(pool, nursery)
-                    if control:
-                        await nursery.start(serve_control, {config.name: pool},
-                                            registry(config), events)
-                    stopping = math.inf  # started: pool.stopped will be emitted
-                    yield pool
-                finally:
-                    stopping = trio.current_time() if stopping is not None else None
-                    with trio.CancelScope(shield=True):
-                        await pool.aclose()
+                # under pytest-trio's autojump_clock: no jumps while workers start,
+                # run calls or stop (see snakepit._realtime)
+                with realtime.pause_autojump(lambda: pool.in_flight) as waiting_on_workers:
+                    try:
+                        with waiting_on_workers():
+                            await start_pool(pool, nursery)
+                        if control:
+                            await nursery.start(serve_control, {config.name: pool},
+                                                registry(config), events)
+                        stopping = math.inf  # started: pool.stopped will be emitted
+                        yield pool
+                    finally:
+                        stopping = trio.current_time() if stopping is not None else None
+                        with trio.CancelScope(shield=True), waiting_on_workers():
+                            await pool.aclose()
     finally:
         if stopping is not None:  # every worker has exited: the nursery is done
             pool._emit("pool.stopped", {"duration": trio.current_time() - stopping})

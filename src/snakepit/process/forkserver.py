@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit.errors import WorkerStartupError
 from snakepit.process.launch import OsProcess, spawn
 from snakepit.process.registry import RunRegistry
@@ -104,7 +105,7 @@ class ForkServer:
         ``startup_timeout``); once the pool has given up on templates it starts the
         worker cold from ``argv``.
         """
-        with trio.move_on_after(self._startup_timeout):
+        with realtime.move_on_after(self._startup_timeout):
             while not self.cold:
                 template = self._template
                 if template is None:
@@ -214,11 +215,11 @@ class ForkServer:
         """
         ready: Any = None
         launched = trio.current_time()
-        with trio.move_on_after(self._startup_timeout):
+        with realtime.move_on_after(self._startup_timeout):
             with contextlib.suppress(OSError, ValueError):
                 ready = json.loads(await template.control.recv(1 << 16) or b"null")
         if not ready:
-            with trio.move_on_after(1.0):  # let a dying template finish its traceback
+            with realtime.move_on_after(1.0):  # let a dying template finish its traceback
                 await template.process.wait_exit()
             raise WorkerStartupError(
                 f"the fork server's template (pid {template.process.pid}) did not start: "

@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit.errors import WorkerStartupError
 from snakepit.process.launch import OsProcess, grow_pipe
 from snakepit.worker.stderr import StderrLog
@@ -180,7 +181,7 @@ class Template:
         return request.process()
 
     async def _exchange(self, batch: list[_Request]) -> None:
-        with trio.move_on_after(self.timeout):
+        with realtime.move_on_after(self.timeout):
             try:
                 with adopting_orphans():
                     for request in batch:

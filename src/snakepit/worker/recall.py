@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import outcome
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit.config import PoolConfig
 from snakepit.errors import QueueTimeout
 from snakepit.protocol.messages import Cancel, Welcome, Withdraw
@@ -239,7 +240,7 @@ class Recall:
 
     async def _cancel_watchdog(self, call: Call[Any]) -> None:
         assert call.settled is not None
-        with trio.move_on_after(self.worker.config.cancel_grace):
+        with realtime.move_on_after(self.worker.config.cancel_grace):
             await call.settled.wait()
         if call.settled.is_set():  # answered, perhaps just as the grace ran out
             return
