@@ -40,6 +40,18 @@ def plugin(session: nox.Session, plugin: str) -> None:
     session.run("pytest", f"plugins/snakepit-{plugin}", *session.posargs)
 
 
+@nox.session(name="pandas")
+@nox.parametrize("major", ["2", "3"])
+def pandas_versions(session: nox.Session, major: str) -> None:
+    """snakepit-pandas under each pandas major version (``nox -s "pandas(major='2')"``):
+    pandas 3 infers ``str`` where pandas 2 kept ``object``, and the plugin must keep
+    the dtype under both. The normal suite runs only the installed pandas."""
+    session.install("-e", ".[test]", "-e", "plugins/snakepit-pandas",
+                    f"pandas>={major},<{int(major) + 1}")
+    session.run("python", "-c", "import pandas; print('pandas', pandas.__version__)")
+    session.run("pytest", "plugins/snakepit-pandas", *session.posargs)
+
+
 def network_namespace() -> list[str] | None:
     """``unshare`` arguments that give a private network namespace here, or None."""
     import shutil

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from snakepit import benchmarking
+from snakepit._bench import values
+from snakepit._bench.report import VALUE_TARGETS
 
 SECTIONS = {"calls", "start", "payloads", "streams", "sessions", "isolation"}
 
@@ -48,14 +50,26 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
     assert isolation["burst after recovery"]["seconds"] > 0
     assert report["calls"][0]["depth"] >= 1
 
+    # framework values beside their references, when pandas and torch are here
+    roles = {row.get("role") for row in report["payloads"]}
+    absent = set(values.missing())
+    if "pandas" not in absent:
+        assert {"frame-numeric", "frame-numeric-echo", "frame-mixed",
+                "frame-mixed-pickle"} <= roles
+    if "torch" not in absent:
+        assert {"tensor", "tensor-echo"} <= roles
+
     # every target is judged or skipped, and said so in the output
-    assert len(report["targets"]) == 8
+    assert len(report["targets"]) == 8 + len(VALUE_TARGETS)
     for target in report["targets"]:
         assert target["passed"] in (True, False, None)
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
         assert f"{verdict}  {target['name']}" in out
     skipped = [t["name"] for t in report["targets"] if t["passed"] is None]
-    assert len(skipped) == 2 and all("throughput" in name for name in skipped)  # no peers
+    # no peers: the two throughput targets; --quick: the framework values' (small values
+    # measure per-call costs, not what those targets are about)
+    assert len(skipped) == 2 + len(VALUE_TARGETS)
+    assert sum("throughput" in name for name in skipped) == 2
     assert "peers not measured (--no-peers)" in report["notes"]
 
     # the history grows by one line a run; the chart comes with matplotlib

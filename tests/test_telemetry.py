@@ -137,7 +137,7 @@ class FailingPlugin:
         raise RuntimeError("plugin bug")
 
 
-async def test_a_failing_plugin_is_detached_alone() -> None:
+async def test_a_failing_plugin_is_detached_alone(caplog: pytest.LogCaptureFixture) -> None:
     good, bad = ListeningPlugin(), FailingPlugin()
     plugins.register_plugin(bad, name="bad")
     plugins.register_plugin(good, name="good")
@@ -146,6 +146,11 @@ async def test_a_failing_plugin_is_detached_alone() -> None:
             await pool.execute("ping")
             await pool.execute("ping")
         assert good.events.count("call.stop") == 2
+        # the log line names the plugin, not an internal function
+        (record,) = [r for r in caplog.records if r.name == "snakepit.telemetry"]
+        assert "snakepit plugin 'bad'" in record.getMessage()
+        assert "FailingPlugin.snakepit_telemetry_event" in record.getMessage()
+        assert "<locals>" not in record.getMessage()
     finally:
         plugins.unregister_plugin(good)
         plugins.unregister_plugin(bad)
@@ -200,3 +205,21 @@ async def test_health_rounds_report_each_worker_and_stats_show_per_worker_figure
     assert served and all(w.latency_p50 is not None and w.latency_p99 is not None
                           and w.latency_p50 <= w.latency_p99 and (w.rss or 0) > 1_000_000
                           for w in served)
+
+
+async def test_dynamic_calls_are_named_by_their_target(log: Log) -> None:
+    config = snakepit.PoolConfig(size=1, name="dyn", allowed_targets=("json", "math"),
+                                 handler="snakepit.bridge.enhanced:EnhancedHandler")
+    async with snakepit.open_pool(config) as pool:
+        await pool.call("json.dumps", [1])
+        await pool.call("math.sqrt", 4)
+        with pytest.raises(snakepit.RemoteError):
+            await pool.call("math.sqrt", "four")
+    calls = [(name, meta) for name, _, meta in log.events if name.startswith("call.")]
+    assert [(name, meta["command"], meta["target"]) for name, meta in calls] == [
+        ("call.start", "call:json.dumps", "json.dumps"),
+        ("call.stop", "call:json.dumps", "json.dumps"),
+        ("call.start", "call:math.sqrt", "math.sqrt"),
+        ("call.stop", "call:math.sqrt", "math.sqrt"),
+        ("call.start", "call:math.sqrt", "math.sqrt"),
+        ("call.exception", "call:math.sqrt", "math.sqrt")]

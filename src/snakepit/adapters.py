@@ -16,13 +16,14 @@ holds (a TCP socket to another machine, say).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 
-from snakepit.config import PoolConfig
+from snakepit.config import Codec, PoolConfig
 from snakepit.errors import ConfigError
 from snakepit.process.launch import (
     WorkerProcess,
@@ -33,7 +34,9 @@ from snakepit.process.launch import (
 )
 
 __all__ = ["Adapter", "CommandAdapter", "LaunchSpec", "Opener", "PythonAdapter",
-           "WorkerProcess", "find_adapter"]
+           "WorkerProcess", "find_adapter", "negotiate_codec"]
+
+log = logging.getLogger("snakepit.adapters")
 
 Opener = Callable[[PoolConfig, str, "LaunchSpec", Mapping[str, str]], Awaitable[WorkerProcess]]
 """``open(config, worker_id, spec, env)``: start the worker ``spec`` describes somewhere
@@ -155,19 +158,45 @@ class CommandAdapter(BaseAdapter):
 BUILT_IN: dict[str, Any] = {"python": PythonAdapter(), "command": CommandAdapter()}
 
 
+def negotiate_codec(config: PoolConfig, adapter: Adapter) -> PoolConfig:
+    """``config`` with a codec its adapter's workers speak.
+
+    ``msgpack``, the default, is a preference: with an adapter whose workers speak only
+    JSON (say), the pool uses the first codec both sides speak instead of failing, so
+    such an adapter works without ``codec="json"`` spelled out. ``auto`` negotiates in
+    the handshake anyway.
+
+    Raises:
+        ConfigError: ``codec="json"`` was asked for and the workers do not speak it, or
+            the host and the workers have no codec in common.
+    """
+    from snakepit.protocol.codecs import available_codecs
+
+    if config.codec == "auto" or config.codec in adapter.codecs:
+        return config
+    shared = [codec for codec in available_codecs() if codec in adapter.codecs]
+    if config.codec != "msgpack" or not shared:
+        raise ConfigError([f"codec: the {adapter.name} adapter's workers speak "
+                           f"{', '.join(adapter.codecs) or 'no codec'}, not {config.codec}"])
+    log.info("pool %r: the %s adapter's workers speak %s; using %s", config.name,
+             adapter.name, ", ".join(adapter.codecs), shared[0])
+    chosen: Codec = "json" if shared[0] == "json" else "msgpack"
+    return attrs.evolve(config, codec=chosen)
+
+
 def find_adapter(config: PoolConfig) -> Adapter:
     """The adapter ``config`` names (``command`` when ``config.command`` is set).
 
     Raises:
-        ConfigError: no installed adapter has that name.
+        ConfigError: no installed adapter has that name (the message says so, or that
+            the plugin providing it failed to load, and why).
     """
-    from snakepit.plugins import plugin_adapters
+    from snakepit.plugins import not_found, plugin_adapters
 
     name = "command" if config.command is not None and config.adapter == "python" else (
         config.adapter)
     adapters = {**BUILT_IN, **{a.name: a for a in plugin_adapters()}}
-    if name not in adapters:
-        raise ConfigError([f"adapter: no adapter named {name!r}; installed: "
-                           f"{', '.join(sorted(adapters))}"])
+    if name not in adapters:  # a plugin that failed to load is named, with why
+        raise ConfigError([f"adapter: {not_found('adapter', name, 'snakepit.adapters', adapters)}"])
     adapter: Adapter = adapters[name]
     return adapter if isinstance(adapter, BaseAdapter) else _Completed(adapter)

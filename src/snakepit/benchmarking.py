@@ -11,7 +11,10 @@ One run measures, on the same trivial task and worker count, and prints with rat
   are ready -- snakepit cold, snakepit warm (forked from a template that imported once),
   and the peers;
 - **payloads**: 1 MiB and 64 MiB echo round trips -- snakepit through shared memory and
-  in band, the raw pipe floor, and the peers;
+  in band, the raw pipe floor, and the peers; then framework values through
+  ``pool.call`` beside their references (``_bench/values.py``): 1M rows x 7 numeric
+  columns against a shared-memory echo of their bytes, 1M rows x 9 mixed columns
+  against pickle, a 57 MiB tensor against an echo of its bytes (with pandas and torch);
 - **streams**: chunks/s and MB/s for 16 B and 64 KiB chunks, against the raw floor;
 - **sessions**: session-store operations per second;
 - **isolation**: the call right after a timeout, and a burst of slow calls right after
@@ -45,7 +48,7 @@ import trio
 
 import snakepit
 from snakepit import telemetry
-from snakepit._bench import hosttools, isolation, ours, peers, raw
+from snakepit._bench import hosttools, isolation, ours, peers, raw, values
 from snakepit._bench.report import RAW, SNAKEPIT, median_row, percentile, print_report, save
 from snakepit._bench.report import targets as check_targets
 
@@ -346,6 +349,7 @@ def _payloads(options: argparse.Namespace, available: set[str], module: str,
             rows.append({"name": name, "label": label, "size": size,
                          "round_trip_ms": seconds * 1e3, "mb_per_s": size / seconds / 1e6,
                          "round_trip_ms_samples": [s["seconds"] * 1e3 for s in samples]})
+    rows.extend(values.payload_rows(options, functools.partial(_repeat, options)))
     return rows
 
 

@@ -174,12 +174,12 @@ def find_kind(config: PoolConfig) -> PoolKind:
     Raises:
         ConfigError: no installed pool kind has that name.
     """
-    from snakepit.plugins import plugin_pool_kinds
+    from snakepit.plugins import not_found, plugin_pool_kinds
 
     kinds: dict[str, Any] = {"standard": StandardKind(),
                              **{kind.name: kind for kind in plugin_pool_kinds()}}
-    if config.kind not in kinds:
-        raise ConfigError([f"kind: no pool kind named {config.kind!r}; installed: "
-                           f"{', '.join(sorted(kinds))}"])
+    if config.kind not in kinds:  # a plugin that failed to load is named, with why
+        raise ConfigError([
+            f"kind: {not_found('pool kind', config.kind, 'snakepit.pool_kinds', kinds)}"])
     kind: PoolKind = kinds[config.kind]
     return kind

@@ -18,12 +18,14 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
 import pluggy
 
 from snakepit import hookspecs
+from snakepit.bridge.arrays import BUILTIN_SERIALIZERS
 
 log = logging.getLogger("snakepit.plugins")
 
@@ -100,6 +102,26 @@ def installed_plugins() -> list[PluginInfo]:
     return list(_infos)
 
 
+def not_found(what: str, name: str, group: str, installed: Iterable[str]) -> str:
+    """The message for a ``what`` (``"adapter"``, ``"pool kind"``) named ``name`` that
+    no loaded plugin provides: a plugin of ``group`` that failed to load is named with
+    why (its entry point of that name first), rather than leaving the reader to guess
+    that ``name`` was misspelt."""
+    failed = sorted((info for info in installed_plugins()
+                     if info.group == group and info.error is not None),
+                    key=lambda info: info.name != name)
+    message = f"no {what} named {name!r}; installed: {', '.join(sorted(installed))}"
+    if failed:
+        message += "; " + "; ".join(
+            f"plugin {info.name!r} ({info.distribution} {info.version}, {info.value}) "
+            f"failed to load: {info.error}" for info in failed)
+        if failed[0].name == name:
+            message = (f"the plugin that provides {what} {name!r} failed to load "
+                       f"({failed[0].distribution} {failed[0].version}, "
+                       f"{failed[0].value}): {failed[0].error}")
+    return message
+
+
 def register_plugin(plugin: object, name: str | None = None) -> None:
     """Register a plugin object by hand (as an entry point would) and connect its hooks."""
     manager = plugin_manager()
@@ -133,21 +155,40 @@ def _connect_telemetry(manager: pluggy.PluginManager) -> None:
     for impl in manager.hook.snakepit_telemetry_event.get_hookimpls():
         if _connected.get(id(impl)) in attached:
             continue
+        _connected[id(impl)] = telemetry.attach("*", _HookHandler(impl.plugin_name,
+                                                                  impl.function))
 
-        def deliver(event: str, measurements: Any, metadata: Any,
-                    function: Any = impl.function) -> None:
-            function(event=event, measurements=measurements, metadata=metadata)
 
-        _connected[id(impl)] = telemetry.attach("*", deliver)
+class _HookHandler:
+    """One plugin's ``snakepit_telemetry_event`` as a telemetry handler, named after
+    the plugin: telemetry's log line for a handler that raised is then about the
+    plugin (``snakepit.telemetry:prometheus``), not an internal function."""
+
+    __slots__ = ("function", "plugin")
+
+    def __init__(self, plugin: str, function: Any) -> None:
+        self.plugin = plugin
+        self.function = function
+
+    def __call__(self, event: str, measurements: Any, metadata: Any) -> None:
+        self.function(event=event, measurements=measurements, metadata=metadata)
+
+    def __repr__(self) -> str:
+        module = getattr(self.function, "__module__", "?")
+        return (f"<snakepit plugin {self.plugin!r} ({module}."
+                f"{getattr(self.function, '__qualname__', '?')})>")
 
 
 def host_serializers() -> list[Any]:
     """Serializers from the ``snakepit.serializers`` entry points and the
-    ``snakepit_serializers`` hook, for values crossing the wire on the host side."""
+    ``snakepit_serializers`` hook, for values crossing the wire on the host side, then
+    snakepit's own (numpy arrays: :mod:`snakepit.bridge.arrays`) unless a plugin
+    provides one of the same name."""
     found: list[Any] = []
     for provided in plugin_manager().hook.snakepit_serializers():
         found.extend(provided)
-    return found
+    names = {serializer.name for serializer in found}
+    return found + [s for s in BUILTIN_SERIALIZERS if s.name not in names]
 
 
 def plugin_adapters() -> list[Any]:

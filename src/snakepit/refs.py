@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY, Serializer
-from snakepit.bridge.plugins import decode_tagged, is_tagged
+from snakepit.bridge.values import Unencodable, decode_tagged, is_tagged, keeping_refs
 from snakepit.errors import PayloadError
 
 if TYPE_CHECKING:
@@ -105,6 +105,13 @@ def refs_in(value: Any) -> list[Ref]:
     return []
 
 
+def _ref_marker(value: Any) -> dict[str, str]:
+    """A Ref among a serializer's fields, as the worker's marker for it."""
+    if isinstance(value, Ref):
+        return {REF_KEY: value.id}
+    raise Unencodable(f"{type(value).__qualname__} has no wire form")
+
+
 def to_wire(value: Any, serializers: Sequence[Serializer]) -> Any:
     """Host values to wire data: refs become markers, plugin objects tagged maps."""
     if isinstance(value, Ref):
@@ -115,7 +122,8 @@ def to_wire(value: Any, serializers: Sequence[Serializer]) -> Any:
         for serializer in serializers:
             if serializer.claims(value):
                 try:
-                    return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
+                    with keeping_refs(_ref_marker):  # a Ref field (a cache) goes as its id
+                        return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
                 except Exception as exc:  # a plugin's error must not escape untyped
                     raise PayloadError(f"serializer {serializer.name!r} cannot encode this "
                                        f"{type(value).__qualname__}: {exc}") from exc
@@ -143,7 +151,12 @@ def from_wire(data: Any, serializers: Sequence[Serializer], pool: RefOwner, work
         return Ref(pool, id=marker["id"], type=marker.get("type", ""),
                    repr=marker.get("repr", ""), worker=worker, pid=pid, session_id=session_id,
                    releases=counted)
-    if is_tagged(data):
-        return decode_tagged(data, serializers)
+    if is_tagged(data):  # ref markers nested in it (a model output's cache) become Refs
+        try:
+            return decode_tagged(data, serializers, lambda marker: from_wire(
+                {REF_KEY: marker}, serializers, pool, worker, pid, session_id, releases))
+        except Exception as exc:  # a plugin's error (named by decode_tagged), typed
+            raise PayloadError(f"a result from worker {worker} cannot be decoded here: "
+                               f"{exc}") from exc
     return {key: from_wire(item, serializers, pool, worker, pid, session_id, releases)
             for key, item in data.items()}

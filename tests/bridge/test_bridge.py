@@ -26,7 +26,7 @@ class Client:
     """A blocking wire client around one bridge process."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 codec: str = "msgpack") -> None:
+                 codec: str = "msgpack", hello: dict[str, Any] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "snakepit.bridge", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -34,7 +34,8 @@ class Client:
         )
         self.codec = codec
         self.send_raw(json.dumps({"t": "hello", "version": 1, "codecs": [codec],
-                                  "max_frame_size": 1 << 20, "worker_id": "t"}).encode())
+                                  "max_frame_size": 1 << 20, "worker_id": "t",
+                                  **(hello or {})}).encode())
         self.welcome = json.loads(self.recv_raw())
 
     def send_raw(self, payload: bytes) -> None:
@@ -429,3 +430,22 @@ def test_withdraw_of_a_call_that_ran_is_ignored(client: Client) -> None:
     client.send({"t": "withdraw", "id": 99})  # never sent: nothing to give back
     answer = client.call("ping", call_id=2)  # the very next frame is ping's answer
     assert answer["t"] == "result" and answer["id"] == 2 and answer["value"]["pong"] is True
+
+
+def test_a_result_carries_its_service_time_when_the_host_asks() -> None:
+    """``timing`` in hello: each result says how long its handler ran (the host sizes its
+    pipelines by that, not by round trips); without it, results stay as they were."""
+    timed = Client("--handler", "snakepit.testing:ChaosHandler", hello={"timing": True})
+    try:
+        assert timed.call("sleep", {"seconds": 0.05}, call_id=1)["t"] == "progress"
+        answer = timed.recv()
+        assert answer["t"] == "result" and 0.05 <= answer["st"] < 5
+        quick = timed.call("echo", 1, call_id=2)
+        assert 0 <= quick["st"] < answer["st"]
+    finally:
+        timed.close()
+    plain = Client()
+    try:
+        assert "st" not in plain.call("echo", 1)
+    finally:
+        plain.close()

@@ -342,3 +342,22 @@ async def test_an_expired_session_frees_its_objects(mock_clock: trio.testing.Moc
                     await refs[1].getattr("numerator")
     finally:
         snakepit.telemetry.detach(handler)
+
+
+async def test_timeout_is_the_calls_deadline_and_invoke_passes_one_to_the_target() -> None:
+    from tests.conftest import support_env
+
+    options = config(size=1, allowed_targets=("timeouts",), env=support_env(),
+                     cancel_grace=0.1)
+    async with snakepit.open_pool(options) as pool:
+        # the natural first attempt: a deadline, not a keyword for the target
+        assert await pool.call("timeouts.with_timeout", 1, timeout=120) == {
+            "value": 1, "timeout": None}
+        # a keyword literally named timeout reaches the target through invoke
+        assert await pool.invoke("timeouts.with_timeout", [2], {"timeout": 5}) == {
+            "value": 2, "timeout": 5}
+        async with pool.session() as s:
+            assert await s.call("timeouts.with_timeout", 3, timeout=60) == {
+                "value": 3, "timeout": None}
+        with pytest.raises(snakepit.WorkerTimeout):  # and it is enforced
+            await pool.call("timeouts.nap", 30, timeout=0.5)

@@ -1,5 +1,10 @@
 """snakepit-dspy through real pools: real DSPy in the workers, DSPy's offline DummyLM."""
 
+import os
+import sys
+from pathlib import Path
+
+import attrs
 import dspy
 
 import snakepit
@@ -73,6 +78,45 @@ async def test_signatures_keep_field_descriptions_and_types() -> None:
         "answer": (int, "the number only")}
     assert back.instructions == "Answer arithmetic questions with a number."
     assert list(back.input_fields) == ["question", "hints"]
+
+
+# -- DSPy configured on every worker; values and module state both ways -----------------------
+HERE = Path(__file__).parent
+
+
+async def test_preload_configures_dspy_on_every_worker() -> None:
+    config = attrs.evolve(CONFIG, preload=("dspy_setup",),
+                          env={"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])})
+    async with snakepit.open_pool(config) as pool:
+        predictors = [await pool.call("dspy.Predict", "question -> answer") for _ in range(6)]
+        pids = {predict.pid for predict in predictors}
+        assert len(pids) == 2  # calls outside a session spread over the workers...
+        for predict in predictors:  # ...and each worker answers with its own LM
+            answer = await predict.call(question="Who configured you?")
+            assert answer.answer == f"configured in {predict.pid}"
+
+
+async def test_predictions_round_trip_both_ways() -> None:
+    prediction = dspy.Prediction(answer="42", reasoning="six times seven", score=0.5)
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        back = await pool.call("dspy.Prediction.copy", prediction)  # host -> worker -> host
+    assert type(back) is dspy.Prediction
+    assert back.toDict() == {"answer": "42", "reasoning": "six times seven", "score": 0.5}
+
+
+async def test_module_state_round_trips_into_a_fresh_module() -> None:
+    async with snakepit.open_pool(CONFIG) as pool, pool.session(mode="strict") as s:
+        first = await s.call("dspy.ChainOfThought", Quiz)
+        state = await first.method("dump_state")  # plain data on the host
+        state["predict"]["demos"] = [{"question": "1+1?", "answer": "2"}]  # edited here
+        await first.method("load_state", state)  # ... and loaded back
+        state = await first.method("dump_state")
+        assert state["predict"]["demos"] == [{"question": "1+1?", "answer": "2"}]
+        assert state["predict"]["signature"]["instructions"] == Quiz.instructions
+        async with pool.session(mode="strict") as other:  # a fresh module elsewhere
+            second = await other.call("dspy.ChainOfThought", Quiz)
+            await second.method("load_state", state)
+            assert await second.method("dump_state") == state
 
 
 async def test_a_react_agent_in_the_worker_calls_host_tools() -> None:

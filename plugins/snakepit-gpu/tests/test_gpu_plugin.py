@@ -1,11 +1,8 @@
 """The GPU pool kind with a fake nvidia-smi on PATH (runs everywhere)."""
 
 import contextlib
-import json
 import logging
 import os
-import stat
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,29 +15,18 @@ import trio.testing
 import snakepit
 from snakepit.plugins import installed_plugins
 from snakepit_gpu import query
+from snakepit_gpu.testing import FakeNvidiaSmi, fake_device
 
-HERE = Path(__file__).parent
 CHAOS = "snakepit.testing:ChaosHandler"
 
 
 @pytest.fixture
 def gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Put a fake nvidia-smi first on PATH; returns a function that sets the devices."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "nvidia-smi"
-    fake.write_text(f"#!{sys.executable}\n" + (HERE / "fake_nvidia_smi.py").read_text())
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    listing = tmp_path / "gpus.json"
-    monkeypatch.setenv("FAKE_GPUS", str(listing))
-
-    def set_devices(*used: float) -> None:
-        listing.write_text(json.dumps([
-            {"index": i, "uuid": f"GPU-{i:04d}", "name": "Fake H100", "used": u,
-             "total": 81559, "util": 10 * i} for i, u in enumerate(used)]))
-
-    return set_devices
+    """Put the shipped fake nvidia-smi first on PATH; returns a function that sets the
+    devices (the memory each one has in use)."""
+    fake = FakeNvidiaSmi(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{fake.directory}{os.pathsep}{os.environ['PATH']}")
+    return fake.set_devices
 
 
 def gpu_config(size: int, **options: Any) -> snakepit.PoolConfig:
@@ -256,3 +242,20 @@ async def test_device_telemetry_is_reported(gpus: Any) -> None:
         assert seen[0]["memory_used"] == 1234.0 and seen[0]["name"] == "Fake H100"
     finally:
         snakepit.telemetry.detach(handler)
+
+
+async def test_the_shipped_fake_nvidia_smi_is_named_by_the_pools_options(
+        tmp_path: Path) -> None:
+    """What a user on a CPU machine does: snakepit_gpu.testing, no PATH changes."""
+    fake = FakeNvidiaSmi(tmp_path)
+    fake.set_devices(fake_device(0, 512, name="Fake A100", memory_total=40960), 100)
+    config = gpu_config(2, nvidia_smi=str(fake.path))
+    async with snakepit.open_pool(config) as pool:
+        infos = sorted((w.info["device"], w.info["name"], w.info["memory_total"])
+                       for w in pool.stats().workers)
+        assert infos == [(0, "Fake A100", 40960.0), (1, "Fake H100", 81559.0)]
+        assert set(await devices_seen(pool)) == {"0", "1"}
+    fake.break_driver()
+    with pytest.raises(snakepit.WorkerStartupError, match="nvidia-smi"):
+        async with snakepit.open_pool(config):
+            pass

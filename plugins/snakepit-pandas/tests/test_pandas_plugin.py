@@ -53,8 +53,11 @@ def test_large_numeric_frames_travel_as_bytes_not_cells() -> None:
     frame = pandas.DataFrame({"x": numpy.arange(1_000_000, dtype="float64"),
                               "y": numpy.arange(1_000_000, dtype="int32")})
     encoded = DataFrameSerializer().encode(frame)
-    assert all(column["kind"] == "raw" and isinstance(column["bytes"], bytes)
-               for column in encoded["data"])
+    assert all(column["kind"] == "raw" and memoryview(column["bytes"]).nbytes == size
+               for column, size in zip(encoded["data"], (8_000_000, 4_000_000), strict=True))
+    # views of the frame's own memory: no copy before the codec writes them
+    assert all(numpy.shares_memory(numpy.asarray(column["bytes"]), frame[name].to_numpy())
+               for column, name in zip(encoded["data"], "xy", strict=True))
     assert encoded["index"] == {"range": [0, 1_000_000, 1], "name": None}
     pandas.testing.assert_frame_equal(DataFrameSerializer().decode(encoded), frame)
 
@@ -140,6 +143,8 @@ async def test_what_cannot_travel_is_a_clear_error_both_ways() -> None:
             await pool.call("pandas.DataFrame", {"sp": array})
         assert info.value.remote_type == "snakepit_pandas.UnsupportedPandasData"
         assert "convert to a numpy, nullable" in info.value.remote_message
+        assert info.value.remote_message.startswith(  # the worker names the serializer
+            "serializer 'pandas.DataFrame' (snakepit_pandas) failed to encode a DataFrame")
 
 
 def test_nullable_and_timezone_columns_travel_as_bytes_not_cells() -> None:
@@ -156,3 +161,93 @@ def test_nullable_and_timezone_columns_travel_as_bytes_not_cells() -> None:
     assert zoned["kind"] == "datetimetz" and len(zoned["data"]["bytes"]) == 8 * size
     assert periods["kind"] == "period" and len(periods["data"]["bytes"]) == 8 * size
     pandas.testing.assert_frame_equal(DataFrameSerializer().decode(encoded), frame)
+
+
+# -- numpy values, with snakepit-pandas alone --------------------------------------------------
+async def test_numpy_arrays_and_scalars_travel_with_pandas_alone() -> None:
+    frame = pandas.DataFrame({"f": [0.5, 1.5, 2.5], "n": numpy.arange(3, dtype="int64")})
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        floats = await pool.call("pandas.Series.to_numpy", frame["f"])
+        assert isinstance(floats, numpy.ndarray) and floats.tolist() == [0.5, 1.5, 2.5]
+        total, biggest = await pool.pipeline([
+            {"target": "pandas.Series.sum", "args": [frame["n"]]},
+            {"target": "pandas.Series.max", "args": [frame["n"]]}])
+        assert type(total) is numpy.int64 and total == 3
+        assert type(biggest) is numpy.int64 and biggest == 2
+        # an ndarray argument (PayloadError "ndarray has no wire form" before)
+        series = await pool.call("pandas.Series", numpy.array([3, 1, 2], dtype="uint8"))
+        pandas.testing.assert_series_equal(series, pandas.Series([3, 1, 2], dtype="uint8"))
+
+
+# -- object columns stay object ------------------------------------------------------------------
+async def copied(value: pandas.DataFrame | pandas.Series) -> object:
+    """Host -> worker -> host through ``.copy()``: an identity even under pandas 3, whose
+    ``concat`` itself turns an object index of strings into ``str``."""
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        return await pool.call(f"pandas.{type(value).__name__}.copy", value)
+
+
+async def test_object_columns_and_indexes_of_strings_stay_object_with_none() -> None:
+    frame = pandas.DataFrame({
+        "o": pandas.Series(["a", None, "c"], dtype=object),
+        "mixed": pandas.Series(["a", 1, None], dtype=object),
+        "n": [1, 2, 3],
+    })
+    frame.index = pandas.Index(["x", None, "z"], dtype=object, name="key")
+    back = await copied(frame)
+    pandas.testing.assert_frame_equal(back, frame)
+    assert back["o"].dtype == object and back["o"].tolist() == ["a", None, "c"]
+    assert back.index.dtype == object and back.index.tolist() == ["x", None, "z"]
+    series = pandas.Series(["p", None], dtype=object, name="s")
+    back_series = await copied(series)
+    assert back_series.dtype == object and back_series.tolist() == ["p", None]
+    labels = pandas.Categorical(["u", "v"], categories=pandas.Index(["v", "u"], dtype=object))
+    back_labels = await copied(pandas.Series(labels))
+    assert back_labels.cat.categories.dtype == object
+
+
+# -- pandas scalars and bare indexes are values -------------------------------------------------
+async def test_timestamps_timedeltas_periods_and_indexes_travel_as_values() -> None:
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        when = await pool.call("pandas.Timestamp", "2026-03-29 01:30", tz="Europe/Paris")
+        assert when == pandas.Timestamp("2026-03-29 01:30", tz="Europe/Paris")
+        assert type(when) is pandas.Timestamp and str(when.tz) == "Europe/Paris"
+        span = await pool.call("pandas.Timedelta", "1 day 2h")
+        assert type(span) is pandas.Timedelta and span == pandas.Timedelta(hours=26)
+        quarter = await pool.call("pandas.Period", "2026Q1")
+        assert type(quarter) is pandas.Period and quarter.freqstr == "Q-DEC"
+        assert await pool.call("pandas.to_datetime", "NaT") is pandas.NaT
+        days = await pool.call("pandas.date_range", "2026-01-01", periods=3, freq="D",
+                               tz="UTC", name="day")
+        assert isinstance(days, pandas.DatetimeIndex) and days.freqstr == "D"
+        pandas.testing.assert_index_equal(days, pandas.date_range(
+            "2026-01-01", periods=3, freq="D", tz="UTC", name="day"))
+        # and as arguments, host -> worker
+        assert await pool.call("pandas.Timestamp.isoformat", when) == (
+            "2026-03-29T01:30:00+01:00")
+        assert await pool.call("pandas.Index.max", days) == days[-1]
+
+
+# -- string columns as one text buffer --------------------------------------------------------
+def test_string_columns_travel_as_one_text_buffer_and_keep_their_missing() -> None:
+    size = 1000
+    names = [f"name {i}" if i % 7 else None for i in range(size)]
+    frame = pandas.DataFrame({
+        "object": pandas.Series(names, dtype=object),
+        "string": pandas.Series(names, dtype="string"),  # NA for missing
+        "str": pandas.Series(names, dtype="str"),  # NaN for missing
+        "nan_object": pandas.Series([numpy.nan if n is None else n for n in names],
+                                    dtype=object),
+        "odd": pandas.Series(["a\x00b", "\ud800", "é"] * 333 + [""], dtype=object),
+    })
+    encoded = DataFrameSerializer().encode(frame)
+    kinds = [column["kind"] for column in encoded["data"]]
+    str_kind = "string" if isinstance(frame["str"].dtype, pandas.StringDtype) else (
+        "text")  # pandas 2's "str" is object
+    assert kinds == ["text", "string", str_kind, "list", "list"]
+    assert "text" in encoded["data"][1] and "text" in encoded["data"][2]
+    back = DataFrameSerializer().decode(encoded)
+    pandas.testing.assert_frame_equal(back, frame)
+    assert back["object"][0] is None and back["string"][0] is pandas.NA
+    assert back["nan_object"][0] is not None and numpy.isnan(back["nan_object"][0])
+    assert back["object"].dtype == object and back["string"].dtype == "string"

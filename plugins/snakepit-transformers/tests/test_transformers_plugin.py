@@ -1,7 +1,10 @@
 """snakepit-transformers through real pools: a tiny model built locally, run in a worker."""
 
+import os
+import sys
 from pathlib import Path
 
+import attrs
 import numpy
 import pytest
 import torch
@@ -26,7 +29,8 @@ def test_found_through_its_entry_point() -> None:
 def test_tensors_round_trip_as_bytes(dtype: torch.dtype) -> None:
     tensor = (torch.arange(12).reshape(3, 4) % 3).to(dtype)
     encoded = TensorSerializer().encode(tensor)
-    assert isinstance(encoded["bytes"], bytes) and encoded["shape"] == [3, 4]
+    assert encoded["shape"] == [3, 4]
+    assert memoryview(encoded["bytes"]).nbytes == tensor.numel() * tensor.element_size()
     assert torch.equal(TensorSerializer().decode(encoded), tensor)
 
 
@@ -63,3 +67,45 @@ async def test_a_tiny_bert_runs_in_a_worker(tmp_path: Path) -> None:
                                tokenizer=tokenizer)
         features = await extract.call("hello pit")
         assert numpy.asarray(features).shape == (1, 4, 16)
+
+
+async def test_a_causal_lm_output_travels_and_only_its_cache_stays_a_ref() -> None:
+    """GPT-2's forward (``use_cache=True`` by default) and ``generate`` return outputs
+    holding a ``DynamicCache``: the plain fields travel, the cache stays in the worker."""
+    async with snakepit.open_pool(CONFIG) as pool, pool.session(mode="strict") as s:
+        config = await s.call("transformers.GPT2Config", vocab_size=32, n_positions=16,
+                              n_embd=16, n_layer=1, n_head=2)
+        await s.call("torch.manual_seed", 0)
+        model = await s.call("transformers.GPT2LMHeadModel", config)
+        await model.method("eval")
+        prompt = torch.tensor([[1, 2, 3]])
+        output = await model.call(input_ids=prompt, labels=prompt)
+        assert type(output).__name__ == "CausalLMOutputWithCrossAttentions"
+        assert output.logits.shape == (1, 3, 32) and output.loss.dim() == 0
+        cache = output.past_key_values
+        assert isinstance(cache, snakepit.Ref) and cache.type.endswith("DynamicCache")
+        # the cache goes back in by reference: the next step continues from it
+        step = await model.call(input_ids=torch.tensor([[4]]), past_key_values=cache)
+        assert step.logits.shape == (1, 1, 32)
+        assert await step.past_key_values.method("get_seq_length") == 4
+        generated = await model.method("generate", prompt, max_new_tokens=2, do_sample=False,
+                                       return_dict_in_generate=True, pad_token_id=0)
+        assert type(generated).__name__.startswith("Generate")
+        assert generated.sequences.shape == (1, 5)
+        assert generated.sequences[0, :3].tolist() == [1, 2, 3]
+        assert isinstance(generated.past_key_values, snakepit.Ref)
+
+
+async def test_an_output_holding_a_cache_ref_goes_back_to_the_worker_whole() -> None:
+    """Host -> worker: the output's Ref field is sent as the ref, and the worker's
+    serializer gets the cache object itself back in the output it rebuilds."""
+    here = str(Path(__file__).parent)
+    config = attrs.evolve(CONFIG, allowed_targets=(*CONFIG.allowed_targets, "output_probe"),
+                          env={"PYTHONPATH": os.pathsep.join([here, *sys.path])})
+    async with snakepit.open_pool(config) as pool, pool.session(mode="strict") as s:
+        gpt2 = await s.call("transformers.GPT2Config", vocab_size=32, n_positions=16,
+                            n_embd=16, n_layer=1, n_head=2)
+        model = await s.call("transformers.GPT2LMHeadModel", gpt2)
+        output = await model.call(input_ids=torch.tensor([[1, 2, 3, 4, 5]]))
+        assert isinstance(output.past_key_values, snakepit.Ref)
+        assert await s.call("output_probe.cache_length", output) == 5

@@ -88,6 +88,33 @@ def targets(report: dict[str, Any]) -> list[Target]:
     check("session store >= 100k ops/s (slowest operation)",
           min(row["ops_per_s"] for row in sessions) if sessions else None, 100_000,
           lambda value: value >= 100_000, "ops/s")
+    return found + value_targets(report)
+
+
+#: (name, role measured, role of its reference, the largest ratio that passes)
+VALUE_TARGETS = (
+    ("pandas numeric columns within 2x of a shared-memory copy of their bytes",
+     "frame-numeric", "frame-numeric-echo", 2.0),
+    ("string-heavy frame no slower than pickle (dumps+loads, twice)",
+     "frame-mixed", "frame-mixed-pickle", 1.0),
+    ("tensor round trip within 1.5x of an echo of its bytes", "tensor", "tensor-echo", 1.5),
+)
+
+
+def value_targets(report: dict[str, Any]) -> list[Target]:
+    """Issue 19's targets for framework values (the payload rows with a ``role``): a
+    ratio of round-trip times to the reference's, PASS at or below the limit; SKIP
+    without pandas or torch, and with ``--quick``, whose small values measure per-call
+    costs rather than what the targets are about."""
+    rows = {row["role"]: row for row in report.get("payloads", []) if "role" in row}
+    quick = report.get("options", {}).get("quick", False)
+    found: list[Target] = []
+    for name, role, reference, limit in VALUE_TARGETS:
+        ours, other = rows.get(role), rows.get(reference)
+        value = _ratio(ours, other, "round_trip_ms") if ours and other and not quick else (
+            None)
+        found.append({"name": name, "value": value, "limit": limit, "unit": "x",
+                      "passed": None if value is None else value <= limit})
     return found
 
 

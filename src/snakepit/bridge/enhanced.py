@@ -37,6 +37,7 @@ from snakepit.bridge.hostcalls import HOST_TOOL_KEY, HostToolProxy
 from snakepit.bridge.objects import ObjectStore, RefNotFound, new_ids
 from snakepit.bridge.plugins import Unencodable, decode_value, encode_value, load_serializers
 from snakepit.bridge.targets import AllowList, TargetNotAllowed
+from snakepit.bridge.values import keeping_refs
 from snakepit.protocol import wire
 
 __all__ = ["EnhancedHandler", "RefNotFound", "TargetNotAllowed"]
@@ -78,18 +79,25 @@ class EnhancedHandler(CommandHandler):
 
     def wire(self, value: Any, ctx: CallContext) -> Any:
         """``value`` as wire data, or a ref to it kept in the store (the same ref for
-        an object that is already stored)."""
+        an object that is already stored). A serializer's field with no wire form (a
+        model output's cache) is kept alone, as a nested ref
+        (:func:`~snakepit.bridge.values.encode_fields`)."""
         try:
-            return encode_value(value, self.serializers)
+            with keeping_refs(lambda field: self._keep(field, ctx)):
+                return encode_value(value, self.serializers)
         except Unencodable:
-            ref_id, counted = self.objects(ctx).issue(value)
-            kind = type(value)
-            marker: dict[str, Any] = {"id": ref_id,
-                                      "type": f"{kind.__module__}.{kind.__qualname__}",
-                                      "repr": _short_repr(value)}
-            if counted:
-                marker["counted"] = True
-            return {REF_KEY: marker}
+            return self._keep(value, ctx)
+
+    def _keep(self, value: Any, ctx: CallContext) -> dict[str, Any]:
+        """Keep ``value`` in the call's store; its ref marker."""
+        ref_id, counted = self.objects(ctx).issue(value)
+        kind = type(value)
+        marker: dict[str, Any] = {"id": ref_id,
+                                  "type": f"{kind.__module__}.{kind.__qualname__}",
+                                  "repr": _short_repr(value)}
+        if counted:
+            marker["counted"] = True
+        return {REF_KEY: marker}
 
     def unwire(self, data: Any, ctx: CallContext) -> Any:
         """Arguments from the host: tagged values decoded, refs and names resolved."""

@@ -37,7 +37,13 @@ class Serializer(Protocol):
 
     def encode(self, value: Any) -> Any:
         """``value`` as plain data (maps, lists, str, int, float, bool, None, bytes).
-        Large numeric data should be bytes (msgpack ``bin``), not per-element lists."""
+        Large numeric data should be a buffer (``bytes``, or a ``memoryview`` of the
+        value's own memory: no copy, and a large one goes through shared memory), not
+        per-element lists. Raise ``snakepit.bridge.plugins.Unencodable`` for a value
+        this serializer cannot carry after all: the enhanced bridge then keeps it in the
+        worker as a ref. Fields with no wire form of their own can stay behind as
+        nested refs: encode them with ``snakepit.bridge.plugins.encode_fields``. Any
+        other exception is reported with this serializer's name."""
         ...
 
     def decode(self, data: Any) -> Any:

@@ -1,32 +1,39 @@
-"""Worker-side plugin discovery (standard library only) and value encoding.
+"""Worker-side plugin discovery (standard library only).
 
-``encode_value`` walks a handler's result: plain data passes, objects a serializer
-claims become tagged maps, and anything else raises :class:`Unencodable` -- the
-enhanced handler keeps such values in the worker and returns a ref instead.
+The value walk (``encode_value``, ``decode_value``, :class:`Unencodable`) lives in
+:mod:`snakepit.bridge.values` and is re-exported here, where plugins have always
+imported it from.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY, Serializer
+from snakepit.bridge.arrays import BUILTIN_SERIALIZERS
+from snakepit.bridge.hookspecs import Serializer
+from snakepit.bridge.values import (
+    Unencodable,
+    decode_tagged,
+    decode_value,
+    encode_fields,
+    encode_value,
+    is_tagged,
+)
+
+__all__ = ["GROUP", "Unencodable", "decode_tagged", "decode_value", "encode_fields",
+           "encode_value", "is_tagged", "load_serializers"]
 
 GROUP = "snakepit.serializers"
-_PLAIN = (str, int, float, bool, bytes, type(None))
-
-
-class Unencodable(TypeError):
-    """A value no codec and no serializer can carry."""
 
 
 def load_serializers() -> list[Serializer]:
     """Serializers of every installed ``snakepit.serializers`` entry point.
 
     A plugin that fails to load is reported on stderr (which the host logs) and
-    skipped: it never takes the worker down.
+    skipped: it never takes the worker down. snakepit's own serializers
+    (:data:`snakepit.bridge.arrays.BUILTIN_SERIALIZERS`: numpy) come last, so a
+    plugin may claim such a value first.
     """
     found: list[Serializer] = []
     for entry_point in importlib.metadata.entry_points(group=GROUP):
@@ -36,57 +43,4 @@ def load_serializers() -> list[Serializer]:
         except Exception as exc:
             sys.stderr.write(f"snakepit.bridge: serializer plugin {entry_point.name!r} "
                              f"({entry_point.value}) failed to load: {exc!r}\n")
-    return found
-
-
-def encode_value(value: Any, serializers: Sequence[Serializer], depth: int = 0) -> Any:
-    """``value`` as wire data, with plugin objects tagged; raises Unencodable."""
-    if isinstance(value, _PLAIN):
-        return value
-    if depth > 64:
-        raise Unencodable("value nested too deeply")
-    if type(value) not in (list, tuple, dict):  # subclasses (a ModelOutput is a dict)
-        for serializer in serializers:         # get their plugin's form first
-            if serializer.claims(value):
-                return {TAG_KEY: serializer.name, "data": serializer.encode(value)}
-    if isinstance(value, list | tuple):
-        return [encode_value(item, serializers, depth + 1) for item in value]
-    if isinstance(value, dict):
-        if all(isinstance(key, str | int) for key in value):
-            return {key: encode_value(item, serializers, depth + 1)
-                    for key, item in value.items()}
-        raise Unencodable("dict keys must be str or int")
-    raise Unencodable(f"{type(value).__module__}.{type(value).__qualname__} has no "
-                      "wire form")
-
-
-def is_tagged(data: Any) -> bool:
-    """Whether ``data`` is a serializer's tagged map."""
-    return isinstance(data, dict) and len(data) == 2 and TAG_KEY in data and "data" in data
-
-
-def decode_tagged(data: dict[str, Any], serializers: Sequence[Serializer]) -> Any:
-    """The object a tagged map stands for; the map itself when no serializer of that
-    name is installed here, or its framework is missing (ImportError)."""
-    for serializer in serializers:
-        if serializer.name == data[TAG_KEY]:
-            try:
-                return serializer.decode(data["data"])
-            except ImportError:
-                return data
-    return data
-
-
-def decode_value(data: Any, serializers: Sequence[Serializer],
-                 resolve_ref: Any = None) -> Any:
-    """Wire data back to objects: tagged maps through their serializer, ref markers
-    through ``resolve_ref`` (the worker's object store)."""
-    if isinstance(data, list):
-        return [decode_value(item, serializers, resolve_ref) for item in data]
-    if not isinstance(data, dict):
-        return data
-    if is_tagged(data):
-        return decode_tagged(data, serializers)
-    if REF_KEY in data and len(data) == 1 and resolve_ref is not None:
-        return resolve_ref(data[REF_KEY])
-    return {key: decode_value(item, serializers, resolve_ref) for key, item in data.items()}
+    return found + [s for s in BUILTIN_SERIALIZERS if s.name not in {f.name for f in found}]

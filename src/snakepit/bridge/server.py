@@ -99,6 +99,8 @@ class BridgeServer:
         self._stopping = False
         self._protocol_error: ProtocolError | None = None
         self._heartbeat: float | None = None
+        self._timing = False
+        """The host asked for each result's service time (``st``, seconds)."""
         # serial mode: calls read while another ran; threaded mode: the hand-off queue
         self._backlog: collections.deque[CallContext] = collections.deque()
         self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -218,6 +220,7 @@ class BridgeServer:
         if type(max_frame) is int and max_frame > 0:
             self._max_frame_size = max_frame
             self._decoder = FrameDecoder(max_frame)
+        self._timing = hello.get("timing") is True
         heartbeat: Any = hello.get("heartbeat")
         if _is_number(heartbeat) and 0 < heartbeat < math.inf:
             self._heartbeat = float(heartbeat)
@@ -399,13 +402,17 @@ class BridgeServer:
                                  f"unknown command {ctx.command!r}", etype="UnknownCommand")
                 return
             try:
+                began = time.perf_counter()
                 result = cmd(ctx.args, ctx)
                 if cmd.streaming and ctx.window is None:  # plain call of a stream: collect
                     self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": list(result)})
                 elif ctx.window is not None:
                     self._stream(ctx, result if cmd.streaming else iter((result,)))
                 else:
-                    self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": result})
+                    answer = {wire.TAG: wire.RESULT, "id": ctx.id, "value": result}
+                    if self._timing:  # how long the handler ran: the pipeline's measure
+                        answer["st"] = time.perf_counter() - began
+                    self.send(answer)
             except CallCancelled as exc:
                 self._send_error(ctx.id, wire.KIND_CANCELLED, exc)
             except Exception as exc:

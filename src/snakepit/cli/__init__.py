@@ -294,9 +294,8 @@ def doctor(config: str | None, as_json: bool) -> None:
     [tool.snakepit] in ./pyproject.toml, else one default pool)."""
     import trio
     from rich.console import Console
-    from rich.table import Table
 
-    from snakepit.cli.doctor import as_data, diagnose, load_config
+    from snakepit.cli.doctor import as_data, diagnose, findings_table, load_config
     from snakepit.cli.progress import worker_progress
     from snakepit.errors import ConfigError
 
@@ -320,14 +319,8 @@ def doctor(config: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(as_data(findings), indent=2))
     else:
-        table = Table("", "scope", "check", "detail", "fix", title=f"snakepit doctor: {source}",
-                      title_justify="left")
-        marks = {"pass": "[green]✔ pass[/]", "warn": "[yellow]! warn[/]", "fail": "[red]✘ fail[/]"}
-        for finding in findings:
-            table.add_row(marks[finding.status], finding.scope, finding.check, finding.detail,
-                          finding.fix)
         out = Console()
-        out.print(table)
+        out.print(findings_table(findings, source))
         out.print("[red]some checks failed[/]" if failed else "[green]all checks passed[/]")
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 

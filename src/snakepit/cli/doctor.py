@@ -161,8 +161,7 @@ async def pool_findings(config: PoolConfig, *,
         adapter = find_adapter(config)
     except ConfigError as exc:
         found.append(Finding(name, "adapter", "fail", "; ".join(exc.errors),
-                             f"install the plugin that provides adapter {config.adapter!r} "
-                             "(`snakepit plugins` lists what is installed)"))
+                             _plugin_fix(exc, f"adapter {config.adapter!r}")))
         return found
     found.append(Finding(name, "adapter", "pass", f"{adapter.name} (codecs "
                          f"{', '.join(adapter.codecs)})"))
@@ -180,8 +179,8 @@ async def pool_findings(config: PoolConfig, *,
         found.append(Finding(name, "pool kind", "pass", kind.name))
     except ConfigError as exc:
         found.append(Finding(name, "pool kind", "fail", "; ".join(exc.errors),
-                             f"install the plugin that provides kind {config.kind!r}, or fix "
-                             f"pools.{name}.options"))
+                             _plugin_fix(exc, f"kind {config.kind!r}")
+                             + f", or fix pools.{name}.options"))
         return found
     except SnakepitError as exc:  # the kind cannot run here (no GPU, say)
         found.append(Finding(name, "pool kind", "fail", str(exc),
@@ -222,6 +221,15 @@ async def pool_findings(config: PoolConfig, *,
     return found
 
 
+def _plugin_fix(error: ConfigError, what: str) -> str:
+    """The fix for a missing adapter or kind: install its plugin -- or, when the plugin
+    is installed but failed to load, repair what its import error names."""
+    if any("failed to load" in message for message in error.errors):
+        return (f"the plugin that provides {what} is installed but cannot be imported: fix "
+                "the error in the detail (`snakepit plugins` shows it too)")
+    return f"install the plugin that provides {what} (`snakepit plugins` lists what is installed)"
+
+
 async def diagnose(config: SnakepitConfig, *,
                    on_pool_checked: Callable[[], None] | None = None) -> list[Finding]:
     """Every finding for ``config``: the machine's, then each pool's (checked at once)."""
@@ -241,3 +249,28 @@ async def diagnose(config: SnakepitConfig, *,
 
 def as_data(findings: Iterable[Finding]) -> list[dict[str, Any]]:
     return [attrs.asdict(finding) for finding in findings]
+
+
+def findings_table(findings: Iterable[Finding], source: str) -> Any:
+    """The findings as a rich table for a console of any width.
+
+    Details and fixes wrap, and a word longer than its column (a config path such as
+    ``pools.gpu.options.fallback_cpu``) folds onto the next line: nothing is cut off
+    with an ellipsis, even at 80 columns (the width of a pipe or CI log), because a fix
+    is meant to be copied.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"snakepit doctor: {source}", title_justify="left")
+    table.add_column("", no_wrap=True)
+    table.add_column("scope", overflow="fold")
+    table.add_column("check", overflow="fold")
+    table.add_column("detail", overflow="fold", ratio=3)
+    table.add_column("fix", overflow="fold", ratio=2)
+    marks = {"pass": "[green]✔ pass[/]", "warn": "[yellow]! warn[/]", "fail": "[red]✘ fail[/]"}
+    for finding in findings:
+        # Text, not markup: a detail may hold brackets ("options[0]", a traceback)
+        table.add_row(marks[finding.status], Text(finding.scope), Text(finding.check),
+                      Text(finding.detail), Text(finding.fix))
+    return table

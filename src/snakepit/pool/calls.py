@@ -193,10 +193,15 @@ class CallPath:
 
     async def run_attempts(self, command: str, args: Any, timeout: float | None,
                             on_progress: ProgressCallback | None, session_id: str | None,
-                            idempotent: bool = False, pinned: Worker | None = None
-                            ) -> tuple[Any, Attempt]:
-        """Run a call, retrying per the policy; returns its result and its last try."""
-        call_id, submitted = self.call_started(command)
+                            idempotent: bool = False, pinned: Worker | None = None,
+                            target: str | None = None) -> tuple[Any, Attempt]:
+        """Run a call, retrying per the policy; returns its result and its last try.
+        ``target``: a dynamic call's target, which names it in telemetry."""
+        # telemetry names a dynamic call by its target ("call:dspy.Predict"), so that
+        # listeners and exporters (whose command labels are bounded) can tell them apart
+        label = command if target is None else f"{command}:{target}"
+        meta: dict[str, Any] = {} if target is None else {"target": target}
+        call_id, submitted = self.call_started(label, **meta)
         attempt = Attempt(submitted)
         tries = 1
         try:
@@ -211,13 +216,13 @@ class CallPath:
                     if delay is None:
                         raise
                     self._emit("call.retry", {"attempt": tries, "delay": delay},
-                               command=command, call=call_id, error=type(exc).__name__)
+                               command=label, call=call_id, error=type(exc).__name__, **meta)
                     await trio.sleep(delay)
                     tries += 1
         except BaseException as exc:
-            self.call_failed(exc, command, call_id, submitted, attempt, tries)
+            self.call_failed(exc, label, call_id, submitted, attempt, tries, **meta)
             raise
-        self.call_succeeded(command, call_id, submitted, attempt, tries)
+        self.call_succeeded(label, call_id, submitted, attempt, tries, None, **meta)
         return result, attempt
 
     async def _attempt(self, command: str, args: Any, deadline: float,

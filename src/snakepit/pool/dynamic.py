@@ -40,23 +40,29 @@ class DynamicCalls:
         self._owner = owner
         self._releases: RefReleases | None = None
 
-    async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, target: str, *args: Any, timeout: float | None = None,
+                   **kwargs: Any) -> Any:
         """Call the dotted callable ``target`` in a worker: ``await pool.call("json.dumps",
         [1, 2])``. Returns the result, or a :class:`~snakepit.Ref` when it cannot travel.
-        Refs among the arguments route the call to the worker that holds them."""
-        return await self.invoke(target, args, kwargs)
+        Refs among the arguments route the call to the worker that holds them.
+
+        ``timeout`` is the call's own deadline in seconds (as for ``execute``), not an
+        argument of the target; pass a keyword literally named ``timeout`` to the
+        target with :meth:`invoke`: ``pool.invoke(target, args, {"timeout": 5})``."""
+        return await self.invoke(target, args, kwargs, timeout=timeout)
 
     async def invoke(self, target: str, args: Sequence[Any] = (),
                      kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
                      store_as: str | None = None, session_id: str | None = None) -> Any:
         """:meth:`call` with every option: a timeout, a name to keep the result under
-        in the worker, a session whose object store to use."""
+        in the worker, a session whose object store to use. ``args`` and ``kwargs`` go
+        to the target as they are (a ``"timeout"`` key in ``kwargs`` included)."""
         payload: dict[str, Any] = {"target": target, "args": list(args),
                                    "kwargs": dict(kwargs or {})}
         if store_as is not None:
             payload["store_as"] = store_as
         return await self._dynamic("call", payload, refs_in((args, kwargs)), timeout,
-                                   session_id)
+                                   session_id, target=target)
 
     async def pipeline(self, steps: Sequence[dict[str, Any]], *, timeout: float | None = None,
                        session_id: str | None = None) -> list[Any]:
@@ -108,7 +114,8 @@ class DynamicCalls:
         return self._releases
 
     async def _dynamic(self, command: str, payload: dict[str, Any], refs: list[Ref],
-                       timeout: float | None, session_id: str | None) -> Any:
+                       timeout: float | None, session_id: str | None,
+                       target: str | None = None) -> Any:
         serializers = host_serializers()
         pinned = None
         owners = {(ref.worker, ref.pid) for ref in refs}
@@ -124,7 +131,8 @@ class DynamicCalls:
                 raise RefLost(f"the worker that held {refs[0]!r} died; the object is gone")
         try:
             data, attempt = await self._calls.run_attempts(command, to_wire(payload, serializers),
-                                                     timeout, None, session_id, pinned=pinned)
+                                                     timeout, None, session_id, pinned=pinned,
+                                                     target=target)
         except RemoteError as exc:
             if exc.remote_type.rpartition(".")[2] == "RefNotFound":
                 raise RefLost(exc.remote_message) from exc

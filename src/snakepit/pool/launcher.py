@@ -13,9 +13,8 @@ from typing import Any
 
 import trio
 
-from snakepit.adapters import LaunchSpec, find_adapter
+from snakepit.adapters import LaunchSpec, find_adapter, negotiate_codec
 from snakepit.config import PoolConfig
-from snakepit.errors import ConfigError
 from snakepit.kinds import KindRuntime, apply_kind, complete_runtime, find_kind
 from snakepit.pool.warm import check_warm_start, open_fork_server
 from snakepit.process.forkserver import ForkServer
@@ -33,11 +32,9 @@ class Launcher:
     """
 
     def __init__(self, config: PoolConfig) -> None:
-        self.config = config
         self.adapter = find_adapter(config)
-        if config.codec != "auto" and config.codec not in self.adapter.codecs:
-            raise ConfigError([f"codec: the {self.adapter.name} adapter's workers speak "
-                               f"{', '.join(self.adapter.codecs)}, not {config.codec}"])
+        self.config = config = negotiate_codec(config, self.adapter)
+        """The pool's config, its codec one the adapter's workers speak."""
         check_warm_start(config, self.adapter)
         self.kind: KindRuntime | None = None
         self.fork_server: ForkServer | None = None

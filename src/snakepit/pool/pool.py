@@ -52,9 +52,9 @@ class Pool:
     """A running pool of workers. Create it with :func:`~snakepit.open_pool`."""
 
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
-        self.config = config
-        self._nursery = nursery
         self._launcher = Launcher(config)
+        self.config = config = self._launcher.config  # its codec negotiated with the adapter
+        self._nursery = nursery
         self._dispatcher = Dispatcher(config.max_queue, config.pipeline_depth)
         self._slots = WorkerSlots(config, self._dispatcher, self._launcher.launch, self._emit,
                                   on_exit=self._worker_exited)
@@ -228,17 +228,23 @@ class Pool:
                            timeout, window, session_id)
 
     # -- the enhanced bridge -------------------------------------------------------------
-    async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, target: str, *args: Any, timeout: float | None = None,
+                   **kwargs: Any) -> Any:
         """Call the dotted callable ``target`` in a worker: ``await pool.call("json.dumps",
         [1, 2])``. Returns the result, or a :class:`~snakepit.Ref` when it cannot travel.
-        Refs among the arguments route the call to the worker that holds them."""
-        return await self._dynamic.invoke(target, args, kwargs)
+        Refs among the arguments route the call to the worker that holds them.
+
+        ``timeout`` is the call's own deadline in seconds (as for ``execute``), not an
+        argument of the target; pass a keyword literally named ``timeout`` to the
+        target with :meth:`invoke`: ``pool.invoke(target, args, {"timeout": 5})``."""
+        return await self._dynamic.invoke(target, args, kwargs, timeout=timeout)
 
     async def invoke(self, target: str, args: Sequence[Any] = (),
                      kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
                      store_as: str | None = None, session_id: str | None = None) -> Any:
         """:meth:`call` with every option: a timeout, a name to keep the result under
-        in the worker, a session whose object store to use."""
+        in the worker, a session whose object store to use. ``args`` and ``kwargs`` go
+        to the target as they are (a ``"timeout"`` key in ``kwargs`` included)."""
         return await self._dynamic.invoke(target, args, kwargs, timeout=timeout,
                                           store_as=store_as, session_id=session_id)
 

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from snakepit.errors import SnakepitError
+from snakepit.worker.lifecycle import Call, wait_for_answer
 
 if TYPE_CHECKING:
     from snakepit.pool.calls import CallPath
-    from snakepit.worker.worker import Worker
+    from snakepit.worker.worker import Worker, WorkerCall
 
 RefKey = tuple[str, int, str]
 """A counted ref: the worker slot, its pid, the ref id."""
@@ -87,8 +88,22 @@ class RefReleases:
                 if worker is None or worker.pid != pid:
                     continue
                 with contextlib.suppress(SnakepitError):  # it died or the pool is closing
-                    await self._calls.run("release", {"refs": refs}, None, None, None,
-                                          pinned=worker)
+                    await self._release(worker, refs)
+
+    async def _release(self, worker: Worker, refs: dict[str, int]) -> None:
+        """Send one worker its releases and wait for the answer.
+
+        Releases are housekeeping, not the application's calls: they go straight to the
+        worker that holds the objects, outside the counted call path, so they never show
+        in ``pool.stats()``, ``call.*`` telemetry (hence the exporters) or the circuit
+        breaker -- above all not as failures when the pool closes under them.
+        """
+        calls = self._calls
+        deadline = calls.deadline(None)
+        unit = await calls.acquire_pinned(worker, deadline)
+        call: WorkerCall = Call("release", {"refs": refs}, deadline, movable=False)
+        unit.send_call(call)
+        await wait_for_answer(call, deadline)
 
     async def collect(self) -> None:
         """Garbage-collect now, then :meth:`flush`."""

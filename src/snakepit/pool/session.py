@@ -162,10 +162,12 @@ class SessionHandle:
                                                   on_progress=on_progress,
                                                   idempotent=idempotent)
 
-    async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, target: str, *args: Any, timeout: float | None = None,
+                   **kwargs: Any) -> Any:
         """``pool.call`` within this session: refs it returns belong to the session
-        and are freed with it."""
-        return await self.pool.invoke(target, args, kwargs, session_id=self.id)
+        and are freed with it. ``timeout`` is the call's deadline, as for ``pool.call``."""
+        return await self.pool.invoke(target, args, kwargs, timeout=timeout,
+                                      session_id=self.id)
 
     def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
                window: int | None = None) -> Any:

@@ -60,6 +60,8 @@ class Hello:
     shm: int | None = None
     """Buffers of at least this many bytes may travel as shared-memory segments, both
     ways, if the worker announces the ``shm`` capability (``None``: never)."""
+    timing: bool = False
+    """Ask the worker to add each result's service time (``st``, seconds)."""
 
 
 @attrs.frozen
@@ -156,6 +158,8 @@ class Result:
 
     id: int
     value: Any = None
+    service_time: float | None = None
+    """How long the handler ran, in seconds, when the host asked (``st`` on the wire)."""
 
 
 @attrs.frozen
@@ -273,6 +277,7 @@ _RENAMES: dict[str, str] = {
     "type": "etype",
     "message": "msg",
     "traceback": "tb",
+    "service_time": "st",
 }
 
 

@@ -221,8 +221,11 @@ class SharedMemoryCodec(Codec):
 
 def _shallow_large(message: Any, threshold: int) -> bool:
     """Whether a call's arguments or an answer's value is a large buffer, or a map with
-    one among its values (the usual places: ``args=blob``, ``{"data": blob}``); spares
-    encoding such a message twice. Costs two lookups for an ordinary message."""
+    one among its values (the usual places: ``args=blob``, ``{"data": blob}``), or holds
+    a serializer's tagged value (an array, a frame, a tensor: ``pool.call``'s arguments
+    and results), whose buffers sit deeper; spares encoding such a message twice (a
+    57 MiB tensor's bytes were copied twice more). Costs a few lookups for an ordinary
+    message."""
     value = message.get("args")
     if value is None:
         value = message.get("value")
@@ -230,8 +233,23 @@ def _shallow_large(message: Any, threshold: int) -> bool:
     if kind in _BUFFERS:
         return _nbytes(value) >= threshold
     if kind is dict:
-        return any(type(item) in _BUFFERS and _nbytes(item) >= threshold
-                   for item in value.values())
+        return _TAG in value or any(
+            (type(item) in _BUFFERS and _nbytes(item) >= threshold) or _holds_tagged(item)
+            for item in value.values())
+    return _holds_tagged(value)
+
+
+_TAG = "__snakepit__"
+"""The key of a serializer's tagged value (``snakepit.bridge.hookspecs.TAG_KEY``)."""
+
+
+def _holds_tagged(value: Any) -> bool:
+    """Whether ``value`` is a tagged value or a list (its first 16 items) holding one."""
+    kind = type(value)
+    if kind is dict:
+        return _TAG in value
+    if kind is list:
+        return any(type(item) is dict and _TAG in item for item in value[:16])
     return False
 
 

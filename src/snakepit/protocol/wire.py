@@ -6,7 +6,8 @@ must run where attrs is not installed, builds the maps directly from these const
 
 Host to worker::
 
-    hello    {version, codecs, max_frame_size, worker_id, heartbeat?, shm?}  (always JSON)
+    hello    {version, codecs, max_frame_size, worker_id, heartbeat?, shm?, timing?}
+                                                      (always JSON)
     call     {id, cmd, args, sid?, dl?, window?, nest?}
     cancel   {id}
     credit   {id, n}
@@ -20,7 +21,7 @@ Host to worker::
 Worker to host::
 
     welcome  {version, pid, codec, concurrency, capabilities, python, handler}  (JSON)
-    result   {id, value}
+    result   {id, value, st?}
     error    {id, kind, etype, msg, tb}
     chunk    {id, value}
     end      {id}
@@ -34,6 +35,10 @@ Worker to host::
 ``shm`` in hello is a size in bytes: a worker that announces the ``shm`` capability may
 then send, and will receive, buffers at least that large as msgpack extension values
 (type 0x53) naming a shared-memory segment (:mod:`snakepit.protocol.shm`).
+
+``timing`` true in hello asks the worker to add ``st`` to each ``result``: how many
+seconds the handler ran. The host sizes its pipelines by it (a worker that does not
+send it is measured from the host's side instead, less precisely on a busy machine).
 
 ``dl`` is the call's deadline as Unix time in seconds (host and worker share the clock
 on one machine). ``window`` marks a streaming call and is the initial number of chunks

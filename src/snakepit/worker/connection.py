@@ -213,10 +213,11 @@ class Connection:
                 return payloads
 
     async def read_forever(self, deliver: Callable[[Message], None],
-                           deliver_result: Callable[[int, Any], None] | None = None) -> None:
+                           deliver_result: Callable[[int, Any, Any], None] | None = None
+                           ) -> None:
         """Decode every frame and ``deliver`` it, until EOF.
 
-        ``deliver_result(id, value)``, when given, takes well-formed ``result`` frames
+        ``deliver_result(id, value, st)``, when given, takes well-formed ``result`` frames
         directly: structuring them through cattrs cost ~0.7 µs a call for nothing.
 
         Raises:
@@ -236,7 +237,7 @@ class Connection:
     async def _read_frames(self, fd: int, decode: Callable[[bytes | bytearray], Any],
                            decoder: FrameDecoder, scratch: memoryview,
                            deliver: Callable[[Message], None],
-                           deliver_result: Callable[[int, Any], None] | None) -> None:
+                           deliver_result: Callable[[int, Any, Any], None] | None) -> None:
         reads = 0
         read_lot = self._read_lot
         while True:
@@ -262,7 +263,7 @@ class Connection:
                 message = decode(payload)
                 if (deliver_result is not None and message.get(wire.TAG) == wire.RESULT
                         and type(call_id := message.get("id")) is int):
-                    deliver_result(call_id, message.get("value"))
+                    deliver_result(call_id, message.get("value"), message.get("st"))
                 else:
                     deliver(from_wire(message))
             if read_lot:

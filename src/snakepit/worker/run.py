@@ -75,7 +75,7 @@ async def handshake(worker: Worker, offered: list[str]) -> None:
                and shm.available())
     connection.send(Hello(wire.PROTOCOL_VERSION, offered, config.max_frame_size, worker.id,
                           config.heartbeat_interval,
-                          config.shm_threshold if use_shm else None))
+                          config.shm_threshold if use_shm else None, timing=True))
     payloads = await connection.read_payloads()
     if payloads is None:
         raise ProtocolError("the worker exited before its handshake")

@@ -155,7 +155,7 @@ class Worker(Ending):
     def on_message(self, message: Message) -> None:
         """Act on one frame from the worker (the reader calls this)."""
         if isinstance(message, Result):
-            self._finish(message.id, outcome.Value(message.value))
+            self._finish(message.id, outcome.Value(message.value), message.service_time)
         elif isinstance(message, Error):
             if message.id is None:
                 raise ProtocolError(f"worker {self.id} reported: {message.message}")
@@ -192,9 +192,10 @@ class Worker(Ending):
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} from worker {self.id}")
 
-    def on_result(self, call_id: int, value: Any) -> None:
-        """A ``result`` frame (the reader's fast path, skipping :meth:`on_message`)."""
-        self._finish(call_id, outcome.Value(value))
+    def on_result(self, call_id: int, value: Any, service_time: Any = None) -> None:
+        """A ``result`` frame (the reader's fast path, skipping :meth:`on_message`);
+        ``service_time``: how long the handler ran, as the worker measured it."""
+        self._finish(call_id, outcome.Value(value), service_time)
 
     def _lookup(self, call_id: int) -> WorkerCall:
         call = self.inflight.get(call_id) or self.nested.get(call_id)
@@ -209,7 +210,8 @@ class Worker(Ending):
             self.shared_memory.release(call_id)  # the worker has read its arguments
         return call
 
-    def _finish(self, call_id: int, answer: outcome.Outcome[Any]) -> None:
+    def _finish(self, call_id: int, answer: outcome.Outcome[Any],
+                service_time: Any = None) -> None:
         if self.host is not None and self.host.runs:
             self._tools_end(call_id)
         nested = self.nested.take(call_id)
@@ -218,10 +220,13 @@ class Worker(Ending):
             return
         call = self._take_back(call_id)
         now = trio.current_time()
-        # How long the handler ran: from when it could start (sent, or the previous
-        # answer) to its answer -- not the round trip, which grows with the pipe's depth.
         if self.seat is not None:
-            self.seat.record_service_time(now - max(call.sent_at, self._last_answer))
+            # How long the handler ran: as the worker measured it, or else from when the
+            # call could start (sent, or the previous answer) to its answer -- never the
+            # round trip, which grows with the pipe's depth.
+            if type(service_time) is not float:
+                service_time = now - max(call.sent_at, self._last_answer)
+            self.seat.record_service_time(service_time)
         self._last_answer = now
         self.calls_served += 1
         call.settle(answer)

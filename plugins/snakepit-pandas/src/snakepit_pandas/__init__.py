@@ -1,4 +1,4 @@
-"""pandas DataFrame and Series across the snakepit wire.
+"""pandas DataFrame, Series, Index and scalars across the snakepit wire.
 
 Loaded by workers (without pluggy) and by the host, through the
 ``snakepit.serializers`` entry point: keep imports lazy and pandas-free at import time.
@@ -11,8 +11,11 @@ Every column travels as a whole, never one Python object per cell for numeric da
   mask, so ``NA`` stays ``NA`` (it does not turn the column into float);
 - periods: their ordinals' raw bytes and the frequency;
 - categoricals: codes plus categories; intervals: left and right ends plus ``closed``;
-- strings (``str``, ``string``) and other object columns: a list (``None`` for missing),
-  the dtype kept;
+- strings (``str``, ``string``) and object columns of strings: one UTF-8 buffer of the
+  strings joined, plus a mask of the missing ones (:mod:`snakepit_pandas._text`); other
+  object columns: a list (``None`` for missing); the dtype kept either way: an object
+  column (or index) of strings stays ``object`` with its ``None``, under pandas 3 too
+  (whose constructors would infer ``str`` and turn ``None`` into NaN);
 - indexes (``RangeIndex`` as its range, ``MultiIndex`` as levels plus codes) and the
   columns (any labels, duplicates included, with their names), each as an index.
 
@@ -25,7 +28,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["SERIALIZERS", "DataFrameSerializer", "SeriesSerializer", "UnsupportedPandasData"]
+from snakepit_pandas._text import decode_strings, encode_strings
+
+__all__ = ["SERIALIZERS", "DataFrameSerializer", "IndexSerializer", "ScalarSerializer",
+           "SeriesSerializer", "UnsupportedPandasData"]
 
 _RAW_KINDS = "biufcmM"  # bool, ints, floats, complex, timedelta, datetime: raw bytes
 
@@ -46,15 +52,21 @@ def _is(value: Any, name: str) -> bool:
 
 
 def _raw(array: Any) -> dict[str, Any]:
+    """An array's data as a buffer: a view of its memory, no copy (a copy only for a
+    non-contiguous one), so a large column goes to shared memory straight from it."""
     import numpy
 
-    return {"dtype": array.dtype.str, "bytes": numpy.ascontiguousarray(array).tobytes()}
+    flat = numpy.ascontiguousarray(array).reshape(-1)
+    return {"dtype": array.dtype.str, "bytes": memoryview(flat.view(numpy.uint8))}
 
 
 def _from_raw(data: dict[str, Any]) -> Any:
+    """The array of a :func:`_raw` buffer, in writable memory of its own (the codec
+    hands over immutable ``bytes``: one copy; a writable buffer is used as it is)."""
     import numpy
 
-    return numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"])).copy()
+    array = numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"]))
+    return array if array.flags.writeable else array.copy()
 
 
 def _label(value: Any) -> Any:
@@ -104,9 +116,11 @@ def encode_array(values: Any, what: str = "values") -> dict[str, Any]:
                 "left": encode_array(values.left.array, what),
                 "right": encode_array(values.right.array, what)}
     if isinstance(dtype, pandas.StringDtype):
+        strings = values.to_numpy(dtype=object, na_value=None)
+        text = encode_strings(strings)
         return {"kind": "string", "storage": dtype.storage,
                 "na_nan": dtype.na_value is not pandas.NA,
-                "values": values.to_numpy(dtype=object, na_value=None).tolist()}
+                **({"text": text} if text is not None else {"values": strings.tolist()})}
     if isinstance(dtype, _masked_dtypes(pandas)):
         numpy_dtype = dtype.numpy_dtype
         filler = False if numpy_dtype.kind == "b" else 0
@@ -124,7 +138,18 @@ def encode_array(values: Any, what: str = "values") -> dict[str, Any]:
     if array.dtype.kind != "O":  # fixed-width numpy strings or bytes, void...
         raise UnsupportedPandasData(f"snakepit-pandas cannot send {what} of numpy dtype "
                                     f"{array.dtype}; use object or a pandas string dtype")
+    text = encode_strings(array)
+    if text is not None:  # an object column of strings (and None): one text buffer
+        return {"kind": "text", **text}
     return {"kind": "list", "dtype": "object", "values": array.tolist()}
+
+
+def _kept(array: Any) -> dict[str, Any]:
+    """Constructor arguments that keep ``array``'s dtype: an object array of strings
+    would otherwise be inferred as pandas 3's ``str`` dtype, ``None`` turned into NaN."""
+    import numpy
+
+    return {"dtype": object} if isinstance(array, numpy.ndarray) and array.dtype == object else {}
 
 
 def decode_array(data: dict[str, Any]) -> Any:
@@ -135,9 +160,10 @@ def decode_array(data: dict[str, Any]) -> Any:
     if kind == "raw":
         return _from_raw(data)
     if kind == "category":
-        return pandas.Categorical.from_codes(decode_array(data["codes"]),
-                                             categories=decode_array(data["categories"]),
-                                             ordered=data["ordered"])
+        categories = decode_array(data["categories"])
+        return pandas.Categorical.from_codes(
+            decode_array(data["codes"]), ordered=data["ordered"],
+            categories=pandas.Index(categories, **_kept(categories)))
     if kind == "datetimetz":
         dtype = pandas.api.types.pandas_dtype(data["dtype"])
         return pandas.array(_from_raw(data["data"])).tz_localize("UTC").tz_convert(dtype.tz)
@@ -150,7 +176,10 @@ def decode_array(data: dict[str, Any]) -> Any:
     if kind == "string":
         dtype = pandas.StringDtype(storage=data["storage"],
                                    na_value=numpy.nan if data["na_nan"] else pandas.NA)
-        return pandas.array(data["values"], dtype=dtype)
+        values = decode_strings(data["text"]) if "text" in data else data["values"]
+        return pandas.array(values, dtype=dtype)
+    if kind == "text":
+        return decode_strings(data)
     if kind == "masked":
         array = pandas.array(_from_raw(data["data"]), dtype=data["dtype"])
         array[_from_raw(data["mask"])] = pandas.NA
@@ -181,7 +210,8 @@ def decode_index(data: dict[str, Any]) -> Any:
         return pandas.MultiIndex(levels=[decode_index(level) for level in data["levels"]],
                                  codes=[_from_raw(codes) for codes in data["codes"]],
                                  names=[_unlabel(name) for name in data["names"]])
-    return pandas.Index(decode_array(data["values"]), name=_unlabel(data["name"]))
+    values = decode_array(data["values"])
+    return pandas.Index(values, name=_unlabel(data["name"]), **_kept(values))
 
 
 class DataFrameSerializer:
@@ -199,8 +229,17 @@ class DataFrameSerializer:
 
     def decode(self, data: dict[str, Any]) -> Any:
         pandas = _pandas()
-        columns = {i: decode_array(column) for i, column in enumerate(data["data"])}
-        frame = pandas.DataFrame(columns, index=decode_index(data["index"]))
+        index = decode_index(data["index"])
+        if not data["data"]:
+            frame = pandas.DataFrame(index=index)
+        else:
+            columns = {}
+            for i, column in enumerate(data["data"]):
+                values = decode_array(column)
+                # a Series, not the array: the frame would infer str for an object column
+                columns[i] = pandas.Series(values, copy=False, **_kept(values))
+            frame = pandas.DataFrame(columns, copy=False)
+            frame.index = index  # set, not passed: aligning on labels would lose rows
         labels = data["columns"]
         # version 1 wrote a plain list of names
         frame.columns = decode_index(labels) if isinstance(labels, dict) else labels
@@ -218,8 +257,66 @@ class SeriesSerializer:
                 "values": encode_array(series.array, f"series {series.name!r}")}
 
     def decode(self, data: dict[str, Any]) -> Any:
-        return _pandas().Series(decode_array(data["values"]), index=decode_index(data["index"]),
-                                name=_unlabel(data["name"]))
+        values = decode_array(data["values"])
+        return _pandas().Series(values, index=decode_index(data["index"]),
+                                name=_unlabel(data["name"]), **_kept(values))
 
 
-SERIALIZERS = [DataFrameSerializer(), SeriesSerializer()]
+class IndexSerializer:
+    """A bare index (``DatetimeIndex``, ``RangeIndex``, ``MultiIndex``...), as the index
+    of a frame travels; a ``DatetimeIndex``'s or ``TimedeltaIndex``'s ``freq`` kept."""
+
+    name = "pandas.Index"
+
+    def claims(self, value: Any) -> bool:
+        return _is(value, "Index")
+
+    def encode(self, index: Any) -> dict[str, Any]:
+        freq = getattr(index, "freqstr", None) if not _is(index, "PeriodIndex") else None
+        return {"index": encode_index(index), "freq": freq}
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        index = decode_index(data["index"])
+        if data.get("freq"):
+            index = type(index)(index, freq=data["freq"])
+        return index
+
+
+#: pandas scalars, each sent as a one-element array of its kind (unit, zone, frequency
+#: kept) and taken back out of it.
+_SCALARS = (("Timestamp", "DatetimeIndex"), ("Timedelta", "TimedeltaIndex"),
+            ("Period", "PeriodIndex"), ("Interval", "IntervalIndex"))
+
+
+class ScalarSerializer:
+    """``Timestamp``, ``Timedelta``, ``Period``, ``Interval``, ``NaT`` and ``NA``."""
+
+    name = "pandas.scalar"
+
+    def claims(self, value: Any) -> bool:
+        pandas = sys.modules.get("pandas")
+        if pandas is None:
+            return False
+        return value is pandas.NaT or value is pandas.NA or any(
+            isinstance(value, getattr(pandas, scalar)) for scalar, _ in _SCALARS)
+
+    def encode(self, value: Any) -> dict[str, Any]:
+        pandas = _pandas()
+        if value is pandas.NaT or value is pandas.NA:
+            return {"kind": "NaT" if value is pandas.NaT else "NA"}
+        for scalar, index in _SCALARS:
+            if isinstance(value, getattr(pandas, scalar)):
+                return {"kind": scalar,
+                        "values": encode_array(getattr(pandas, index)([value]).array)}
+        raise UnsupportedPandasData(f"no wire form for pandas scalar {value!r}")
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        pandas = _pandas()
+        kind = data["kind"]
+        if kind in ("NaT", "NA"):
+            return getattr(pandas, kind)
+        return pandas.Index(decode_array(data["values"]))[0]
+
+
+SERIALIZERS = [DataFrameSerializer(), SeriesSerializer(), IndexSerializer(),
+               ScalarSerializer()]

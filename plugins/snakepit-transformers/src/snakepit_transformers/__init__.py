@@ -1,4 +1,5 @@
-"""Tensors, arrays, BatchEncoding and model outputs across the snakepit wire.
+"""Tensors, BatchEncoding and model outputs across the snakepit wire (numpy arrays
+travel with snakepit itself).
 
 Loaded by workers (without pluggy) and by the host through the
 ``snakepit.serializers`` entry point; torch and transformers are imported only when a
@@ -11,7 +12,11 @@ import importlib
 import sys
 from typing import Any
 
-__all__ = ["SERIALIZERS"]
+# numpy arrays are snakepit's own (snakepit.bridge.arrays); listed here too so that
+# arrays nested in outputs and encodings encode with this module's serializers
+from snakepit.bridge.arrays import ArraySerializer
+
+__all__ = ["SERIALIZERS", "ArraySerializer"]
 
 
 def _loaded(module: str, name: str) -> Any:
@@ -40,50 +45,33 @@ class TensorSerializer:
         return tensor is not None and isinstance(value, tensor)
 
     def encode(self, tensor: Any) -> dict[str, Any]:
+        """dtype, shape and the raw bytes: a view of a contiguous CPU tensor's own memory
+        (no copy before the codec; a large one goes to shared memory straight from it),
+        a copy only for a strided, GPU or non-CPU tensor."""
+        import numpy
         import torch
 
         tensor = tensor.detach().cpu().contiguous()
         dtype = str(tensor.dtype).removeprefix("torch.")
         raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
-        return {"dtype": dtype, "shape": list(tensor.shape), "bytes": raw.numpy().tobytes()}
+        flat = raw.numpy().reshape(-1).view(numpy.uint8)
+        return {"dtype": dtype, "shape": list(tensor.shape), "bytes": memoryview(flat)}
 
     def decode(self, data: dict[str, Any]) -> Any:
         import numpy
         import torch
 
+        def array(dtype: Any) -> Any:
+            # writable memory of its own: one copy out of immutable received bytes
+            found = numpy.frombuffer(data["bytes"], dtype=dtype)
+            return found if found.flags.writeable else found.copy()
+
         if data["dtype"] == "bfloat16":
-            bits = numpy.frombuffer(data["bytes"], dtype=numpy.int16).copy()
+            bits = array(numpy.int16)
             return torch.from_numpy(bits).view(torch.bfloat16).reshape(data["shape"])
         dtype = getattr(torch, data["dtype"])
-        array = numpy.frombuffer(data["bytes"], dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-        return torch.from_numpy(array.copy()).reshape(data["shape"])
-
-
-class ArraySerializer:
-    name = "numpy.ndarray"
-
-    def claims(self, value: Any) -> bool:
-        ndarray, generic = _loaded("numpy", "ndarray"), _loaded("numpy", "generic")
-        return ndarray is not None and isinstance(value, ndarray | generic)
-
-    def encode(self, array: Any) -> dict[str, Any]:
-        import numpy
-
-        scalar = isinstance(array, numpy.generic)
-        array = numpy.ascontiguousarray(array)
-        if array.dtype.kind not in "biufc":
-            return {"scalar": scalar, "list": array.tolist()}
-        return {"scalar": scalar, "dtype": array.dtype.str, "shape": list(array.shape),
-                "bytes": array.tobytes()}
-
-    def decode(self, data: dict[str, Any]) -> Any:
-        import numpy
-
-        if "list" in data:
-            return numpy.array(data["list"])
-        array = numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"]))
-        array = array.copy().reshape(data["shape"])
-        return array[()] if data["scalar"] else array
+        return torch.from_numpy(array(torch.empty(0, dtype=dtype).numpy().dtype)).reshape(
+            data["shape"])
 
 
 class BatchEncodingSerializer:
@@ -111,8 +99,11 @@ class ModelOutputSerializer:
 
     def encode(self, output: Any) -> dict[str, Any]:
         cls = type(output)
+        from snakepit.bridge.plugins import encode_fields
+
+        # a field with no wire form (a DynamicCache) stays in the worker as a nested ref
         return {"class": f"{cls.__module__}:{cls.__qualname__}",
-                "fields": _nested(dict(output.items()))}
+                "fields": encode_fields(dict(output.items()), SERIALIZERS)}
 
     def decode(self, data: dict[str, Any]) -> Any:
         module, _, name = data["class"].partition(":")
