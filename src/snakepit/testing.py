@@ -125,8 +125,14 @@ class ChaosHandler(CommandHandler):
 
     @command("raise")
     def raise_(self, args: dict[str, Any] | None) -> None:
-        """Raise ``ValueError(message)``."""
-        raise ValueError((args or {}).get("message", "chaos"))
+        """Raise ``ValueError(message)``; with ``type`` ``"SystemExit"`` (as
+        ``sys.exit(message)`` does), ``"KeyboardInterrupt"`` or ``"GeneratorExit"`` that
+        base exception instead: the call's error all the same, never the worker's end."""
+        args = args or {}
+        message = args.get("message", "chaos")
+        kind = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt,
+                "GeneratorExit": GeneratorExit}.get(args.get("type", ""), ValueError)
+        raise kind(message)
 
     @command
     def big(self, args: dict[str, Any]) -> bytes:

@@ -69,6 +69,50 @@ def _field_id(message: dict[str, Any]) -> int:
     return call_id
 
 
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """An error frame's ``etype``, ``msg``, ``tb`` (and ``retryable``) for ``exc``.
+
+    Never raises: an exception whose ``__str__`` or traceback cannot be rendered (a
+    handler's own class may be broken) is described by what can be.
+    """
+    kind = type(exc)
+    fields: dict[str, Any] = {
+        "etype": f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")}
+    try:
+        fields["msg"] = str(exc)
+    except Exception:
+        fields["msg"] = f"<{kind.__qualname__}: str() failed>"
+    try:
+        # the three-argument form: worker interpreters older than 3.10 lack the other
+        fields["tb"] = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    except Exception:
+        fields["tb"] = ""
+    try:
+        if getattr(exc, "retryable", False) is True:
+            fields["retryable"] = True  # the handler says: transient, send it again
+    except Exception:
+        pass
+    return fields
+
+
+def _close_quietly(items: Any) -> None:
+    """Close a stream's generator now (its finally blocks run now, not at GC time).
+
+    Its answer has been sent already, so whatever the generator raises on the way out
+    goes to stderr: a second answer for the same call would break the wire.
+    """
+    close = getattr(items, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except (_HostGone, Terminated):
+        raise
+    except BaseException as exc:
+        sys.stderr.write(f"snakepit.bridge: closing a stream raised "
+                         f"{describe_exception(exc)['etype']}\n")
+
+
 def _is_number(value: Any) -> bool:
     """An int or float (not a bool), and not NaN."""
     return type(value) in (int, float) and value == value
@@ -185,13 +229,9 @@ class BridgeServer:
         frame: dict[str, Any] = {wire.TAG: wire.ERROR, "id": call_id, "kind": kind,
                                  "etype": etype, "msg": message}
         if exc is not None:
-            frame["etype"] = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
-                "builtins.")
-            frame["msg"] = str(exc)
-            # the three-argument form: worker interpreters older than 3.10 lack the other
-            frame["tb"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            if getattr(exc, "retryable", False) is True and kind == wire.KIND_HANDLER:
-                frame["retryable"] = True  # the handler says: transient, send it again
+            frame.update(describe_exception(exc))
+            if kind != wire.KIND_HANDLER:
+                frame.pop("retryable", None)
         self.send(frame)
 
     # -- handshake -----------------------------------------------------------------
@@ -303,7 +343,15 @@ class BridgeServer:
             session_id = message.get("sid")
             if not isinstance(session_id, str):
                 raise ProtocolError(f"malformed drop frame: {message!r:.200}")
-            self.handler.end_session(session_id)
+            try:
+                self.handler.end_session(session_id)
+            except (_HostGone, Terminated):
+                raise
+            except BaseException as exc:  # a handler's hook: its fault, not the wire's
+                sys.stderr.write(f"snakepit.bridge: end_session({session_id!r}) raised "
+                                 f"{describe_exception(exc)['etype']}; the session's state is "
+                                 "dropped anyway\n")
+                self.handler.session_state.pop(session_id, None)
         elif tag == wire.SHUTDOWN:
             self._stopping = True
         else:
@@ -385,7 +433,13 @@ class BridgeServer:
                     self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": result})
             except CallCancelled as exc:
                 self._send_error(ctx.id, wire.KIND_CANCELLED, exc)
-            except Exception as exc:
+            except (_HostGone, Terminated):
+                raise  # the wire is gone, or SIGTERM/SIGINT: the process ends
+            except BaseException as exc:
+                # SystemExit and KeyboardInterrupt too: `sys.exit()` in a handler, or
+                # argparse in an allowed callable (`json.tool.main`), is that call's
+                # error, not the worker's end; only a real exit (os._exit, a signal)
+                # is a crash.
                 self._send_error(ctx.id, wire.KIND_HANDLER, exc)
         finally:
             self._active.pop(ctx.id, None)
@@ -406,9 +460,7 @@ class BridgeServer:
                     return  # that chunk could not travel: the stream ended with an error
             self.send({wire.TAG: wire.END, "id": ctx.id})
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # runs the generator's finally blocks now, not at GC time
+            _close_quietly(items)
 
     def _serve_serial(self) -> None:
         backlog = self._backlog
