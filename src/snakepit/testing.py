@@ -130,14 +130,27 @@ class ChaosHandler(CommandHandler):
         base exception instead: the call's error all the same, never the worker's end."""
         args = args or {}
         message = args.get("message", "chaos")
-        kind = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt,
-                "GeneratorExit": GeneratorExit}.get(args.get("type", ""), ValueError)
-        raise kind(message)
+        base = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt,
+                "GeneratorExit": GeneratorExit}.get(args.get("type", ""))
+        if base is not None:
+            raise base(message)
+        raise ValueError(message)
 
     @command
     def big(self, args: dict[str, Any]) -> bytes:
         """Return ``size`` bytes."""
         return b"x" * int(args["size"])
+
+    @command
+    def odd_value(self, args: dict[str, Any]) -> Any:
+        """Return a value that encodes but that a peer may not decode: ``tuple_key`` (a
+        map with a tuple key) or ``nested`` (lists ``depth`` deep)."""
+        if args["kind"] == "tuple_key":
+            return {(1, 2): "pair"}
+        value: Any = 0
+        for _ in range(int(args["depth"])):
+            value = [value]
+        return value
 
     @command
     def unencodable(self) -> Any:
