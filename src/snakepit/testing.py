@@ -142,6 +142,22 @@ class ChaosHandler(CommandHandler):
         return b"x" * int(args["size"])
 
     @command
+    def spew_stderr(self, args: dict[str, Any]) -> int:
+        """Write ``size`` bytes to stderr, ``unit`` (default ``"x"``) over and over, in
+        1 MiB writes (a progress bar's output, say, with ``unit="\\r 42%|####  |"``),
+        then ``end`` (a line the host's log shows once it has read it all)."""
+        unit = str(args.get("unit", "x")).encode()
+        size = int(args["size"])
+        block = unit * (-(-(1 << 20) // len(unit)))
+        left = size
+        while left > 0:
+            left -= os.write(2, block[:left])
+        end = str(args.get("end", "")).encode()
+        while end:
+            end = end[os.write(2, end):]
+        return size
+
+    @command
     def odd_value(self, args: dict[str, Any]) -> Any:
         """Return a value that encodes but that a peer may not decode: ``tuple_key`` (a
         map with a tuple key) or ``nested`` (lists ``depth`` deep)."""
