@@ -50,3 +50,28 @@ async def test_base_exceptions_out_of_a_handler_answer_the_call(handler: str,
             assert await pool.execute("echo", "still here") == "still here"
         assert pids(pool) == before
         assert pool.stats().restarts == 0
+
+
+async def test_faults_in_awkward_places_stay_with_their_call() -> None:
+    config = snakepit.PoolConfig(size=1, handler="unruly_handler:UnrulyHandler",
+                                 env=support_env())
+    async with snakepit.open_pool(config) as pool:
+        before = pids(pool)
+        with trio.fail_after(60):
+            with pytest.raises(snakepit.RemoteError) as info:
+                await pool.execute("unprintable")
+            assert info.value.remote_type.endswith("Unprintable")
+            assert "str() failed" in info.value.remote_message
+            # a stream whose second item cannot travel (its answer), and whose generator
+            # then raises SystemExit as it is closed: logged, not a second answer
+            got: list[object] = []
+            with pytest.raises(snakepit.PayloadError):
+                async with pool.stream("exit_on_close") as items:
+                    async for item in items:
+                        got.append(item)
+            assert got == [1]
+            async with pool.session() as session:  # its end hook raises
+                assert await session.execute("remember") == 1
+            assert await pool.execute("echo", "still here") == "still here"
+        assert pids(pool) == before
+        assert pool.stats().restarts == 0

@@ -34,11 +34,11 @@ import sys
 import termios
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from snakepit.bridge.answers import close_quietly, describe_exception
 from snakepit.bridge.context import CallContext, ControlChannel, SerialChannel, ThreadedChannel
 from snakepit.bridge.handler import CommandHandler
 from snakepit.bridge.process import (
@@ -67,50 +67,6 @@ def _field_id(message: dict[str, Any]) -> int:
         raise ProtocolError(f"malformed {message.get(wire.TAG)!r:.20} frame, id must be an "
                             f"integer: {message!r:.200}")
     return call_id
-
-
-def describe_exception(exc: BaseException) -> dict[str, Any]:
-    """An error frame's ``etype``, ``msg``, ``tb`` (and ``retryable``) for ``exc``.
-
-    Never raises: an exception whose ``__str__`` or traceback cannot be rendered (a
-    handler's own class may be broken) is described by what can be.
-    """
-    kind = type(exc)
-    fields: dict[str, Any] = {
-        "etype": f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")}
-    try:
-        fields["msg"] = str(exc)
-    except Exception:
-        fields["msg"] = f"<{kind.__qualname__}: str() failed>"
-    try:
-        # the three-argument form: worker interpreters older than 3.10 lack the other
-        fields["tb"] = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
-    except Exception:
-        fields["tb"] = ""
-    try:
-        if getattr(exc, "retryable", False) is True:
-            fields["retryable"] = True  # the handler says: transient, send it again
-    except Exception:
-        pass
-    return fields
-
-
-def _close_quietly(items: Any) -> None:
-    """Close a stream's generator now (its finally blocks run now, not at GC time).
-
-    Its answer has been sent already, so whatever the generator raises on the way out
-    goes to stderr: a second answer for the same call would break the wire.
-    """
-    close = getattr(items, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except (_HostGone, Terminated):
-        raise
-    except BaseException as exc:
-        sys.stderr.write(f"snakepit.bridge: closing a stream raised "
-                         f"{describe_exception(exc)['etype']}\n")
 
 
 def _is_number(value: Any) -> bool:
@@ -460,7 +416,7 @@ class BridgeServer:
                     return  # that chunk could not travel: the stream ended with an error
             self.send({wire.TAG: wire.END, "id": ctx.id})
         finally:
-            _close_quietly(items)
+            close_quietly(items, reraise=(_HostGone, Terminated))
 
     def _serve_serial(self) -> None:
         backlog = self._backlog
