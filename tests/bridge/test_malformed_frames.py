@@ -144,13 +144,9 @@ def test_the_bridge_answers_or_reports_a_protocol_error_and_exits_cleanly(
     assert proc.returncode in (0, 2), text
     assert "Traceback" not in text
     frames = decode_output(stdout, codec)
-    if frames[0]["t"] != "welcome":
-        # a header over the limit in the very read that brought the hello: the
-        # handshake itself is refused with a protocol error, and nothing else is said
-        assert proc.returncode == 2 and len(frames) == 1, frames
-        assert frames[0]["t"] == "error" and frames[0]["kind"] == "protocol"
-        assert "protocol error from host" in text
-        return
+    # (even when a header over the limit came in the very read that brought the hello:
+    # the frames before a bad header are acted on first)
+    assert frames[0]["t"] == "welcome"
     answers = frames[1:]
     for answer in answers:
         assert answer["t"] in {"result", "error", "chunk", "end", "progress", "pong", "beat"}

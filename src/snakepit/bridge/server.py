@@ -117,6 +117,8 @@ class BridgeServer:
         """
         if self._eof:
             return False
+        if self._decoder.failed is not None:  # after the frames that came before it
+            raise self._decoder.failed
         if timeout is not None:
             ready, _, _ = select.select([self._read_fd], [], [], max(timeout, 0.0))
             if not ready:
@@ -460,6 +462,8 @@ class BridgeServer:
         """
         try:
             while not (self._stopping or self._eof):
+                if self._decoder.failed is not None:
+                    raise self._decoder.failed
                 select.select([self._read_fd], [], [])
                 with self._changed:
                     if self._fill(0.0):

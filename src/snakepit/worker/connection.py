@@ -292,6 +292,8 @@ class Connection:
                     deliver_result(call_id, message.get("value"))
                 else:
                     deliver(from_wire(message))
+            if decoder.failed is not None:  # a bad header after the frames just delivered
+                raise decoder.failed
             if read_lot:
                 read_lot.unpark_all()
             reads += 1
