@@ -52,9 +52,10 @@ async def test_base_exceptions_out_of_a_handler_answer_the_call(handler: str,
         assert pool.stats().restarts == 0
 
 
-async def test_faults_in_awkward_places_stay_with_their_call() -> None:
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+async def test_faults_in_awkward_places_stay_with_their_call(codec: str) -> None:
     config = snakepit.PoolConfig(size=1, handler="unruly_handler:UnrulyHandler",
-                                 env=support_env())
+                                 env=support_env(), codec=codec, max_frame_size=1 << 20)
     async with snakepit.open_pool(config) as pool:
         before = pids(pool)
         with trio.fail_after(60):
@@ -62,6 +63,14 @@ async def test_faults_in_awkward_places_stay_with_their_call() -> None:
                 await pool.execute("unprintable")
             assert info.value.remote_type.endswith("Unprintable")
             assert "str() failed" in info.value.remote_message
+            # a description that cannot travel as it is: cut, or made valid UTF-8
+            with pytest.raises(snakepit.RemoteError) as info:
+                await pool.execute("huge_error", {"size": 2 << 20})
+            assert "characters cut" in info.value.remote_message
+            assert len(info.value.remote_message) < 1 << 20
+            with pytest.raises(snakepit.RemoteError) as info:
+                await pool.execute("surrogate_error")
+            assert info.value.remote_message == "bad \\udcff text"
             # a stream whose second item cannot travel (its answer), and whose generator
             # then raises SystemExit as it is closed: logged, not a second answer
             got: list[object] = []

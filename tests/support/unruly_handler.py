@@ -19,6 +19,14 @@ class UnrulyHandler(CommandHandler):
         raise Unprintable
 
     @command
+    def huge_error(self, args: Any) -> None:
+        raise ValueError("x" * int(args["size"]))
+
+    @command
+    def surrogate_error(self) -> None:
+        raise ValueError("bad \udcff text")
+
+    @command
     def exit_on_close(self, args: Any) -> Iterator[int]:
         try:
             yield 1

@@ -40,6 +40,21 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     return fields
 
 
+def sendable_description(frame: dict[str, Any], max_frame_size: int) -> dict[str, Any]:
+    """``frame`` (an error answer) with its texts made valid UTF-8 (a lone surrogate
+    becomes ``\\udcff``) and cut to a quarter of ``max_frame_size`` together."""
+    limit = max(64, max_frame_size // 16)  # each of etype, msg, tb; escapes may grow 4x
+    fixed = dict(frame)
+    for key in ("etype", "msg", "tb"):
+        text = fixed.get(key)
+        if isinstance(text, str):
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+            if len(text) > limit:
+                text = f"{text[:limit]}... [{len(text) - limit} characters cut]"
+            fixed[key] = text
+    return fixed
+
+
 def close_quietly(items: Any, *, reraise: tuple[type[BaseException], ...]) -> None:
     """Close a stream's generator now (its finally blocks run now, not at GC time).
 

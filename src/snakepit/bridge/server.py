@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from snakepit.bridge.answers import close_quietly, describe_exception
+from snakepit.bridge.answers import close_quietly, describe_exception, sendable_description
 from snakepit.bridge.context import CallContext, ControlChannel, SerialChannel, ThreadedChannel
 from snakepit.bridge.handler import CommandHandler
 from snakepit.bridge.process import (
@@ -190,7 +190,12 @@ class BridgeServer:
             frame.update(describe_exception(exc))
             if kind != wire.KIND_HANDLER:
                 frame.pop("retryable", None)
-        self.send(frame)
+        try:
+            self.send(frame)
+        except PayloadError:
+            # the description itself cannot travel (a message of many megabytes, a lone
+            # surrogate): send one that can, rather than end the worker over it
+            self.send(sendable_description(frame, self._max_frame_size))
 
     # -- handshake -----------------------------------------------------------------
     def handshake(self) -> None:
