@@ -84,7 +84,8 @@ def chaos(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "plugins", "docs", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "plugins", "docs", "examples",
+                "noxfile.py")
 
 
 @nox.session

@@ -13,7 +13,12 @@ import pytest
 
 import snakepit
 
+# The plugin's fixture (snakepit_pool), whether or not this environment's snakepit was
+# installed with its pytest11 entry point (a conftest fixture of the same name wins).
+from snakepit.testing.pytest_plugin import snakepit_pool  # noqa: F401
+
 SUPPORT = Path(__file__).parent / "support"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def child_pids() -> set[int]:
@@ -73,7 +78,8 @@ def chaos_config(**overrides: object) -> snakepit.PoolConfig:
 def mock_clock_config(**overrides: object) -> snakepit.PoolConfig:
     """:func:`chaos_config` for tests on trio's MockClock: time moves only when the test
     jumps it, so nothing but the behaviour under test may wait on the clock -- no
-    heartbeat or health check (a jump would read as silence), restarts without backoff.
+    heartbeat or health check (they count real time, so a jump is not silence, but their
+    pings would add frames the test did not ask for), restarts without backoff.
     """
     options: dict[str, object] = {
         "heartbeat_interval": None,
@@ -183,3 +189,28 @@ async def hold_open(pool: snakepit.Pool, nursery: Any, gate: Path, results: list
 
     nursery.start_soon(call)
     await running.wait()
+
+
+def installed_snakepit(directory: Path) -> dict[str, str]:
+    """An environment for a subprocess in which snakepit is *installed*: ``directory``
+    gets the ``snakepit-*.dist-info`` an installer writes from pyproject.toml (its
+    entry points, the ``pytest11`` plugin among them), in front of the source tree.
+
+    Returns the environment (``PYTHONPATH`` set) to run ``python -m pytest`` with.
+    Building a wheel needs hatchling, which this offline box lacks; the metadata is
+    what an installer derives from the same pyproject table.
+    """
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    info = directory / f"snakepit-{project['version']}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: snakepit\nVersion: {project['version']}\n")
+    groups = {"console_scripts": project.get("scripts", {}),
+              **project.get("entry-points", {})}
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in entries.items())
+        + "\n" for group, entries in groups.items()))
+    path = [str(directory), str(ROOT / "src"), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}

@@ -10,7 +10,7 @@ import pytest
 
 from snakepit import benchmarking
 
-SECTIONS = {"calls", "start", "payloads", "streams", "sessions"}
+SECTIONS = {"calls", "start", "payloads", "streams", "sessions", "isolation"}
 
 
 def test_quick_run_prints_the_tables_and_saves_the_report(
@@ -18,7 +18,8 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
     assert benchmarking.main(["--quick", "--no-peers", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for heading in ("trivial calls", "workers ready", "echo round trip", "stream",
-                    "session store op", "targets (issue 7)"):
+                    "session store op", "calls after a timeout", "burst of 4",
+                    "pipeline depth under the concurrent load", "targets (issue 7)"):
         assert heading in out
 
     report = json.loads((tmp_path / "latest.json").read_text())
@@ -39,8 +40,13 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
     assert {row["name"] for row in report["sessions"]} == {
         "create", "get", "touch", "update_metadata", "delete"}
 
+    isolation = {row["name"]: row for row in report["isolation"]}
+    assert 0 <= isolation["calls after a timeout"]["succeeded"] <= 1
+    assert isolation["burst after recovery"]["seconds"] > 0
+    assert report["calls"][0]["depth"] >= 1
+
     # every target is judged or skipped, and said so in the output
-    assert len(report["targets"]) == 6
+    assert len(report["targets"]) == 8
     for target in report["targets"]:
         assert target["passed"] in (True, False, None)
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]

@@ -30,7 +30,8 @@ def test_bools_are_not_integers() -> None:
 
 
 def test_restart_policy_is_validated() -> None:
-    with pytest.raises(snakepit.ConfigError, match="jitter: must be between 0 and 1"):
+    with pytest.raises(snakepit.ConfigError,
+                       match=r"jitter: must be a number between 0 and 1 \(got 2\)"):
         snakepit.RestartPolicy(jitter=2)
 
 
@@ -40,9 +41,10 @@ def test_from_dict_reports_paths_of_nested_and_unknown_fields() -> None:
             {"size": "4", "sise": 3, "restart": {"jitter": "lots"}}, path="pools.optimizer"
         )
     assert sorted(info.value.errors) == [
-        "pools.optimizer.restart.jitter: must be a number",
+        "pools.optimizer.restart.jitter: must be a number between 0 and 1 (got 'lots')",
         "pools.optimizer.sise: unknown field",
-        "pools.optimizer.size: must be an integer",
+        "pools.optimizer.size: must be an integer >= 1, or 'Nx' for N times the CPU count "
+        "(got '4')",
     ]
 
 
@@ -67,13 +69,14 @@ def test_memory_limit_needs_health_checks() -> None:
 
 @pytest.mark.parametrize(("table", "expected"), [
     ({"restart": {"jitter": "lots", "max_restarts": -1}},
-     ["p.restart.jitter: must be a number",
+     ["p.restart.jitter: must be a number between 0 and 1 (got 'lots')",
       "p.restart.max_restarts: must be an integer >= 0 (got -1)"]),
     ({"circuit_breaker": {"failure_threshold": 0, "window": "x"}},
-     ["p.circuit_breaker.window: must be a number",
+     ["p.circuit_breaker.window: must be a finite number > 0 (got 'x')",
       "p.circuit_breaker.failure_threshold: must be an integer >= 1 (got 0)"]),
     ({"size": "x", "retry": {"max_attempts": 0, "jitter": "x"}},
-     ["p.size: must be an integer", "p.retry.jitter: must be a number",
+     ["p.size: must be an integer >= 1, or 'Nx' for N times the CPU count (got 'x')",
+      "p.retry.jitter: must be a number between 0 and 1 (got 'x')",
       "p.retry.max_attempts: must be an integer >= 1 (got 0)"]),
 ], ids=["restart", "circuit_breaker", "retry"])
 def test_a_nested_table_with_a_type_error_reports_its_other_errors(
@@ -95,16 +98,18 @@ def test_cross_field_checks_run_beside_other_errors() -> None:
                                        "heartbeat_interval": 2, "heartbeat_timeout": 1,
                                        "restart": {"period": "x"}}, path="pools.p")
     assert sorted(info.value.errors) == sorted([
-        "pools.p.size: must be an integer",
-        "pools.p.restart.period: must be a number",
+        "pools.p.size: must be an integer >= 1, or 'Nx' for N times the CPU count "
+        "(got 'many')",
+        "pools.p.restart.period: must be a finite number > 0 (got 'x')",
         "pools.p.memory_limit: is sampled by the health check, so it needs "
         "health_check_interval to be set",
-        "pools.p.heartbeat_timeout: must exceed heartbeat_interval (2.0)"])
+        "pools.p.heartbeat_timeout: must exceed heartbeat_interval (2)"])
 
 
 def test_a_field_of_the_wrong_type_is_not_also_blamed_by_a_cross_check() -> None:
     with pytest.raises(snakepit.ConfigError) as info:
         snakepit.PoolConfig.from_dict({"heartbeat_interval": "x", "heartbeat_timeout": 0.5,
                                        "command": ["node", "worker.js"], "size": "x"})
-    assert sorted(info.value.errors) == ["heartbeat_interval: must be a number",
-                                         "size: must be an integer"]
+    assert sorted(info.value.errors) == [
+        "heartbeat_interval: must be a finite number > 0 or None (got 'x')",
+        "size: must be an integer >= 1, or 'Nx' for N times the CPU count (got 'x')"]

@@ -21,6 +21,6 @@ def test_docs_site_builds_in_strict_mode(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # The API reference was generated from the docstrings, not left as bare `:::` lines.
     reference = (site / "reference" / "pools" / "index.html").read_text()
-    assert 'id="snakepit.pool.pool.open_pool"' in reference
+    assert 'id="snakepit.pool.tree.open_pool"' in reference
     assert 'id="snakepit.pool.pool.Pool.execute"' in reference
     assert ":::" not in reference

@@ -28,9 +28,10 @@ _EXPORTS: dict[str, str] = {
     "SessionStore": "snakepit.sessions.store",
     "telemetry": "snakepit.telemetry",
     "Pool": "snakepit.pool.pool",
-    "open_pool": "snakepit.pool.pool",
+    "open_pool": "snakepit.pool.tree",
     "PoolStats": "snakepit.pool.stats",
     "WorkerStats": "snakepit.pool.stats",
+    "SlotState": "snakepit.worker.slot_events",
     "CallCancelled": "snakepit.errors",
     "CircuitOpen": "snakepit.errors",
     "RetryPolicy": "snakepit.policies",
@@ -50,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "SessionNotFound": "snakepit.errors",
     "SessionWorkerLost": "snakepit.errors",
     "SnakepitError": "snakepit.errors",
+    "StreamIdleTimeout": "snakepit.errors",
     "UnknownCommand": "snakepit.errors",
     "WorkerCrashed": "snakepit.errors",
     "WorkerCrashedBeforeStart": "snakepit.errors",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import SessionNotFound as SessionNotFound
     from snakepit.errors import SessionWorkerLost as SessionWorkerLost
     from snakepit.errors import SnakepitError as SnakepitError
+    from snakepit.errors import StreamIdleTimeout as StreamIdleTimeout
     from snakepit.errors import UnknownCommand as UnknownCommand
     from snakepit.errors import WorkerCrashed as WorkerCrashed
     from snakepit.errors import WorkerCrashedBeforeStart as WorkerCrashedBeforeStart
@@ -90,12 +93,13 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.pool.group import Pools as Pools
     from snakepit.pool.group import open_pools as open_pools
     from snakepit.pool.pool import Pool as Pool
-    from snakepit.pool.pool import open_pool as open_pool
     from snakepit.pool.session import SessionHandle as SessionHandle
     from snakepit.pool.stats import PoolStats as PoolStats
     from snakepit.pool.stats import WorkerStats as WorkerStats
+    from snakepit.pool.tree import open_pool as open_pool
     from snakepit.refs import Ref as Ref
     from snakepit.sessions.store import SessionStore as SessionStore
+    from snakepit.worker.slot_events import SlotState as SlotState
 
 
 def __getattr__(name: str) -> Any:

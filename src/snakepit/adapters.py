@@ -62,10 +62,9 @@ class Adapter(Protocol):
     """Starts workers of one kind of runtime.
 
     ``launch`` runs on the event loop before every spawn: it must be quick (no
-    installs, no network). An adapter with slow set-up to do -- installing its runtime's
-    dependencies, say -- may also define ``async def prepare(self, config)``: the pool
-    awaits it once as it starts, before any worker, and it should run blocking work in
-    a thread (``trio.to_thread.run_sync``). Its ``ConfigError`` fails the pool start.
+    installs, no network). Slow set-up -- installing its runtime's dependencies, say --
+    goes in :meth:`prepare`. Subclass :class:`BaseAdapter` to inherit the no-op
+    ``prepare``; an adapter that does not is completed by :func:`find_adapter`.
     """
 
     name: str
@@ -81,8 +80,43 @@ class Adapter(Protocol):
         """
         ...
 
+    async def prepare(self, config: PoolConfig) -> None:
+        """Slow set-up, awaited once as the pool starts, before any worker; blocking work
+        belongs in a thread (``trio.to_thread.run_sync``).
 
-class PythonAdapter:
+        Raises:
+            ConfigError: fails the pool start.
+        """
+        ...
+
+
+class BaseAdapter:
+    """The optional parts of an :class:`Adapter`, as no-ops: subclass it."""
+
+    async def prepare(self, config: PoolConfig) -> None:
+        """Nothing to set up."""
+
+
+class _Completed(BaseAdapter):
+    """A plugin's adapter that does not subclass :class:`BaseAdapter`, with the optional
+    methods it lacks filled in (so the pool calls them directly)."""
+
+    def __init__(self, adapter: Any) -> None:
+        self._adapter = adapter
+        self.name: str = adapter.name
+        self.codecs: tuple[str, ...] = tuple(adapter.codecs)
+        self._prepare = adapter.prepare if hasattr(adapter, "prepare") else None
+
+    def launch(self, config: PoolConfig, worker_id: str) -> LaunchSpec:
+        spec: LaunchSpec = self._adapter.launch(config, worker_id)
+        return spec
+
+    async def prepare(self, config: PoolConfig) -> None:
+        if self._prepare is not None:
+            await self._prepare(config)
+
+
+class PythonAdapter(BaseAdapter):
     """The snakepit bridge, serving ``config.handler`` under ``config.python``."""
 
     name = "python"
@@ -106,7 +140,7 @@ class PythonAdapter:
                           config.cwd)
 
 
-class CommandAdapter:
+class CommandAdapter(BaseAdapter):
     """Any executable that speaks the wire protocol: ``config.command``."""
 
     name = "command"
@@ -136,4 +170,4 @@ def find_adapter(config: PoolConfig) -> Adapter:
         raise ConfigError([f"adapter: no adapter named {name!r}; installed: "
                            f"{', '.join(sorted(adapters))}"])
     adapter: Adapter = adapters[name]
-    return adapter
+    return adapter if isinstance(adapter, BaseAdapter) else _Completed(adapter)

@@ -13,7 +13,9 @@ One run measures, on the same trivial task and worker count, and prints with rat
 - **payloads**: 1 MiB and 64 MiB echo round trips -- snakepit through shared memory and
   in band, the raw pipe floor, and the peers;
 - **streams**: chunks/s and MB/s for 16 B and 64 KiB chunks, against the raw floor;
-- **sessions**: session-store operations per second.
+- **sessions**: session-store operations per second;
+- **isolation**: the call right after a timeout, and a burst of slow calls right after
+  three of four workers died (:mod:`snakepit._bench.isolation`).
 
 Then it checks the issue's targets (PASS/FAIL, as ratios within the run) and saves
 ``latest.json``, one line of ``history.jsonl`` and a chart ``latest.png`` (with
@@ -41,13 +43,13 @@ import trio
 
 import snakepit
 from snakepit import telemetry
-from snakepit._bench import ours, peers, raw
+from snakepit._bench import isolation, ours, peers, raw
 from snakepit._bench.report import RAW, SNAKEPIT, median_row, percentile, print_report, save
 from snakepit._bench.report import targets as check_targets
 
 __all__ = ["main", "sections_of"]
 
-SECTIONS = ("calls", "start", "payloads", "streams", "sessions")
+SECTIONS = ("calls", "start", "payloads", "streams", "sessions", "isolation")
 
 _SYNTHETIC = "snakepit_bench_heavy"
 _SYNTHETIC_SOURCE = "import time\ntime.sleep({seconds})  # a heavy library's import\n"
@@ -137,7 +139,8 @@ def _run(options: argparse.Namespace, sections: list[str],
             if on_section is not None:
                 on_section(section)
             measure = {"calls": _calls, "start": _start, "payloads": _payloads,
-                       "streams": _streams, "sessions": _sessions}[section]
+                       "streams": _streams, "sessions": _sessions,
+                       "isolation": _isolation}[section]
             report[section] = measure(options, available, module, path)
     report["targets"] = check_targets(report)
     return report
@@ -214,8 +217,8 @@ def _latency_run(measured: tuple[float, list[float]]) -> dict[str, Any]:
 def _snakepit_and_raw_calls(workers: int, calls: int, seq: int) -> dict[str, Any]:
     """snakepit's figures, and the raw floor's: its throughput, and latencies taken
     alternately with snakepit's (see :func:`ours.calls`)."""
-    throughput, samples, floor = trio.run(ours.calls, workers, calls, seq)
-    return {SNAKEPIT: _latency_run((throughput, samples)),
+    throughput, samples, floor, depth = trio.run(ours.calls, workers, calls, seq)
+    return {SNAKEPIT: {**_latency_run((throughput, samples)), "depth": depth},
             RAW: _latency_run((raw.throughput(workers, calls), floor))}
 
 
@@ -244,8 +247,10 @@ def _calls(options: argparse.Namespace, available: set[str], module: str,
     both = results.pop("both")
     results = {SNAKEPIT: [run[SNAKEPIT] for run in both], RAW: [run[RAW] for run in both],
                **results}
-    return [median_row(name, results[name], ("calls_per_s", "p50_us", "p99_us"))
+    rows = [median_row(name, results[name], ("calls_per_s", "p50_us", "p99_us"))
             for name in results]
+    rows[0]["depth"] = min(run["depth"] for run in results[SNAKEPIT])  # the shallowest
+    return rows
 
 
 def _snakepit_start(workers: int, module: str, path: str, warm: bool) -> dict[str, Any]:
@@ -371,6 +376,15 @@ def _sessions(options: argparse.Namespace, available: set[str], module: str,
     runs = _repeat(options, {"store": functools.partial(_session_rates, count)})["store"]
     return [{"name": name, "ops_per_s": statistics.median(run[name] for run in runs),
              "ops_per_s_samples": [run[name] for run in runs]} for name in runs[0]]
+
+
+def _isolation(options: argparse.Namespace, available: set[str], module: str,
+               path: str) -> list[dict[str, Any]]:
+    rounds = 2 if options.quick else 5
+    after = trio.run(isolation.calls_after_a_timeout, rounds)
+    burst = trio.run(isolation.burst_after_recovery, rounds)
+    return [{"name": "calls after a timeout", **after},
+            {"name": "burst after recovery", **burst}]
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "SessionNotFound",
     "SessionWorkerLost",
     "SnakepitError",
+    "StreamIdleTimeout",
     "UnknownCommand",
     "WorkerCrashed",
     "WorkerCrashedBeforeStart",
@@ -92,11 +93,18 @@ class PoolSaturated(SnakepitError):
 
 
 class PoolBroken(SnakepitError):
-    """Every worker slot has failed past its restart intensity; nothing can run.
+    """Every worker slot has failed past its restart intensity; nothing can run now.
 
-    The pool stays open so that the application can report and exit; it will not heal
-    by itself. Look at the workers' stderr in the logs.
+    With ``restart.cooldown`` set (the default), each failed slot tries again after its
+    cool-down, and ``retry_after`` says in how many seconds the first one does: answer
+    503 with that ``Retry-After``, or wait and retry. With ``cooldown = None`` the pool
+    stays broken (``retry_after`` is ``None``): report and exit. The workers' stderr and
+    the crash lines of the ``snakepit.supervisor`` logger say why they died.
     """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class QueueTimeout(SnakepitError):
@@ -116,6 +124,25 @@ class WorkerTimeout(SnakepitError):
     The worker was asked to cancel the call; if it did not stop within
     ``cancel_grace`` it was killed and replaced. Whether any side effect of the call
     happened is unknown, so the call is not marked retryable.
+    """
+
+
+class StreamIdleTimeout(SnakepitError):
+    """A stream's consumer took no chunk for ``stream_idle_timeout`` seconds, so the
+    stream was cancelled.
+
+    Raised at the consumer's next read of the stream (``async for`` over it). A consumer
+    that stops reading (a web client that stopped reading its response, say) would
+    otherwise hold its worker until the stream's deadline: credit flow control pauses
+    the generator, and the worker's capacity stays taken. Past the idle limit the
+    generator was closed in the worker (its ``finally`` blocks ran), the worker's
+    capacity was freed for other calls, and the chunks the consumer had not taken were
+    dropped. Time the consumer spends waiting inside a read does not count: a slow
+    producer is never cut.
+
+    The stream ran and may have had effects, so it is not retryable. Read the stream
+    without long pauses, raise ``PoolConfig.stream_idle_timeout``, or set it to
+    ``None`` where a consumer may legitimately pause for long.
     """
 
 

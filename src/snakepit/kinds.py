@@ -6,8 +6,8 @@ entry-point group (a module or object with a ``POOL_KINDS`` list) or the
 ``snakepit_pool_kinds`` hook. ``PoolConfig.kind`` selects one; ``PoolConfig.options``
 carries its settings.
 
-A kind may also decide *where* workers run: a runtime with an ``open_worker`` method (an
-:data:`~snakepit.adapters.Opener`) is handed every launch, so the ``ray`` kind runs the
+A kind may also decide *where* workers run: a runtime whose ``opener`` is an
+:data:`~snakepit.adapters.Opener` is handed every launch, so the ``ray`` kind runs the
 adapter's command on a Ray node instead of as a local child.
 """
 
@@ -17,23 +17,22 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
+import trio
 
-from snakepit.adapters import LaunchSpec
+from snakepit.adapters import LaunchSpec, Opener
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
 
-__all__ = ["BaseRuntime", "KindRuntime", "PoolKind", "StandardKind", "apply_kind", "find_kind"]
+__all__ = ["BaseRuntime", "KindRuntime", "PoolKind", "StandardKind", "apply_kind",
+           "complete_runtime", "find_kind"]
 
 
 class KindRuntime(Protocol):
     """A pool kind, running for one pool.
 
     Its methods are called on the event loop and must not block (no subprocesses, no
-    I/O): keep the state they need cached. A runtime that must refresh such state (a
-    GPU's memory readings) may also define ``async def run(self, *, task_status)``: the
-    pool starts it with ``nursery.start`` once, before any worker, and cancels it when
-    the pool closes. Until it calls ``task_status.started()`` the pool waits, and an
-    exception it raises (``WorkerStartupError``, ``ConfigError``) fails the pool start.
+    I/O): keep the state they need cached. Subclass :class:`BaseRuntime` and override
+    what the kind needs; a runtime that does not is completed by :func:`complete_runtime`.
     """
 
     def worker_env(self, worker_id: str) -> Mapping[str, str]:
@@ -50,8 +49,19 @@ class KindRuntime(Protocol):
         """Extra facts about the slot for ``pool.stats()`` (e.g. its device's memory)."""
         ...
 
-    # Optional: ``async def open_worker(self, config, worker_id, spec, env)``, an
-    # :data:`~snakepit.adapters.Opener` that starts the worker elsewhere (see apply_kind).
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Background work for the pool's life (refreshing a GPU's memory readings, say):
+        started with ``nursery.start`` once, before any worker, and cancelled when the
+        pool closes. Until it calls ``task_status.started()`` the pool waits; an
+        exception it raises (``WorkerStartupError``, ``ConfigError``) fails the start."""
+        ...
+
+    @property
+    def opener(self) -> Opener | None:
+        """An :data:`~snakepit.adapters.Opener` that starts workers elsewhere (a Ray
+        node), or ``None`` for local children (see :func:`apply_kind`)."""
+        ...
 
 
 def apply_kind(runtime: KindRuntime, spec: LaunchSpec, worker_id: str) -> LaunchSpec:
@@ -61,7 +71,7 @@ def apply_kind(runtime: KindRuntime, spec: LaunchSpec, worker_id: str) -> Launch
     Raises:
         ConfigError: both the adapter and the kind want to decide where workers run.
     """
-    opener = getattr(runtime, "open_worker", None)
+    opener = runtime.opener
     if opener is not None and spec.open is not None:
         raise ConfigError(["kind: this pool kind runs workers itself, and so does the "
                            "adapter; pick one of them"])
@@ -99,6 +109,54 @@ class BaseRuntime:
 
     def worker_info(self, worker_id: str) -> Mapping[str, Any]:
         return {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()  # no background work
+
+    @property
+    def opener(self) -> Opener | None:
+        return None
+
+
+class _Completed(BaseRuntime):
+    """A plugin's runtime that does not subclass :class:`BaseRuntime`, with the optional
+    methods it lacks filled in (so the pool calls them directly)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self._run = runtime.run if hasattr(runtime, "run") else None
+        self._opener: Opener | None = getattr(runtime, "open_worker", None)
+
+    def worker_env(self, worker_id: str) -> Mapping[str, str]:
+        env: Mapping[str, str] = self._runtime.worker_env(worker_id)
+        return env
+
+    def worker_exited(self, worker_id: str, pid: int, exit_code: int | None,
+                      stderr_tail: str) -> None:
+        self._runtime.worker_exited(worker_id, pid, exit_code, stderr_tail)
+
+    def worker_info(self, worker_id: str) -> Mapping[str, Any]:
+        info: Mapping[str, Any] = self._runtime.worker_info(worker_id)
+        return info
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        if self._run is None:
+            task_status.started()
+        else:
+            await self._run(task_status=task_status)
+
+    @property
+    def opener(self) -> Opener | None:
+        return self._opener
+
+
+def complete_runtime(runtime: Any) -> KindRuntime:
+    """``runtime`` with every optional method, for a plugin's that does not subclass
+    :class:`BaseRuntime` (an older one: ``open_worker`` is its opener)."""
+    completed: KindRuntime = runtime if isinstance(runtime, BaseRuntime) else _Completed(runtime)
+    return completed
 
 
 class StandardKind:

@@ -15,15 +15,21 @@ made in a session goes with the session.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY, Serializer
 from snakepit.bridge.plugins import decode_tagged, is_tagged
 from snakepit.errors import PayloadError
 
 if TYPE_CHECKING:
-    from snakepit.pool.pool import Pool
     from snakepit.pool.releases import RefReleases
+
+
+class RefOwner(Protocol):
+    """What a :class:`Ref` calls back: the pool whose worker holds its object."""
+
+    async def invoke_on(self, ref: Ref, command: str, payload: dict[str, Any],
+                        timeout: float | None = None) -> Any: ...
 
 __all__ = ["Ref"]
 
@@ -41,7 +47,7 @@ class Ref:
 
     __slots__ = ("_releases", "id", "pid", "pool", "repr", "session_id", "type", "worker")
 
-    def __init__(self, pool: Pool, *, id: str, type: str, repr: str, worker: str, pid: int,
+    def __init__(self, pool: RefOwner, *, id: str, type: str, repr: str, worker: str, pid: int,
                  session_id: str | None, releases: RefReleases | None = None) -> None:
         self.pool = pool
         self.id = id
@@ -121,7 +127,7 @@ def to_wire(value: Any, serializers: Sequence[Serializer]) -> Any:
                        "plugin claims it)")
 
 
-def from_wire(data: Any, serializers: Sequence[Serializer], pool: Pool, worker: str, pid: int,
+def from_wire(data: Any, serializers: Sequence[Serializer], pool: RefOwner, worker: str, pid: int,
               session_id: str | None, releases: RefReleases | None = None) -> Any:
     """Wire data to host values: ref markers become Refs of ``worker``, tagged maps
     objects (when a serializer for them is installed on the host). Refs of counted

@@ -25,7 +25,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["EVENTS", "Handler", "Telemetry", "attach", "detach", "emit", "enabled", "telemetry"]
+__all__ = ["CANCELLED_ERRORS", "EVENTS", "MAX_COMMAND_LABELS", "OTHER_COMMANDS",
+           "UNKNOWN_COMMAND", "CommandLabels", "Handler", "Telemetry", "attach", "detach",
+           "emit", "enabled", "telemetry"]
 
 log = logging.getLogger("snakepit.telemetry")
 
@@ -38,6 +40,9 @@ EVENTS: dict[str, str] = {
     "pool.drained": "an operator drained the pool: new calls are refused until it resumes",
     "pool.resumed": "a drained pool takes calls again",
     "pool.health": "periodic pool health: available, busy, total workers and restarts",
+    "pool.broken": "every slot failed past its restart intensity: calls get PoolBroken",
+    "pool.recovered": "a broken pool has a worker ready again after a cool-down",
+    "slot.failed": "a slot passed its restart intensity and runs no worker (until cool-down)",
     "worker.started": "a worker process was spawned",
     "worker.ready": "a worker completed its handshake and takes calls",
     "worker.exited": "a worker process exited (for any reason)",
@@ -55,6 +60,12 @@ EVENTS: dict[str, str] = {
     "session.expired": "a session passed its TTL unused and was removed",
     "session.deleted": "a session was deleted by the application",
 }
+
+
+#: ``error`` names of ``call.exception`` that mean the caller cancelled the call (a client
+#: that went away, a cancel scope around it): not a failure of the pool. ``stats()``
+#: counts these calls in ``cancelled``, not ``failed``; exporters label them apart.
+CANCELLED_ERRORS = frozenset({"Cancelled", "CallCancelled"})
 
 
 class Telemetry:
@@ -118,3 +129,49 @@ attach = telemetry.attach
 detach = telemetry.detach
 emit = telemetry.emit
 enabled = telemetry.enabled
+
+
+MAX_COMMAND_LABELS = 100
+"""Distinct command names a metrics exporter labels per pool, by default."""
+UNKNOWN_COMMAND = "<unknown>"
+"""The one label of every call the worker refused as an unknown command."""
+OTHER_COMMANDS = "<other>"
+"""The label of commands past the cap."""
+
+
+class CommandLabels:
+    """Bounded label values for command names, for metrics exporters.
+
+    Command names come from callers: a label per name would let a client that sends
+    random names (a typo in a loop, a scanner) create series without end, each kept
+    for the life of the process. Calls refused with ``UnknownCommand`` share
+    :data:`UNKNOWN_COMMAND`; the first ``max_commands`` other names of a pool keep
+    their own label, and later ones share :data:`OTHER_COMMANDS`. A name is admitted
+    only by a call that ended without ``UnknownCommand``, so refused names never use up
+    the cap.
+    """
+
+    def __init__(self, max_commands: int = MAX_COMMAND_LABELS) -> None:
+        self.max_commands = max_commands
+        self._admitted: dict[object, set[str]] = {}
+
+    def label(self, pool: object, command: str, error: str | None = None) -> str:
+        """The label of a finished call of ``command`` (``error``: the class name of
+        what it raised, if it did), admitting the name while the pool has room."""
+        if error == "UnknownCommand":
+            return UNKNOWN_COMMAND
+        admitted = self._admitted.setdefault(pool, set())
+        if command in admitted:
+            return command
+        if len(admitted) < self.max_commands:
+            admitted.add(command)
+            return command
+        return OTHER_COMMANDS
+
+    def peek(self, pool: object, command: str) -> str:
+        """The label ``command`` would have now, admitting nothing (for a call that has
+        not ended: it may yet be refused as unknown)."""
+        admitted = self._admitted.get(pool, set())
+        if command in admitted or len(admitted) < self.max_commands:
+            return command
+        return OTHER_COMMANDS

@@ -394,3 +394,38 @@ def test_commands_register_by_decorator_or_method() -> None:
     assert handler.lookup("no_args")(None, None) == "none"  # type: ignore[arg-type,misc]
     assert handler.lookup("double")(21, None) == 42  # type: ignore[arg-type,misc]
     assert handler.lookup("nope") is None
+
+
+def test_withdraw_of_a_queued_call_gives_it_back_unrun(client: Client, tmp_path: Path) -> None:
+    assert "withdraw" in client.welcome["capabilities"]
+    gate = tmp_path / "gate"
+    client.send({"t": "call", "id": 1, "cmd": "block_until", "args": {"path": str(gate)}})
+    assert client.recv()["t"] == "progress"  # running, and not looking at the wire
+    client.send({"t": "call", "id": 2, "cmd": "crash", "args": None})
+    client.send({"t": "withdraw", "id": 2})
+    open_gate(gate)
+    assert client.recv() == {"t": "result", "id": 1, "value": "done"}
+    # read before the queued call would start: given back, never run
+    assert client.recv() == {"t": "withdrawn", "id": 2}
+    assert client.call("ping", call_id=3)["t"] == "result"  # crash never ran
+
+
+def test_withdraw_is_answered_at_once_while_a_cooperative_call_runs(
+        client: Client, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    client.send({"t": "call", "id": 1, "cmd": "block_until",
+                 "args": {"path": str(gate), "cooperative": True}})
+    assert client.recv()["t"] == "progress"
+    client.send({"t": "call", "id": 2, "cmd": "crash", "args": None})
+    client.send({"t": "withdraw", "id": 2})
+    assert client.recv() == {"t": "withdrawn", "id": 2}  # while call 1 still runs
+    open_gate(gate)
+    assert client.recv() == {"t": "result", "id": 1, "value": "done"}
+
+
+def test_withdraw_of_a_call_that_ran_is_ignored(client: Client) -> None:
+    assert client.call("echo", 7, call_id=1)["value"] == 7
+    client.send({"t": "withdraw", "id": 1})  # too late: its answer already went
+    client.send({"t": "withdraw", "id": 99})  # never sent: nothing to give back
+    answer = client.call("ping", call_id=2)  # the very next frame is ping's answer
+    assert answer["t"] == "result" and answer["id"] == 2 and answer["value"]["pong"] is True

@@ -67,8 +67,9 @@ async def test_pool_recovers_when_the_storm_ends() -> None:
 
 
 async def test_restart_intensity_holds_under_the_storm() -> None:
+    # no cool-down: a slot that failed early must not come back while the others fail
     policy = snakepit.RestartPolicy(max_restarts=3, period=60, backoff_initial=0.005,
-                                    backoff_max=0.01)
+                                    backoff_max=0.01, cooldown=None)
     async with snakepit.open_pool(chaos_config(size=3, restart=policy)) as pool:
         outcomes: list[str] = []
         stop = trio.Event()

@@ -2,10 +2,13 @@
 
 Rules submit calls that succeed, sleep, raise, crash their worker, hang, return
 oversized payloads or corrupt the wire; others SIGKILL or SIGSTOP a random worker or
-cancel a random caller. After every step: no call resolved twice, and every resolution
-is the call's own result or a typed SnakepitError. At teardown: every call resolved
-exactly once, the pool is back to full size, and after it closes no process of the run
-is alive.
+cancel a random caller, recycle a worker, or drain the pool for a moment. After every
+step: no call resolved twice, every resolution is the call's own result or a typed
+SnakepitError, and a call no fault was aimed at returned its result -- whatever
+crashed, hung, timed out or was cancelled around it (a call in flight when a worker was
+signalled or wrote garbage on its wire may share that worker's fate, and is exempt).
+At teardown: every call resolved exactly once, the pool is back to full size, and after
+it closes no process of the run is alive.
 
 The pool runs in a Trio loop on a helper thread; rules reach it with
 ``trio.from_thread``. Failing runs print the falsifying steps and a reproduction blob
@@ -47,6 +50,14 @@ class PoolDriver:
     def __init__(self) -> None:
         self.outcomes: dict[int, list[tuple[str, Any]]] = {}
         self.expected: dict[int, Any] = {}
+        self.innocent: set[int] = set()
+        """Calls no fault was aimed at: they must return their result."""
+        self.exempt: set[int] = set()
+        """Calls in flight when a fault hit their whole worker, or cancelled by a rule."""
+        self.faulted: set[int] = set()
+        """Pids signalled by a rule: until they leave the pool, a call may reach them."""
+        self.corrupting: set[int] = set()
+        """Calls that write garbage on their worker's wire."""
         self.scopes: dict[int, trio.CancelScope] = {}
         self.pids: set[int] = set()
         self.unresolved = trio_util.AsyncValue(0)
@@ -78,11 +89,16 @@ class PoolDriver:
         return trio.from_thread.run_sync(fn, *args, trio_token=self.token)
 
     def submit(self, call_id: int, command: str, args: Any, expected: Any,
-               **options: Any) -> None:
+               innocent: bool = False, **options: Any) -> None:
         self.outcomes[call_id] = []
         self.expected[call_id] = expected
+        if innocent:
+            self.innocent.add(call_id)
 
         def start() -> None:
+            live = {w.pid for w in self.pool.workers()}
+            if self.faulted & live or any(not self.outcomes[c] for c in self.corrupting):
+                self.exempt.add(call_id)  # it may be sent to the worker a fault hits
             self.unresolved.value += 1
             scope = self.scopes[call_id] = trio.CancelScope()
 
@@ -107,6 +123,11 @@ class PoolDriver:
 
         self.portal(start)
 
+    def exempt_unresolved(self) -> None:
+        """A fault is about to hit a whole worker: the calls in flight may share its fate."""
+        self.portal(lambda: self.exempt.update(
+            call_id for call_id, outcome in self.outcomes.items() if not outcome))
+
     def worker_pid(self, index: int) -> int | None:
         def pick() -> int | None:
             workers = [w for w in self.pool.workers() if w.accepting]
@@ -114,6 +135,7 @@ class PoolDriver:
                 return None
             pid = workers[index % len(workers)].pid
             self.pids.add(pid)
+            self.faulted.add(pid)
             return pid
 
         pid: int | None = self.portal(pick)
@@ -149,19 +171,26 @@ class PoolChaos(RuleBasedStateMachine):
     def open_pool(self) -> None:
         self.driver = PoolDriver()
 
-    def _submit(self, command: str, args: Any, expected: Any = None, **options: Any) -> None:
+    def _submit(self, command: str, args: Any, expected: Any = None, innocent: bool = False,
+                **options: Any) -> None:
         assert self.driver is not None
         self.next_id += 1
-        self.driver.submit(self.next_id, command, args, expected, **options)
+        self.driver.submit(self.next_id, command, args, expected, innocent, **options)
 
     @rule(value=st.one_of(st.integers(), st.text(max_size=20),
                           st.lists(st.integers(), max_size=5)))
     def call_succeeds(self, value: Any) -> None:
-        self._submit("echo", value, value)
+        self._submit("echo", value, value, innocent=True)
+
+    @rule(count=st.integers(2, 12))
+    def burst_of_calls(self, count: int) -> None:
+        """More calls than idle workers: some wait in pipes behind whatever runs there."""
+        for index in range(count):
+            self._submit("echo", index, index, innocent=True)
 
     @rule(seconds=st.sampled_from([0.01, 0.05, 0.2]))
     def call_sleeps(self, seconds: float) -> None:
-        self._submit("nap", {"seconds": seconds}, seconds)
+        self._submit("nap", {"seconds": seconds}, seconds, innocent=True)
 
     @rule()
     def call_raises(self) -> None:
@@ -181,15 +210,38 @@ class PoolChaos(RuleBasedStateMachine):
 
     @rule()
     def call_corrupts_the_wire(self) -> None:
+        assert self.driver is not None
+        # what the worker writes after the garbage cannot be read: which of its other
+        # calls had started cannot be told, so they fail with it
+        self.driver.exempt_unresolved()
         self._submit("corrupt_wire", None)
+        self.driver.corrupting.add(self.next_id)
 
     @rule()
     def call_prints_to_stdout(self) -> None:
-        self._submit("print_stdout", "noise", "ok")
+        self._submit("print_stdout", "noise", "ok", innocent=True)
+
+    @rule(index=st.integers(0, SIZE - 1))
+    def recycle_a_worker(self, index: int) -> None:
+        assert self.driver is not None
+        driver = self.driver
+        driver.portal(lambda: driver.pool.recycle(f"{CONFIG.name}-{index}"))
+
+    @rule()
+    def drain_for_a_moment(self) -> None:
+        assert self.driver is not None
+        driver = self.driver
+
+        def drain_and_resume() -> None:
+            driver.pool.drain()  # calls in flight and queued are not touched
+            driver.pool.resume()
+
+        driver.portal(drain_and_resume)
 
     @rule(index=st.integers(0, SIZE - 1))
     def sigkill_a_worker(self, index: int) -> None:
         assert self.driver is not None
+        self.driver.exempt_unresolved()
         if (pid := self.driver.worker_pid(index)) is not None:
             with contextlib.suppress(ProcessLookupError):  # it may have just died anyway
                 os.kill(pid, signal.SIGKILL)
@@ -197,6 +249,7 @@ class PoolChaos(RuleBasedStateMachine):
     @rule(index=st.integers(0, SIZE - 1))
     def sigstop_a_worker(self, index: int) -> None:
         assert self.driver is not None
+        self.driver.exempt_unresolved()
         if (pid := self.driver.worker_pid(index)) is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)  # the heartbeat watchdog must notice
@@ -206,7 +259,18 @@ class PoolChaos(RuleBasedStateMachine):
     def cancel_a_caller(self, data: st.DataObject) -> None:
         assert self.driver is not None
         call_id = data.draw(st.integers(1, self.next_id))
+        self.driver.exempt.add(call_id)
         self.driver.portal(self.driver.scopes[call_id].cancel)
+
+    @invariant()
+    def a_call_no_fault_was_aimed_at_returns_its_result(self) -> None:
+        if self.driver is None:
+            return
+        driver = self.driver
+        for call_id in driver.innocent - driver.exempt:
+            outcome = driver.outcomes[call_id]
+            assert outcome in ([], [("result", driver.expected[call_id])]), (
+                f"call {call_id}, which no fault was aimed at, ended with {outcome}")
 
     @invariant()
     def every_resolution_is_the_calls_own(self) -> None:
@@ -240,7 +304,7 @@ class PoolChaos(RuleBasedStateMachine):
 
 
 PoolChaos.TestCase.settings = settings(
-    max_examples=int(os.environ.get("SNAKEPIT_CHAOS_EXAMPLES", "6")),
+    max_examples=int(os.environ.get("SNAKEPIT_CHAOS_EXAMPLES", "40")),
     stateful_step_count=12, deadline=None, print_blob=True,
     derandomize=os.environ.get("HYPOTHESIS_PROFILE") != "chaos",
 )

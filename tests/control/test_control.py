@@ -198,6 +198,7 @@ async def test_a_peer_of_another_user_cannot_connect(state_dir: Path,
         # as made: the 0700 directory and the 0600 socket keep the other user out
         assert await peer(path) == "refused: PermissionError"
         Path(path).parent.chmod(0o755)
+        state_dir.chmod(0o755)  # made 0700 too; loosened like the control directory
         assert await peer(path) == "refused: PermissionError"  # the socket's own mode
         # with both modes loosened, the peer's credentials still turn it away
         Path(path).chmod(0o777)

@@ -1,5 +1,6 @@
 """The wait queue: FIFO order, the max_queue bound, queue timeouts, pipelining."""
 
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -187,7 +188,11 @@ class StubWorker:
     def __init__(self) -> None:
         self.capacity = 1
         self.reserved = 0
-        self.accepting = True
+        self.accepting = self.available = True
+        self.parked = 0
+        self.seat = None
+        # never held; no work stealing between stubs
+        self.recall = types.SimpleNamespace(holds=0, withdraws=False, withdrawing=0)
 
 
 def held_after_draining(dispatcher: Dispatcher) -> int:

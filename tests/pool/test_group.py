@@ -100,8 +100,9 @@ def test_every_config_error_is_named_with_its_path() -> None:
         "pools.general.size: must be an integer >= 1, or 'Nx' for N times the CPU count "
         "(got 0)",
         "pools.general.codec: must be msgpack, json or auto (got 'xml')",
-        "pools.optimizer.size: must be an integer",
-        "pools.optimizer.restart.jitter: must be between 0 and 1 (got 3.0)",
+        "pools.optimizer.size: must be an integer >= 1, or 'Nx' for N times the CPU count "
+        "(got 'many')",
+        "pools.optimizer.restart.jitter: must be a number between 0 and 1 (got 3)",
         "pools.optimizer.max_queue: must be an integer >= 0 (got -1)",
         "routes.optimize*: no pool named 'nowhere'",
         "default_pool: no pool named 'missing'",

@@ -37,7 +37,7 @@ def process_facts(pid: int) -> tuple[int, int]:
 
 
 def template_pid(pool: snakepit.Pool) -> int:
-    server = pool._fork_server
+    server = pool._launcher.fork_server
     assert server is not None and server.template_pid is not None
     return server.template_pid
 
@@ -62,7 +62,7 @@ async def test_forked_workers_serve_and_are_the_hosts_own_children(tmp_path: Pat
 async def test_cold_workers_each_import_the_preloaded_module(tmp_path: Path) -> None:
     log = tmp_path / "imports"
     async with snakepit.open_pool(warm_config(log, warm_start=False)) as pool:
-        assert pool._fork_server is None
+        assert pool._launcher.fork_server is None
         assert sorted(importers(log)) == sorted(w.pid for w in pool.workers())
 
 
@@ -135,8 +135,8 @@ HOST = """
 import json, sys, trio, snakepit
 async def main():
     async with snakepit.open_pool(size=2, warm_start=True) as pool:
-        print(json.dumps([w.pid for w in pool.workers()] + [pool._fork_server.template_pid]),
-              flush=True)
+        template = pool._launcher.fork_server
+        print(json.dumps([w.pid for w in pool.workers()] + [template.template_pid]), flush=True)
         await trio.sleep_forever()
 trio.run(main)
 """

@@ -18,7 +18,7 @@ from tests.conftest import chaos_config
 
 def live_worker(pool: snakepit.Pool, pid: int) -> Worker:
     """The host's Worker object of the process ``pid`` (to break its writes)."""
-    return next(worker for slot in pool._slots for worker in slot.live_workers()
+    return next(worker for slot in pool._slots.slots for worker in slot.live_workers()
                 if worker.pid == pid)
 
 

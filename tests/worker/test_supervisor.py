@@ -69,25 +69,38 @@ async def crash_with_a_call_queued(pool: snakepit.Pool, gate: Path, queued: str,
 
 
 @pytest.mark.parametrize("handler", ["serial", "threaded"])
-async def test_a_call_queued_behind_a_crash_never_ran_and_is_retryable(
+async def test_a_call_queued_behind_a_crash_runs_on_the_replacement(
         tmp_path: Path, handler: str) -> None:
+    """It never started, so it runs elsewhere -- with no retry policy at all."""
     options: dict[str, Any] = {"size": 1}
     if handler == "threaded":
         options.update(handler="barrier_handler:ThreadedChaosHandler", env=support_env())
     async with snakepit.open_pool(chaos_config(**options)) as pool:
         capacity = pool.workers()[0].capacity
-        # `crash` exits with code 3 if it ever runs: the worker's end would say so
-        running, queued = await crash_with_a_call_queued(pool, tmp_path / "gate", "crash")
+        old_pid = pool.workers()[0].pid
+        running, queued = await crash_with_a_call_queued(pool, tmp_path / "gate", "pid")
         assert len(running) == capacity
         assert all(type(exc) is snakepit.WorkerCrashed and not exc.retryable
                    and exc.signal == signal.SIGKILL for exc in running)
+        assert isinstance(queued, int) and queued != old_pid  # ran on the replacement
+
+
+async def test_a_call_given_back_fails_before_start_once_its_deadline_passes(
+        tmp_path: Path) -> None:
+    """No worker takes it before its deadline (the replacement waits out a long
+    backoff): the retryable WorkerCrashedBeforeStart, not a timeout of a call that ran."""
+    slow = snakepit.RestartPolicy(backoff_initial=30.0, backoff_max=30.0, jitter=0.0)
+    async with snakepit.open_pool(chaos_config(size=1, restart=slow)) as pool:
+        _, queued = await crash_with_a_call_queued(pool, tmp_path / "gate", "crash",
+                                                   timeout=1.0)
         assert isinstance(queued, snakepit.WorkerCrashedBeforeStart)
         assert isinstance(queued, snakepit.WorkerCrashed)  # still caught as a crash
         assert queued.retryable is True
-        assert "before starting it" in str(queued)
+        assert "given back unstarted" in str(queued)
 
 
-async def test_a_retry_policy_retries_a_call_that_never_started(tmp_path: Path) -> None:
+async def test_a_retry_policy_is_not_needed_for_a_call_that_never_started(
+        tmp_path: Path) -> None:
     retry = snakepit.RetryPolicy(max_attempts=2, backoff_initial=0.01, backoff_max=0.05)
     seen: list[str] = []
     handle = snakepit.telemetry.attach(
@@ -99,7 +112,7 @@ async def test_a_retry_policy_retries_a_call_that_never_started(tmp_path: Path) 
             assert isinstance(queued, int) and queued != old_pid  # ran on the replacement
     finally:
         snakepit.telemetry.detach(handle)
-    assert seen == ["WorkerCrashedBeforeStart"]  # the blocked calls are not retried
+    assert seen == []  # moved to the replacement, not retried; the blocked calls neither
 
 
 async def test_signal_death_is_reported_with_the_signal() -> None:
@@ -135,17 +148,18 @@ async def test_concurrent_worker_multiplexes_and_all_its_calls_fail_together() -
 
 async def test_restart_intensity_marks_slot_failed_and_pool_broken() -> None:
     policy = snakepit.RestartPolicy(max_restarts=2, period=60, backoff_initial=0.01,
-                                    backoff_max=0.02)
+                                    backoff_max=0.02, cooldown=None)
     async with snakepit.open_pool(chaos_config(size=1, restart=policy)) as pool:
         for _ in range(3):
             await pool.wait_ready()
             with pytest.raises(snakepit.WorkerCrashed):
                 await pool.execute("crash")
         await pool.wait_ready()  # returns once the slot is failed
-        assert pool.stats().workers[0].state == "failed"
+        assert pool.stats().workers[0].state is snakepit.SlotState.FAILED
         assert pool.stats().restarts == 2
-        with pytest.raises(snakepit.PoolBroken):
+        with pytest.raises(snakepit.PoolBroken) as info:
             await pool.execute("ping")
+        assert info.value.retry_after is None  # no cool-down: broken for good
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:

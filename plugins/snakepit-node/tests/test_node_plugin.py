@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
-import select
 import shutil
 import signal
-import struct
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +16,7 @@ import trio
 import snakepit
 from snakepit.adapters import find_adapter
 from snakepit.plugins import installed_plugins
-from snakepit.protocol.codecs import get_codec
-from snakepit_node import EXAMPLE_HANDLER, NodeAdapter, ensure_node_modules
+from snakepit_node import EXAMPLE_HANDLER, JS_DIR, NodeAdapter, ensure_node_modules
 
 # No skip when node is missing: these tests are the plugin's proof, and a machine
 # without Node.js should fail them loudly rather than report them as passed.
@@ -339,7 +334,9 @@ async def test_npm_installs_off_the_event_loop(fake_npm: tuple[str, str], tmp_pa
         assert not greeting
         await npm.send_all(b"install")
     assert greeting == ["Hello, npm!"]
-    assert list((tmp_path / "home").glob("*/node_modules/.snakepit-node-installed"))
+    [marker] = (tmp_path / "home").glob("*/node_modules/.snakepit-node-installed")
+    copied = marker.parent.parent  # worker.js requires its modules: all were copied
+    assert {p.name for p in copied.glob("*.js")} == {p.name for p in JS_DIR.glob("*.js")}
 
 
 async def test_a_failed_npm_install_fails_the_pool_start_clearly(fake_npm: tuple[str, str]
@@ -356,261 +353,3 @@ async def test_a_failed_npm_install_fails_the_pool_start_clearly(fake_npm: tuple
             async with snakepit.open_pool(node_config(options={"module": HANDLER,
                                                                "node": node})):
                 pass  # pragma: no cover
-
-
-# -- the raw protocol --------------------------------------------------------------------
-class RawWorker:
-    """worker.js under subprocess, spoken to frame by frame."""
-
-    def __init__(self, *args: str) -> None:
-        js_dir = ensure_node_modules()
-        self.proc = subprocess.Popen(
-            [shutil.which("node") or "node", str(js_dir / "worker.js"), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.codec = get_codec("json")
-        self._buffer = b""
-
-    def send_raw(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def send(self, message: dict[str, Any]) -> None:
-        payload = self.codec.encode(message)
-        self.send_raw(struct.pack(">I", len(payload)) + payload)
-
-    def read(self, timeout: float = 5.0) -> dict[str, Any] | None:
-        """The next frame, or None at EOF; fails the test after ``timeout``."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        end = time.monotonic() + timeout
-        while True:
-            if len(self._buffer) >= 4:
-                (size,) = struct.unpack(">I", self._buffer[:4])
-                if len(self._buffer) >= 4 + size:
-                    payload, self._buffer = self._buffer[4:4 + size], self._buffer[4 + size:]
-                    return self.codec.decode(payload)
-            ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
-            if not ready:
-                raise AssertionError("no frame from the worker in time")
-            data = os.read(fd, 1 << 20)
-            if not data:
-                return None
-            self._buffer += data
-
-    def quiet(self, seconds: float) -> bool:
-        """Whether no byte arrives for ``seconds``."""
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout.fileno()], [], [], seconds)
-        return not ready and len(self._buffer) == 0
-
-    def handshake(self, codecs: list[str] | None = None, **hello: Any) -> dict[str, Any]:
-        self.send({"t": "hello", "version": 1, "codecs": codecs or ["json"],
-                   "max_frame_size": 1 << 20, "worker_id": "raw-0", **hello})
-        welcome = self.read()
-        assert welcome is not None
-        if welcome.get("t") == "welcome":
-            self.codec = get_codec(welcome["codec"])
-        return welcome
-
-    def wait(self, timeout: float = 5.0) -> int:
-        return self.proc.wait(timeout)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def raw() -> Any:
-    workers: list[RawWorker] = []
-
-    def start(*args: str) -> RawWorker:
-        worker = RawWorker(*args)
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.close()
-
-
-def test_welcome_picks_the_first_offered_codec_it_speaks(raw: Any) -> None:
-    worker = raw("--handler", HANDLER)
-    welcome = worker.handshake(["cbor", "msgpack", "json"])
-    assert welcome["t"] == "welcome" and welcome["version"] == 1
-    assert welcome["pid"] == worker.proc.pid and welcome["codec"] == "msgpack"
-    assert welcome["concurrency"] == 1 and welcome["python"] == ""
-    assert {"streams", "cancel", "ping", "heartbeat", "sessions"} <= set(welcome["capabilities"])
-    assert welcome["handler"].endswith("example_handler.js")
-    worker.send({"t": "call", "id": 1, "cmd": "echo", "args": {"b": b"\x00\xff"}})
-    assert worker.read() == {"t": "result", "id": 1, "value": {"b": b"\x00\xff"}}
-
-
-def test_no_common_codec_is_refused(raw: Any) -> None:
-    worker = raw()
-    refusal = worker.handshake(["cbor"])
-    assert refusal["t"] == "error" and refusal["kind"] == "protocol" and refusal["id"] is None
-    assert worker.wait() == 2
-
-
-def test_an_oversized_frame_is_a_protocol_error_and_exit_2(raw: Any) -> None:
-    worker = raw()
-    worker.handshake(max_frame_size=1024)
-    worker.send_raw(struct.pack(">I", 4096))
-    error = worker.read()
-    assert error is not None and error["t"] == "error"
-    assert error["kind"] == "protocol" and error["id"] is None and "4096" in error["msg"]
-    assert worker.wait() == 2
-
-
-def test_an_undecodable_frame_is_a_protocol_error(raw: Any) -> None:
-    worker = raw()
-    worker.handshake()
-    worker.send_raw(struct.pack(">I", 3) + b"{no")
-    error = worker.read()
-    assert error is not None and error["kind"] == "protocol" and error["id"] is None
-    assert worker.wait() == 2
-
-
-def test_ping_heartbeat_expired_and_stdout_kept_clean(raw: Any) -> None:
-    worker = raw("--handler", HANDLER)
-    worker.handshake(heartbeat=0.05)
-    worker.send({"t": "call", "id": 1, "cmd": "slow", "args": {"seconds": 0.5}})
-    worker.send({"t": "ping", "id": 2})
-    seen = []
-    while (frame := worker.read()) is not None and frame.get("t") != "pong":
-        seen.append(frame["t"])
-    assert frame == {"t": "pong", "id": 2}  # at once, while the call runs
-    beats = 0
-    while (frame := worker.read()) is not None and frame["t"] == "beat":
-        beats += 1
-    assert beats >= 3 and frame == {"t": "result", "id": 1, "value": {"slept": 0.5}}
-    worker.send({"t": "call", "id": 3, "cmd": "echo", "args": 1, "dl": time.time() - 1})
-    while (frame := worker.read()) is not None and frame["t"] == "beat":
-        pass
-    assert frame is not None and frame["kind"] == "expired" and frame["id"] == 3
-    worker.send({"t": "call", "id": 4, "cmd": "greet", "args": {"name": "stderr"}})
-    while (frame := worker.read()) is not None and frame["t"] == "beat":
-        pass
-    assert frame == {"t": "result", "id": 4, "value": "Hello, stderr!"}
-    worker.send({"t": "shutdown"})
-    assert worker.wait() == 0
-    assert worker.proc.stderr is not None and b"greeting stderr" in worker.proc.stderr.read()
-
-
-def test_credit_bounds_a_stream_and_cancel_stops_it(raw: Any) -> None:
-    worker = raw("--handler", HANDLER)
-    worker.handshake(["msgpack"])
-    worker.send({"t": "call", "id": 1, "cmd": "count", "args": {"n": 100}, "window": 2})
-    assert [worker.read(), worker.read()] == [{"t": "chunk", "id": 1, "value": 0},
-                                              {"t": "chunk", "id": 1, "value": 1}]
-    assert worker.quiet(0.2)  # no credit, no chunk
-    worker.send({"t": "credit", "id": 1, "n": 1})
-    assert worker.read() == {"t": "chunk", "id": 1, "value": 2}
-    assert worker.quiet(0.1)
-    worker.send({"t": "cancel", "id": 1})
-    error = worker.read()
-    assert error is not None and error["t"] == "error" and error["kind"] == "cancelled"
-    worker.send({"t": "call", "id": 2, "cmd": "count", "args": {"n": 2}, "window": 5})
-    assert [worker.read() for _ in range(3)] == [
-        {"t": "chunk", "id": 2, "value": 0}, {"t": "chunk", "id": 2, "value": 1},
-        {"t": "end", "id": 2}]
-
-
-def test_sessions_are_dropped_on_request(raw: Any) -> None:
-    worker = raw("--handler", HANDLER)
-    worker.handshake()
-    results = []
-    for call_id in (1, 2):
-        worker.send({"t": "call", "id": call_id, "cmd": "tally", "sid": "s1"})
-        results.append(worker.read())
-    worker.send({"t": "drop", "sid": "s1"})
-    worker.send({"t": "call", "id": 3, "cmd": "tally", "sid": "s1"})
-    results.append(worker.read())
-    assert [r["value"] for r in results if r is not None] == [1, 2, 1]
-
-
-HOLD = """'use strict';
-const { setTimeout: sleep } = require('node:timers/promises');
-module.exports = {
-  // says that it runs, then waits (a cancel or the deadline wakes it)
-  async hold(args, ctx) {
-    ctx.progress(0, 1, 'holding');
-    await sleep(30000, undefined, { signal: ctx.signal });
-  },
-};
-"""
-
-
-@pytest.mark.parametrize("how", ["eof", "SIGTERM", "SIGINT"])
-def test_exits_cleanly_on_eof_and_signals(raw: Any, how: str, tmp_path: Path) -> None:
-    handler = tmp_path / "hold.js"
-    handler.write_text(HOLD)
-    worker = raw("--handler", str(handler))
-    worker.handshake()
-    worker.send({"t": "call", "id": 1, "cmd": "hold"})
-    running = worker.read(timeout=30)
-    assert running is not None and running["t"] == "progress"  # the call is in flight
-    if how == "eof":
-        assert worker.proc.stdin is not None
-        worker.proc.stdin.close()
-    else:
-        worker.proc.send_signal(getattr(signal, how))
-    assert worker.wait() == 0
-
-
-def test_shutdown_finishes_the_running_call_first(raw: Any) -> None:
-    worker = raw("--handler", HANDLER)
-    worker.handshake()
-    worker.send({"t": "call", "id": 1, "cmd": "slow", "args": {"seconds": 0.2}})
-    worker.send({"t": "shutdown"})
-    assert worker.read() == {"t": "result", "id": 1, "value": {"slept": 0.2}}
-    assert worker.read() is None and worker.wait() == 0
-
-
-def test_an_unencodable_result_is_a_payload_error(raw: Any, tmp_path: Path) -> None:
-    handler = tmp_path / "bad.mjs"
-    handler.write_text("export function big() { return 10n ** 30n; }\n"
-                       "export async function* bad_stream() { yield 1; yield 2n; yield 3; }\n"
-                       "export const concurrency = 2;\n")
-    worker = raw("--handler", str(handler))
-    assert worker.handshake(["msgpack"])["concurrency"] == 2
-    worker.send({"t": "call", "id": 1, "cmd": "big"})
-    error = worker.read()
-    assert error is not None and error["kind"] == "payload" and error["id"] == 1
-    worker.send({"t": "call", "id": 2, "cmd": "bad_stream", "window": 10})
-    frames = [worker.read(), worker.read()]
-    assert frames[0] == {"t": "chunk", "id": 2, "value": 1}
-    assert frames[1] is not None and frames[1]["kind"] == "payload"
-    worker.send({"t": "call", "id": 3, "cmd": "echo", "args": "still here"})
-    assert worker.read() == {"t": "result", "id": 3, "value": "still here"}
-    assert worker.quiet(0.05)  # nothing more for the finished calls
-
-
-def test_class_instances_and_private_names(raw: Any, tmp_path: Path) -> None:
-    handler = tmp_path / "counter.js"
-    handler.write_text(
-        "console.log('loading'); process.stdout.write('not a frame');\n"
-        "class Counter {\n"
-        "  constructor() { this.n = 0; }\n"
-        "  inc(args) { this.n += args.by; return this._report(); }\n"
-        "  _report() { return this.n; }\n"
-        "}\n"
-        "module.exports = new Counter();\n")
-    worker = raw("--handler", str(handler))
-    worker.handshake()
-    worker.send({"t": "call", "id": 1, "cmd": "inc", "args": {"by": 2}})
-    worker.send({"t": "call", "id": 2, "cmd": "inc", "args": {"by": 3}})
-    worker.send({"t": "call", "id": 3, "cmd": "_report"})
-    worker.send({"t": "call", "id": 4, "cmd": "info"})
-    frames = [worker.read() for _ in range(4)]
-    assert frames[0] == {"t": "result", "id": 1, "value": 2}
-    assert frames[1] == {"t": "result", "id": 2, "value": 5}
-    assert frames[2] is not None and frames[2]["kind"] == "unknown_command"
-    assert frames[3] is not None and "inc" in frames[3]["value"]["commands"]
-    assert "_report" not in frames[3]["value"]["commands"]

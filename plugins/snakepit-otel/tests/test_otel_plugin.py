@@ -131,8 +131,7 @@ async def test_errors_are_recorded(otel: Recorded) -> None:
                 await pool.execute("echo", 1, timeout=0.2)
             nursery.cancel_scope.cancel()
     remote, queued, cancelled = otel.calls()
-    for span, error in ((remote, "RemoteError"), (queued, "QueueTimeout"),
-                        (cancelled, "Cancelled")):
+    for span, error in ((remote, "RemoteError"), (queued, "QueueTimeout")):
         assert span.status.status_code is StatusCode.ERROR
         assert span.status.description == error
         assert span.attributes is not None and span.attributes["error.type"] == error
@@ -140,6 +139,13 @@ async def test_errors_are_recorded(otel: Recorded) -> None:
         assert event.name == "exception"
         assert event.attributes == {"exception.type": error}
     assert remote.name == "snakepit.call raise" and cancelled.name == "snakepit.call nap"
+    # a call its caller cancelled is no error (issue 21: client churn fired error alerts)
+    assert cancelled.status.status_code is StatusCode.UNSET
+    assert cancelled.attributes is not None and cancelled.attributes["snakepit.cancelled"]
+    assert "error.type" not in cancelled.attributes and not cancelled.events
+    assert otel.children(cancelled)["snakepit.execute"].status.status_code is StatusCode.UNSET
+    outcomes = sorted(p.attributes["snakepit.outcome"] for p in otel.points("snakepit.calls"))
+    assert outcomes == ["cancelled", "error", "error"]  # RemoteError, QueueTimeout
     remote_execute = otel.children(remote)["snakepit.execute"]
     assert remote_execute.status.status_code is StatusCode.ERROR
     # the timed-out call never reached a worker: it only queued
@@ -209,7 +215,8 @@ async def test_open_spans_are_bounded(otel: Recorded) -> None:
     assert snakepit_otel.open_calls() == before
     first, *others = otel.calls()
     assert first.context == evicted.context  # ended once, never again
-    assert [span.status.description for span in others] == ["Cancelled", "Cancelled"]
+    assert [(span.status.status_code, (span.attributes or {}).get("snakepit.cancelled"))
+            for span in others] == [(StatusCode.UNSET, True)] * 2
     # the evicted call's end still counts in the metrics
     assert sum(p.value for p in otel.points("snakepit.calls")) == 3
 
@@ -237,3 +244,60 @@ async def test_the_readme_example_runs() -> None:
     result = await trio.run_process([sys.executable, "-c", example], capture_stdout=True)
     assert result.stdout.decode().splitlines() == [
         "request", "  snakepit.call echo", "    snakepit.queue", "    snakepit.execute"]
+
+
+async def test_unknown_commands_share_one_attribute(otel: Recorded) -> None:
+    """Every name the worker refuses used to become metric streams of its own, kept for
+    the life of the process."""
+    async with snakepit.open_pool(pool_config(otel.pool)) as pool:
+        assert await pool.execute("echo", 1) == 1
+        for i in range(2000):
+            with pytest.raises(snakepit.UnknownCommand):
+                await pool.execute(f"no-such-command-{i}")
+    for metric in ("snakepit.calls", "snakepit.call.duration", "snakepit.call.queue_wait"):
+        commands = sorted(p.attributes["snakepit.command"] for p in otel.points(metric))
+        assert commands == ["<unknown>", "echo"], metric
+    [refused] = [p for p in otel.points("snakepit.calls")
+                 if p.attributes["snakepit.command"] == "<unknown>"]
+    assert refused.value == 2000 and refused.attributes["error.type"] == "UnknownCommand"
+    echo, *unknown = otel.calls()
+    assert echo.name == "snakepit.call echo"
+    assert {span.name for span in unknown} == {"snakepit.call <unknown>"}
+    last = dict(unknown[-1].attributes or {})
+    assert last["snakepit.command"] == "<unknown>"
+    assert last["snakepit.command.requested"] == "no-such-command-1999"
+
+
+async def test_distinct_commands_are_capped_per_pool(otel: Recorded) -> None:
+    from snakepit_otel._plugin import snakepit_telemetry_event
+
+    snakepit_otel.configure(tracer_provider=otel.tracer_provider,
+                            meter_provider=otel.meter_provider, max_commands=3)
+    # a real pool: three commands keep their names, the fourth is past the cap
+    async with snakepit.open_pool(pool_config(otel.pool)) as pool:
+        for command in ("echo", "ping", "info"):
+            await pool.execute(command, {} if command != "echo" else 1)
+        async with pool.stream("count", {"n": 2}) as chunks:
+            assert [chunk async for chunk in chunks] == [0, 1]
+    *_, streamed = otel.calls()
+    assert streamed.name == "snakepit.call <other>"
+    assert streamed.attributes is not None
+    assert streamed.attributes["snakepit.command.requested"] == "count"
+    # thousands of names, as the events of calls that succeeded
+    for i in range(3000):
+        snakepit_telemetry_event("call.stop", {"duration": 0.001, "queue_wait": 0.0},
+                                 {"pool": otel.pool, "command": f"generated-{i}",
+                                  "call": None})
+    commands = sorted(p.attributes["snakepit.command"]
+                      for p in otel.points("snakepit.calls"))
+    assert commands == ["<other>", "echo", "info", "ping"]
+    [other] = [p for p in otel.points("snakepit.calls")
+               if p.attributes["snakepit.command"] == "<other>"]
+    assert other.value == 3001
+
+
+def test_configure_refuses_a_bad_command_bound() -> None:
+    for bound in (0, -1, 1.5, True):
+        with pytest.raises(snakepit.ConfigError, match="max_commands: must be an integer"):
+            snakepit_otel.configure(max_commands=bound)  # type: ignore[arg-type]
+    assert snakepit_otel.MAX_COMMAND_LABELS == 100

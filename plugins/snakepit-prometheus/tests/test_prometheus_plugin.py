@@ -176,3 +176,102 @@ async def test_the_readme_example_runs() -> None:
     assert result.stdout.decode().splitlines() == [
         'snakepit_calls_total{command="echo",outcome="ok",pool="general"} 10.0',
         'snakepit_call_duration_seconds_count{command="echo",pool="general"} 10.0']
+
+
+async def test_cancelled_calls_are_counted_apart_from_errors() -> None:
+    # Issue 21: client disconnects showed up as errors and fired failed-call alerts.
+    name = unique_pool_name()
+    async with snakepit.open_pool(snakepit.PoolConfig(size=1, name=name, handler=CHAOS)) as pool:
+        with trio.CancelScope() as scope:  # the caller goes away once the call runs
+            await pool.execute("nap", {"seconds": 60}, on_progress=lambda *_: scope.cancel())
+        with pytest.raises(snakepit.RemoteError):
+            await pool.execute("raise")
+
+    def sample(metric: str, **labels: str) -> float | None:
+        return snakepit_prometheus.REGISTRY.get_sample_value(metric, {"pool": name, **labels})
+
+    assert sample("snakepit_calls_total", command="nap", outcome="cancelled") == 1
+    assert sample("snakepit_calls_total", command="nap", outcome="error") is None
+    assert sample("snakepit_call_errors_total", command="nap", error="Cancelled") is None
+    assert sample("snakepit_calls_total", command="raise", outcome="error") == 1
+
+
+def series_of(text: str, pool: str) -> list[tuple[str, dict[str, str]]]:
+    """Every sample of ``pool`` in an exposition: its name and labels."""
+    return [(sample.name, sample.labels) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.labels.get("pool") == pool]
+
+
+async def test_unknown_commands_share_one_label(
+        server: snakepit_prometheus.MetricsServer) -> None:
+    """5,000 names the worker refuses used to add 46 series each, for good."""
+    name = unique_pool_name()
+    async with snakepit.open_pool(size=1, name=name, handler=CHAOS,
+                                  health_check_interval=None) as pool:
+        await pool.execute("echo", 1)
+
+        async def refused(command: str) -> None:
+            with pytest.raises(snakepit.UnknownCommand):
+                await pool.execute(command)
+
+        await refused("no-such-command-0")
+        one = series_of(await scrape(server), name)
+        for i in range(1, 5000):
+            await refused(f"no-such-command-{i}")
+        text = await scrape(server)
+    assert series_of(text, name) == one
+    assert {labels.get("command") for _, labels in one} == {"echo", "<unknown>", None}
+    assert value(text, "snakepit_calls_total", pool=name, command="<unknown>",
+                 outcome="error") == 5000
+    assert value(text, "snakepit_call_errors_total", pool=name, command="<unknown>",
+                 error="UnknownCommand") == 5000
+    assert len(series_of(text, name)) < 100
+
+
+def test_distinct_command_labels_are_capped_per_pool() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from snakepit_prometheus._metrics import TelemetryMetrics
+
+    exporter = TelemetryMetrics(CollectorRegistry(), max_commands=10)
+    for pool in ("a", "b"):
+        for i in range(3000):
+            exporter.observe("call.stop", {"duration": 0.001, "queue_wait": 0.0},
+                             {"pool": pool, "command": f"command-{i}"})
+        exporter.observe("call.exception", {"duration": 0.001, "queue_wait": 0.0},
+                         {"pool": pool, "command": "command-0", "error": "RemoteError"})
+        exporter.observe("call.retry", {"attempt": 1, "delay": 0.1},
+                         {"pool": pool, "command": "command-2999",
+                          "error": "WorkerCrashed"})
+    text = generate_latest(exporter.registry).decode()
+    for pool in ("a", "b"):  # each pool its own ten, then the rest as one
+        commands = {labels["command"] for _, labels in series_of(text, pool)}
+        assert commands == {*(f"command-{i}" for i in range(10)), "<other>"}
+        assert value(text, "snakepit_calls_total", pool=pool, command="<other>",
+                     outcome="ok") == 2990
+        assert value(text, "snakepit_calls_total", pool=pool, command="command-0",
+                     outcome="error") == 1
+        assert value(text, "snakepit_call_retries_total", pool=pool, command="<other>",
+                     error="WorkerCrashed") == 1
+    # 2 pools x 11 labels, each a fixed set of series: the count no longer grows with names
+    assert len(series_of(text, "a")) == len(series_of(text, "b")) <= 11 * 46
+
+
+async def test_the_cap_comes_from_the_environment() -> None:
+    script = ("import logging; logging.basicConfig(); "
+              "from snakepit_prometheus._metrics import metrics; "
+              "print(metrics.commands.max_commands)")
+
+    async def cap(value: str | None) -> tuple[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "SNAKEPIT_PROMETHEUS_MAX_COMMANDS"}
+        if value is not None:
+            env["SNAKEPIT_PROMETHEUS_MAX_COMMANDS"] = value
+        done = await trio.run_process([sys.executable, "-c", script], env=env,
+                                      capture_stdout=True, capture_stderr=True)
+        return done.stdout.decode().strip(), done.stderr.decode()
+
+    assert (await cap(None))[0] == "100"
+    assert (await cap("7"))[0] == "7"
+    printed, logged = await cap("lots")
+    assert printed == "100"
+    assert "ignoring SNAKEPIT_PROMETHEUS_MAX_COMMANDS='lots'" in logged

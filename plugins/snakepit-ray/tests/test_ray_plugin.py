@@ -24,7 +24,7 @@ from snakepit.kinds import apply_kind, find_kind
 from snakepit.plugins import installed_plugins
 from snakepit_ray import RayPoolKind, RayRuntime, check_options
 from snakepit_ray.auth import MAGIC, NONCE_SIZE, AuthError, serve_handshake
-from snakepit_ray.host import open_channel
+from snakepit_ray.channel import open_channel
 
 SUITE = Path(__file__).parent / "suite"
 REPO = Path(__file__).resolve().parents[3]

@@ -16,9 +16,10 @@ from snakepit.sessions.store import SessionStore
 
 
 async def calls(workers: int, calls: int, seq: int, concurrency: int = 64
-                ) -> tuple[float, list[float], list[float]]:
-    """(calls per second from ``concurrency`` tasks, sequential latencies, and the raw
-    floor's sequential latencies).
+                ) -> tuple[float, list[float], list[float], int]:
+    """(calls per second from ``concurrency`` tasks, sequential latencies, the raw
+    floor's sequential latencies, and the pipeline depth the pool settled at under the
+    concurrent load).
 
     The two latencies are taken in alternating blocks of 50, so both see the same
     machine: a round trip through a pipe takes 8 µs when the other CPU is busy and
@@ -30,6 +31,7 @@ async def calls(workers: int, calls: int, seq: int, concurrency: int = 64
 
         throughput = await concurrent_throughput(lambda i: pool.execute("echo", i), calls,
                                                  concurrency)
+        depth = pool.effective_pipeline_depth
         ours: list[float] = []
         floor: list[float] = []
         echo = raw.Echo()
@@ -43,7 +45,7 @@ async def calls(workers: int, calls: int, seq: int, concurrency: int = 64
                 floor.extend(echo.timed(block))  # blocks the loop: nothing else runs
         finally:
             echo.close()
-    return throughput, ours, floor
+    return throughput, ours, floor, depth
 
 
 async def start(workers: int, module: str, path: str, *, warm: bool) -> dict[str, float]:

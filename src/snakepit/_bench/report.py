@@ -77,6 +77,13 @@ def targets(report: dict[str, Any]) -> list[Target]:
     check("warm start (forked workers) >= 10x faster than cold",
           cold["seconds"] / warm["seconds"] if cold and warm else None, 10.0,
           lambda value: value >= 10.0, "x")
+    after = _find(report.get("isolation", []), "calls after a timeout")
+    check("the call after a timeout succeeds (share of rounds)",
+          after["succeeded"] if after else None, 1.0, lambda value: value >= 1.0, "")
+    burst = _find(report.get("isolation", []), "burst after recovery")
+    check("a burst after recovery spreads: under 60% of the serial time",
+          burst["seconds"] / burst["serial_seconds"] if burst else None, 0.6,
+          lambda value: value < 0.6, "x")
     sessions = report.get("sessions", [])
     check("session store >= 100k ops/s (slowest operation)",
           min(row["ops_per_s"] for row in sessions) if sessions else None, 100_000,
@@ -100,6 +107,9 @@ def print_report(report: dict[str, Any], out: Callable[[str], None] = print) -> 
             p50 = _ratio(row, ours, "p50_us") if ours else float("nan")
             out(f"{row['name']:<24}{row['calls_per_s']:>10,.0f}{row['p50_us']:>9.0f}"
                 f"{row['p99_us']:>9.0f}{speed:>21.2f}x{p50:>16.2f}x")
+        if ours is not None and "depth" in ours:
+            out(f"snakepit's pipeline depth under the concurrent load: {ours['depth']} "
+                "(the shallowest of the runs)")
     starts = report.get("start", [])
     if starts:
         out(f"\n{options['start_workers']} workers ready, each importing "
@@ -125,6 +135,17 @@ def print_report(report: dict[str, Any], out: Callable[[str], None] = print) -> 
             share = f"{row['chunks_per_s'] / floor['chunks_per_s']:>9.0%}" if floor else ""
             out(f"{row['name']:<32}{row['chunks_per_s']:>11,.0f}{row['mb_per_s']:>9.1f}"
                 f"{share}")
+    isolated = report.get("isolation", [])
+    if isolated:
+        after, burst = _find(isolated, "calls after a timeout"), _find(isolated,
+                                                                      "burst after recovery")
+        if after:
+            out(f"\ncalls after a timeout: {after['succeeded']:.0%} succeeded, "
+                f"{after['next_call_ms']:.0f} ms each (a replacement's start included)")
+        if burst:
+            out(f"burst of 4 x {burst['serial_seconds'] / 4:.1f} s calls after 3 of 4 "
+                f"workers died: {burst['seconds']:.2f} s (one worker alone: "
+                f"{burst['serial_seconds']:.1f} s); pipeline depth before: {burst['depth']}")
     sessions = report.get("sessions", [])
     if sessions:
         out(f"\n{'session store op':<24}{'ops/s':>12}")

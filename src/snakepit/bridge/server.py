@@ -15,7 +15,8 @@ Either way calls start in the order they arrived, at most ``concurrency`` at onc
 only after an earlier one was answered; and a call is never started once it has been
 cancelled or its deadline has passed: it is answered at once as never started
 (``cancelled`` or ``expired``). The host relies on both rules to tell a call that waited
-in the pipe from one that ran (``QueueTimeout`` versus ``WorkerTimeout``).
+in the pipe from one that ran (``QueueTimeout`` versus ``WorkerTimeout``). A call the
+host withdraws before it starts is answered ``withdrawn`` and never runs here.
 
 The wire uses private duplicates of fds 0 and 1. Fd 0 is then pointed at /dev/null and
 fd 1 at stderr, so a stray ``print`` (or a C library writing to stdout) cannot corrupt
@@ -291,6 +292,15 @@ class BridgeServer:
                         self._refuse(target)
                     else:
                         self._changed.notify_all()
+        elif tag == wire.WITHDRAW:
+            target = self._active.get(_field_id(message))
+            if target is not None:
+                with self._changed:
+                    if not (target._started or target._refused):
+                        # still queued: it will never run here; the host sends it elsewhere
+                        target._refused = True
+                        self._active.pop(target.id, None)
+                        self.send({wire.TAG: wire.WITHDRAWN, "id": target.id})
         elif tag == wire.CREDIT:
             target = self._active.get(_field_id(message))
             n = message.get("n")

@@ -139,10 +139,14 @@ def bench(args: tuple[str, ...]) -> None:
 @state_dir_option
 def cleanup(state_dir: str | None) -> None:
     """Kill worker processes left behind by dead snakepit hosts, and say which."""
+    from snakepit.errors import ConfigError
     from snakepit.process.registry import reap_orphans
 
     directory = _state_dir(state_dir)
-    reaped = reap_orphans(directory)
+    try:
+        reaped = reap_orphans(directory)
+    except ConfigError as exc:  # a state dir another user controls: nothing is touched
+        raise click.ClickException("; ".join(exc.errors)) from None
     for item in reaped:
         click.echo(f"killed pid {item.pid} ({item.why}) of dead run {item.run_id}")
     click.echo(f"{len(reaped)} orphaned process{'es' if len(reaped) != 1 else ''} killed "

@@ -26,6 +26,7 @@ from snakepit.errors import ConfigError, SnakepitError, WorkerStartupError
 from snakepit.kinds import find_kind
 from snakepit.process.launch import PIPE_SIZE
 from snakepit.process.registry import default_state_dir
+from snakepit.process.trust import secure_dir
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -88,9 +89,13 @@ def machine_findings(pools: Iterable[PoolConfig]) -> list[Finding]:
 
 def _check_state_dir(directory: Path) -> Finding:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        secure_dir(directory)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".doctor-"):
             pass
+    except ConfigError as exc:  # another user owns it or may write it
+        problem, _, fix = exc.errors[0].partition("; ")
+        return Finding("machine", f"state directory {directory}", "fail",
+                       problem.removeprefix(f"state_dir: {directory} "), fix)
     except OSError as exc:
         return Finding("machine", f"state directory {directory}", "fail",
                        f"not writable: {exc.strerror or exc}",
@@ -148,7 +153,7 @@ def _fix_for_startup(error: WorkerStartupError, config: PoolConfig) -> str:
 async def pool_findings(config: PoolConfig, *,
                         on_started: Callable[[], None] | None = None) -> list[Finding]:
     """Resolve the pool's adapter and kind, find its executable, start one worker."""
-    from snakepit.pool.pool import run_pool
+    from snakepit.pool.tree import run_pool
 
     name = config.name
     found: list[Finding] = []
@@ -208,6 +213,9 @@ async def pool_findings(config: PoolConfig, *,
         found.append(Finding(name, "worker handshake", "fail",
                              f"{exc}{': ' + tail if tail else ''}",
                              _fix_for_startup(exc, config)))
+    except ConfigError as exc:  # found on start (a state dir another user controls)
+        problem, _, fix = "; ".join(exc.errors).partition("; ")
+        found.append(Finding(name, "worker handshake", "fail", problem, fix))
     finally:
         if on_started is not None:
             on_started()

@@ -25,7 +25,8 @@ __all__ = ["ControlClient", "ControlError", "InstanceGone", "endpoint_for", "fin
 class ControlError(SnakepitError):
     """An operator request failed: the instance answered with an error, or the request
     named a run, pool or worker that does not exist. ``kind`` is the error's type
-    (``NotFound``, ``BadRequest``, ``UnknownCommand``, ``ProtocolError``)."""
+    (``NotFound``, ``BadRequest``, ``UnknownCommand``, ``ProtocolError``, ``Busy``: the
+    instance holds as many control connections as it serves at once)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -78,6 +79,9 @@ class ControlClient:
         try:
             self._socket.sendall(encode_frame(msgpack.packb({"op": op, **arguments}),
                                               MAX_ANSWER))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it may have answered before closing (Busy): read what it sent
+        try:
             while not self._answers:
                 data = self._socket.recv(1 << 20)
                 if not data:

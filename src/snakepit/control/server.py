@@ -22,6 +22,10 @@ even if the file modes were loosened. Requests and answers are frames of the wir
 
 An answer is ``{"ok": true, "value": ...}`` or ``{"ok": false, "error": {"type",
 "message"}}``. A misbehaving client never disturbs the pools: its connection is closed.
+The server holds at most ``SNAKEPIT_CONTROL_MAX_CONNECTIONS`` connections (default
+:data:`MAX_CONNECTIONS`); one more is answered ``Busy`` and closed at once. A
+connection that completes no request for ``SNAKEPIT_CONTROL_IDLE_TIMEOUT`` seconds
+(default :data:`IDLE_TIMEOUT`), or does not take its answer in that time, is closed.
 """
 
 from __future__ import annotations
@@ -31,26 +35,24 @@ import itertools
 import logging
 import os
 import socket
-import stat
 import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import trio
 
 from snakepit import __version__
-from snakepit.control.snapshot import EventLog, pool_snapshot
+from snakepit.control.snapshot import EventLog, OperatedPool, pool_snapshot
 from snakepit.errors import ConfigError, ProtocolError
 from snakepit.process.registry import RunRegistry
+from snakepit.process.trust import secure_dir
 from snakepit.protocol.framing import FrameDecoder, encode_frame
 
-if TYPE_CHECKING:
-    from snakepit.pool.pool import Pool
-
-__all__ = ["MAX_ANSWER", "MAX_REQUEST", "control_enabled", "serve_control"]
+__all__ = ["IDLE_TIMEOUT", "MAX_ANSWER", "MAX_CONNECTIONS", "MAX_REQUEST", "control_enabled",
+           "control_limits", "serve_control"]
 
 log = logging.getLogger("snakepit.control")
 
@@ -58,6 +60,15 @@ MAX_REQUEST = 64 * 1024
 """Largest request frame the server reads; operators send tiny maps."""
 MAX_ANSWER = 16 * 1024 * 1024
 """Largest answer frame (a stats snapshot of many pools with their events)."""
+MAX_CONNECTIONS = 32
+"""Connections served at once (``SNAKEPIT_CONTROL_MAX_CONNECTIONS``): each CLI command
+holds one for a moment, so this leaves room for many operators and monitors while a
+client that opens connections in a loop costs the host at most this many fds."""
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may go without completing a request, or take to read an
+answer, before it is closed (``SNAKEPIT_CONTROL_IDLE_TIMEOUT``). The CLI sends its
+request as it connects and reads the answer at once; ``snakepit top`` reconnects for
+each refresh."""
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes on Linux, NUL included
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _endpoints = itertools.count()
@@ -68,20 +79,38 @@ def control_enabled(requested: bool) -> bool:
     return requested and os.environ.get("SNAKEPIT_CONTROL", "1") not in ("0", "false", "no")
 
 
+def _limit_from_env(name: str, default: float, *, integer: bool) -> float:
+    """A positive number from the environment, or ``default`` (with a warning when the
+    variable is set to something else)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = 0
+    if not 0 < value < float("inf"):
+        log.warning("ignoring %s=%r: must be a %s > 0; using %s", name, raw,
+                    "whole number" if integer else "finite number", default)
+        return default
+    return value
+
+
+def control_limits() -> tuple[int, float]:
+    """``(max connections, idle timeout)`` from the environment, else the defaults."""
+    return (int(_limit_from_env("SNAKEPIT_CONTROL_MAX_CONNECTIONS", MAX_CONNECTIONS,
+                                integer=True)),
+            _limit_from_env("SNAKEPIT_CONTROL_IDLE_TIMEOUT", IDLE_TIMEOUT, integer=False))
+
+
 def control_dir(state_dir: Path) -> Path:
-    """``<state_dir>/control``, created 0700; refused if another user could enter it.
+    """``<state_dir>/control``, created 0700; refused if another user controls it or
+    the state dir (:func:`~snakepit.process.trust.secure_dir`).
 
     Raises:
-        ConfigError: the directory belongs to another user or is open to others.
+        ConfigError: the directory belongs to another user or others may write it.
     """
-    directory = state_dir / "control"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = directory.lstat()
-    if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode):
-        raise ConfigError([f"state_dir: {directory} is not a directory of this user"])
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(directory, 0o700)  # ours, made before with a looser umask: tighten it
-    return directory
+    return secure_dir(secure_dir(state_dir) / "control")
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
@@ -94,11 +123,12 @@ def peer_uid(sock: trio.socket.SocketType) -> int:
 class ControlServer:
     """Answers operators about ``pools``; one per pool tree."""
 
-    def __init__(self, pools: Mapping[str, Pool], registry: RunRegistry,
-                 events: EventLog) -> None:
+    def __init__(self, pools: Mapping[str, OperatedPool], registry: RunRegistry,
+                 events: EventLog, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.pools = pools
         self.registry = registry
         self.events = events
+        self.idle_timeout = idle_timeout
         self._ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "hello": self._hello, "stats": self._stats, "workers": self._workers,
             "sessions": self._sessions, "events": self._events, "recycle": self._recycle,
@@ -114,10 +144,26 @@ class ControlServer:
                             "uid %d)", uid, os.geteuid())
                 return
             decoder = FrameDecoder(MAX_REQUEST)
-            while data := await stream.receive_some():
+            # the clock runs from the last answer, not the last byte: a client trickling
+            # a request a byte at a time is idle too
+            deadline = trio.current_time() + self.idle_timeout
+            while True:
+                with trio.move_on_at(deadline) as waiting:
+                    data = await stream.receive_some()
+                if waiting.cancelled_caught:
+                    log.info("closed a control connection idle for %ss", self.idle_timeout)
+                    return
+                if not data:
+                    return
                 for payload in decoder.feed(data):
                     answer = await self.answer(payload)
-                    await stream.send_all(encode_frame(msgpack.packb(answer), MAX_ANSWER))
+                    with trio.move_on_after(self.idle_timeout) as sending:
+                        await stream.send_all(encode_frame(msgpack.packb(answer), MAX_ANSWER))
+                    if sending.cancelled_caught:
+                        log.info("closed a control connection that did not read its "
+                                 "answer in %ss", self.idle_timeout)
+                        return
+                    deadline = trio.current_time() + self.idle_timeout
         except ProtocolError as exc:
             log.warning("dropped a control client: %s", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -147,7 +193,7 @@ class ControlServer:
         except (TypeError, ValueError) as exc:
             return _failure("BadRequest", str(exc))
 
-    def _pool(self, request: dict[str, Any]) -> Pool:
+    def _pool(self, request: dict[str, Any]) -> OperatedPool:
         name = request.get("pool")
         if name is None and len(self.pools) == 1:
             return next(iter(self.pools.values()))
@@ -219,7 +265,21 @@ def _failure(kind: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"type": kind, "message": message}}
 
 
-async def serve_control(pools: Mapping[str, Pool], registry: RunRegistry, events: EventLog,
+_BUSY = "too many control connections are open ({}, the most); try again"
+
+
+async def _refuse_busy(stream: trio.SocketStream, max_connections: int) -> None:
+    """Answer ``Busy`` and close, without waiting on the client: the frame is tiny and
+    goes into an empty socket buffer, or nowhere (the client is gone)."""
+    frame = encode_frame(msgpack.packb(_failure("Busy", _BUSY.format(max_connections))),
+                         MAX_ANSWER)
+    with contextlib.suppress(OSError):
+        os.write(stream.socket.fileno(), frame)  # non-blocking, like every trio socket
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+async def serve_control(pools: Mapping[str, OperatedPool], registry: RunRegistry, events: EventLog,
                         *, task_status: trio.TaskStatus[trio.CancelScope | None]
                         = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the control socket for ``pools`` until cancelled; report its cancel scope.
@@ -250,14 +310,34 @@ async def serve_control(pools: Mapping[str, Pool], registry: RunRegistry, events
     listener = trio.SocketListener(sock)
     described = [{"name": name, "size": pool.config.size} for name, pool in pools.items()]
     registry.add_endpoint(os.fspath(path), described)
+    max_connections, idle_timeout = control_limits()
     try:
         with trio.CancelScope() as scope:
-            server = ControlServer(pools, registry, events)
+            server = ControlServer(pools, registry, events, idle_timeout=idle_timeout)
             task_status.started(scope)
             async with trio.open_nursery() as connections:
+                open_now = 0
+                warned = False
+
+                async def serve(stream: trio.SocketStream) -> None:
+                    nonlocal open_now, warned
+                    try:
+                        await server.handle(stream)
+                    finally:
+                        open_now -= 1
+                        warned = warned and open_now > max_connections // 2
+
                 while True:
                     stream = await listener.accept()
-                    connections.start_soon(server.handle, stream)
+                    if open_now >= max_connections:
+                        if not warned:
+                            log.warning("refusing control connections: %d are open (the "
+                                        "most, SNAKEPIT_CONTROL_MAX_CONNECTIONS)", open_now)
+                            warned = True
+                        await _refuse_busy(stream, max_connections)
+                        continue
+                    open_now += 1
+                    connections.start_soon(serve, stream)
     finally:
         registry.remove_endpoint(os.fspath(path))
         with contextlib.suppress(FileNotFoundError):

@@ -6,14 +6,41 @@ import collections
 import itertools
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from snakepit import telemetry
 
 if TYPE_CHECKING:
-    from snakepit.pool.pool import Pool
+    from snakepit.config import PoolConfig
+    from snakepit.pool.stats import PoolStats
+    from snakepit.sessions.store import SessionStore
+
+
+class OperatedPool(Protocol):
+    """What the control socket needs of a pool (a :class:`~snakepit.Pool`)."""
+
+    config: PoolConfig
+    sessions: SessionStore
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def stats(self) -> PoolStats: ...
+
+    def recycle(self, worker_id: str) -> int | None: ...
+
+    async def wait_ready(self) -> None: ...
+
+    def slot_worker(self, slot_id: str) -> Any: ...
+
+    def drain(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 # Emitted per call: far too many to keep, and the stats already count them.
 _NOISY = {"call.start", "call.stop", "call.progress"}
@@ -32,7 +59,7 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def pool_snapshot(pool: Pool) -> dict[str, Any]:
+def pool_snapshot(pool: OperatedPool) -> dict[str, Any]:
     """One pool's stats and settings as plain data."""
     stats = attrs.asdict(pool.stats(), recurse=True)
     config = pool.config

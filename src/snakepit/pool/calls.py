@@ -1,8 +1,9 @@
 """The path of one call: a deadline, a worker, attempts with retries, and back.
 
-Mixed into :class:`~snakepit.Pool`; the hot path is written inline (no context
-managers, no telemetry payloads unless someone listens) because every microsecond here
-is paid per call (DESIGN.md: ~10 µs per Trio task switch on the reference box).
+A part of :class:`~snakepit.Pool` (which delegates ``execute`` and friends here); the
+hot path is written inline (no context managers, no telemetry payloads unless someone
+listens) because every microsecond here is paid per call (DESIGN.md: ~10 µs per Trio
+task switch on the reference box).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from snakepit.errors import (
     ConfigError,
     PoolClosed,
     PoolDraining,
-    QueueTimeout,
+    RefLost,
+    SessionWorkerLost,
     SnakepitError,
-    WorkerTimeout,
+    WorkerCrashedBeforeStart,
 )
-from snakepit.pool.dispatch import QueuedCall
-from snakepit.pool.dynamic import acquire_pinned
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
+from snakepit.worker.lifecycle import Call, wait_for_answer
 
 _call_ids = itertools.count(1)
 """Process-wide call ids, carried as ``call`` in the metadata of ``call.*`` events so a
@@ -39,24 +40,83 @@ if TYPE_CHECKING:
     from snakepit.pool.stats import CallCounters
     from snakepit.resilience.breaker import CircuitBreaker
     from snakepit.sessions.store import SessionStore
-    from snakepit.worker.worker import Worker
+    from snakepit.worker.worker import Worker, WorkerCall
+
+
+class Attempt:
+    """One try of a call, as telemetry and the enhanced bridge see it afterwards."""
+
+    __slots__ = ("call", "submitted")
+
+    def __init__(self, submitted: float) -> None:
+        self.submitted = submitted
+        self.call: WorkerCall | None = None
+        """The call of the last try (``None`` until one was made)."""
+
+    @property
+    def worker(self) -> Worker | None:
+        """The worker that ran (or last held) the call; ``None`` if it was never sent."""
+        return self.call.worker if self.call is not None else None
+
+    @property
+    def started(self) -> float:
+        """When the call was last sent to a worker (the submission time if never)."""
+        if self.call is None or self.call.worker is None:
+            return self.submitted
+        return self.call.sent_at
+
+
+class Gate:
+    """Whether the pool takes new calls: every calling path asks here first."""
+
+    __slots__ = ("closed", "draining", "pool")
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self.closed = False
+        self.draining = False
+        """Set by ``Pool.drain``: new calls are refused with :class:`PoolDraining`."""
+
+    def check(self) -> None:
+        """Raise PoolClosed or PoolDraining when the pool takes no new calls."""
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+        if self.draining:
+            raise PoolDraining(f"pool {self.pool!r} is drained by its operator")
 
 
 class CallPath:
-    """Acquiring a worker within a deadline, and running a call's attempts."""
+    """Acquiring a worker within a deadline, and running a call's attempts.
 
-    config: PoolConfig
-    sessions: SessionStore
-    _closed: bool
-    draining: bool
-    _dispatcher: Dispatcher
-    _counters: CallCounters
-    _breaker: CircuitBreaker | None
-    _affinity: SessionAffinity
+    Args:
+        config: the pool's configuration (``call_timeout``, ``retry``).
+        gate: whether the pool takes calls.
+        dispatcher: hands out worker capacity.
+        affinity: routes a session's calls.
+        counters: the pool's call statistics.
+        breaker: the circuit breaker, if the pool has one.
+        emit: the pool's telemetry.
+    """
 
-    _emit: Callable[..., None]
+    def __init__(self, config: PoolConfig, gate: Gate, dispatcher: Dispatcher,
+                 affinity: SessionAffinity, counters: CallCounters,
+                 breaker: CircuitBreaker | None, emit: Callable[..., None]) -> None:
+        self.config = config
+        self.gate = gate
+        self._dispatcher = dispatcher
+        self._affinity = affinity
+        self.sessions: SessionStore = affinity.store
+        self._counters = counters
+        self._breaker = breaker
+        self._emit = emit
 
-    def _deadline(self, timeout: float | None) -> float:
+    def deadline(self, timeout: float | None) -> float:
+        """The Trio-clock deadline for ``timeout`` seconds (``config.call_timeout`` by
+        default; ``inf`` for none).
+
+        Raises:
+            ConfigError: ``timeout`` is not a number > 0.
+        """
         if timeout is None:
             timeout = self.config.call_timeout
         if timeout is None:
@@ -65,34 +125,29 @@ class CallPath:
             raise ConfigError([f"timeout: must be a number > 0 (got {timeout!r})"])
         return trio.current_time() + timeout
 
-    def _check_open(self) -> None:
-        """Raise PoolClosed or PoolDraining when the pool takes no new calls."""
-        if self._closed:
-            raise PoolClosed("the pool is closed")
-        if self.draining:
-            raise PoolDraining(f"pool {self.config.name!r} is drained by its operator")
-
-    async def _acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
+    async def acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
         """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
-        self._check_open()
-        dispatcher = self._dispatcher
-        if worker is None:
-            found = dispatcher.try_acquire()
-            if found is not None:
-                return found
-        if math.isinf(deadline):
-            return await (dispatcher.acquire() if worker is None
-                          else dispatcher.acquire_worker(worker))
-        with trio.CancelScope(deadline=deadline):
-            found = await (dispatcher.acquire() if worker is None
-                           else dispatcher.acquire_worker(worker))
-            if trio.current_time() < deadline:
-                return found
-            dispatcher.release(found)  # handed over just as the deadline passed
-        raise QueueTimeout("the call's deadline passed while it waited for a worker")
+        self.gate.check()
+        return await self._dispatcher.acquire_until(deadline, worker)
+
+    async def acquire_pinned(self, worker: Worker, deadline: float) -> Worker:
+        """A unit of the one worker that holds an object; RefLost if it is gone."""
+        if not worker.accepting:
+            raise RefLost(f"worker {worker.id} (pid {worker.pid}), which held the object, "
+                          "is gone")
+        try:
+            acquired = await self.acquire(deadline, worker)
+        except SessionWorkerLost as exc:
+            raise RefLost(f"worker {worker.id} (pid {worker.pid}) died while the call "
+                          "waited for it; the object is gone") from exc
+        if not acquired.accepting:
+            self._dispatcher.release(acquired)
+            raise RefLost(f"worker {worker.id} (pid {worker.pid}) is being recycled; the "
+                          "object goes with it")
+        return acquired
 
     # -- calls -------------------------------------------------------------------------
-    def _call_started(self, command: str, **metadata: Any) -> tuple[int, float]:
+    def call_started(self, command: str, **metadata: Any) -> tuple[int, float]:
         """Count a submitted call and announce it; returns its id and submission time."""
         self._counters.calls += 1
         call_id = next(_call_ids)
@@ -101,26 +156,27 @@ class CallPath:
                        command=command, call=call_id, **metadata)
         return call_id, trio.current_time()
 
-    def _call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
-                     attempt: list[Any], tries: int = 1, **metadata: Any) -> None:
-        """Count and announce a call that raised ``exc`` (``attempt``: worker, start)."""
+    def call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
+                     attempt: Attempt, tries: int = 1, **metadata: Any) -> None:
+        """Count and announce a call that raised ``exc``."""
         self._counters.failure(exc)
-        worker, started = attempt
+        worker = attempt.worker
         now = trio.current_time()
+        started = attempt.started if worker is not None else now
         self._emit("call.exception", {"duration": now - submitted,
                                       "queue_wait": started - submitted, "attempts": tries},
                    command=command, call=call_id, worker=worker.id if worker else None,
                    error=type(exc).__name__, **metadata)
 
-    def _call_succeeded(self, command: str, call_id: int, submitted: float,
-                        attempt: list[Any], tries: int = 1,
+    def call_succeeded(self, command: str, call_id: int, submitted: float,
+                        attempt: Attempt, tries: int = 1,
                         measurements: dict[str, float] | None = None,
                         **metadata: Any) -> None:
         """Count and announce a call that returned, and feed the latency figures."""
-        worker, started = attempt
+        worker, started = attempt.worker, attempt.started
+        assert worker is not None
         now = trio.current_time()
         self._counters.success(now - submitted)
-        self._dispatcher.record_service_time(now - started)
         worker.latencies.append(now - started)
         if not telemetry.enabled("call.stop"):
             return
@@ -128,19 +184,22 @@ class CallPath:
                                  "attempts": tries, **(measurements or {})},
                    command=command, call=call_id, worker=worker.id, **metadata)
 
-    async def _run(self, command: str, args: Any, timeout: float | None,
+    async def run(self, command: str, args: Any, timeout: float | None,
                    on_progress: ProgressCallback | None, session_id: str | None,
-                   idempotent: bool = False, pinned: Worker | None = None,
-                   attempt: list[Any] | None = None) -> Any:
-        call_id, submitted = self._call_started(command)
-        # the worker and the start of the last try (the caller may want to know who served)
-        if attempt is None:
-            attempt = [None, submitted]
-        else:
-            attempt[:] = [None, submitted]
+                   idempotent: bool = False, pinned: Worker | None = None) -> Any:
+        return (await self.run_attempts(command, args, timeout, on_progress, session_id,
+                                         idempotent, pinned))[0]
+
+    async def run_attempts(self, command: str, args: Any, timeout: float | None,
+                            on_progress: ProgressCallback | None, session_id: str | None,
+                            idempotent: bool = False, pinned: Worker | None = None
+                            ) -> tuple[Any, Attempt]:
+        """Run a call, retrying per the policy; returns its result and its last try."""
+        call_id, submitted = self.call_started(command)
+        attempt = Attempt(submitted)
         tries = 1
         try:
-            deadline = self._deadline(timeout)
+            deadline = self.deadline(timeout)
             while True:
                 try:
                     result = await self._attempt(command, args, deadline, on_progress,
@@ -155,51 +214,40 @@ class CallPath:
                     await trio.sleep(delay)
                     tries += 1
         except BaseException as exc:
-            self._call_failed(exc, command, call_id, submitted, attempt, tries)
+            self.call_failed(exc, command, call_id, submitted, attempt, tries)
             raise
-        self._call_succeeded(command, call_id, submitted, attempt, tries)
-        return result
+        self.call_succeeded(command, call_id, submitted, attempt, tries)
+        return result, attempt
 
     async def _attempt(self, command: str, args: Any, deadline: float,
                        on_progress: ProgressCallback | None, session_id: str | None,
-                       attempt: list[Any], pinned: Worker | None = None) -> Any:
-        """One try: through the breaker, to a worker, and back. Records the worker and
-        when it started in ``attempt`` (for telemetry). ``pinned``: only that worker
-        (it holds an object the call uses)."""
+                       attempt: Attempt, pinned: Worker | None = None) -> Any:
+        """One try: through the breaker, to a worker, and back; the call is kept in
+        ``attempt``. ``pinned``: only that worker (it holds an object the call uses)."""
+        self.gate.check()  # the one gate every call passes (drain included)
         breaker = self._breaker
         probe = breaker.before(command) if breaker is not None else False
         try:
             if pinned is not None:
-                worker = attempt[0] = await acquire_pinned(self, pinned, deadline)
-                attempt[1] = trio.current_time()
-                result = await worker.call(command, args, deadline=deadline,
-                                           session_id=session_id, on_progress=on_progress)
+                worker = await self.acquire_pinned(pinned, deadline)
+                call = attempt.call = Call(command, args, deadline, session_id=session_id,
+                                           movable=False)
+                call.on_progress = on_progress
+                worker.send_call(call)
+                result = await wait_for_answer(call, deadline)
             elif session_id is None:
-                self._check_open()
+                call = attempt.call = Call(command, args, deadline)
+                call.on_progress = on_progress
                 free = self._dispatcher.try_acquire()
                 if free is None:
-                    queued = QueuedCall(command, args, deadline, on_progress, attempt)
-                    result = await (self._dispatcher.run_queued(queued) if math.isinf(deadline)
-                                    else self._call_when_free(queued, deadline))
+                    self._dispatcher.queue(call)
                 else:
-                    attempt[0] = free
-                    attempt[1] = trio.current_time()
-                    result = await free.call(command, args, deadline=deadline,
-                                             on_progress=on_progress)
+                    free.send_call(call)
+                result = await wait_for_answer(call, deadline)
             else:
-                session = self.sessions.touch(session_id)
-                session.in_use += 1
-                try:
-                    worker = attempt[0] = await self._affinity.acquire(session, deadline)
-                    attempt[1] = trio.current_time()
-                    result = await worker.call(command, args, deadline=deadline,
-                                               session_id=session_id, on_progress=on_progress)
-                finally:
-                    session.in_use -= 1
-                    session.last_used = trio.current_time()  # its TTL counts from here
+                result = await self._session_attempt(command, args, deadline, on_progress,
+                                                     session_id, attempt)
         except BaseException as exc:
-            if attempt[0] is None and isinstance(exc, SnakepitError):
-                attempt[1] = trio.current_time()  # it failed while waiting for a worker
             if breaker is not None:
                 # any ending, a cancellation included: a probe must never stay running
                 breaker.after(command, exc, probe=probe)
@@ -208,16 +256,35 @@ class CallPath:
             breaker.after(command, None, probe=probe)
         return result
 
-    async def _call_when_free(self, queued: QueuedCall, deadline: float) -> Any:
-        """No unit was free: the call waits in the queue, and is sent as soon as one
-        frees, within ``deadline`` (an infinite one needs no scope: ``_attempt`` then
-        awaits the dispatcher directly, one coroutine less a call)."""
-        with trio.CancelScope(deadline=deadline):
-            return await self._dispatcher.run_queued(queued)
-        if queued.pending is None:
-            raise QueueTimeout("the call's deadline passed while it waited for a worker")
-        raise WorkerTimeout(f"call {queued.command!r} on worker {queued.attempt[0].id} "
-                            "passed its deadline")
+    async def _session_attempt(self, command: str, args: Any, deadline: float,
+                               on_progress: ProgressCallback | None, session_id: str,
+                               attempt: Attempt) -> Any:
+        """One try of a session's call: on its worker, per the session's affinity. In
+        ``prefer`` mode a call its worker gives back unstarted may run on another (which
+        then counts as visited); in ``strict`` mode it fails with SessionWorkerLost."""
+        session = self.sessions.touch(session_id)
+        session.in_use += 1
+        strict = session.mode == "strict"
+        try:
+            worker = await self._affinity.acquire(session, deadline)
+            call = attempt.call = Call(command, args, deadline, session_id=session_id,
+                                       movable=not strict)
+            call.on_progress = on_progress
+            if not strict:
+                call.on_moved = lambda moved: self.sessions.visit(session, moved.id, moved.pid)
+            worker.send_call(call)
+            return await wait_for_answer(call, deadline)
+        except WorkerCrashedBeforeStart as exc:
+            if strict:
+                self.sessions.worker_lost(worker.id, worker.pid)  # unbound: the next
+                session.lost = False  # call binds afresh; this caller is told now
+                raise SessionWorkerLost(
+                    f"the worker holding session {session_id!r} died before starting the "
+                    "call, and the session's state with it") from exc
+            raise
+        finally:
+            session.in_use -= 1
+            session.last_used = trio.current_time()  # its TTL counts from here
 
     def _retry_delay(self, error: SnakepitError, tries: int, deadline: float,
                      idempotent: bool) -> float | None:

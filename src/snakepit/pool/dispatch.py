@@ -7,73 +7,36 @@ DESIGN.md measured pipelining as the big lever). A caller takes a primary unit w
 one is free, a spare one only when every worker is busy, and otherwise parks in FIFO
 order; a released unit is handed straight to the first waiter (no thundering herd).
 
-The pipeline is only as deep as the calls are quick: a worker offers
-``1 + PIPELINE_BUDGET / mean service time`` units per unit of concurrency, at least
-two (one running, one waiting: the behaviour of slow calls) and at most
-``pipeline_depth``. So about a millisecond of expected work waits in a pipe, whatever
-the call length: trivial calls go 8 deep (on the 2-core box that cut the host's CPU per
-call from ~25 to ~17 µs and the worker's from ~20 to ~11 µs), while calls of a
-millisecond or more queue no deeper than before.
+How deep the pipes go, and which call a free worker takes from another's pipe, is
+:mod:`snakepit.pool.pipelining`'s policy; calls given back unstarted come back here
+(:meth:`Dispatcher.requeue`) and go first in line.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import outcome
 import trio
 
-from snakepit.errors import PoolBroken, PoolClosed, PoolSaturated, SnakepitError
+from snakepit.errors import (
+    PoolBroken,
+    PoolClosed,
+    PoolSaturated,
+    QueueTimeout,
+    SnakepitError,
+    WorkerCrashedBeforeStart,
+)
+from snakepit.pool.pipelining import call_to_steal, pipeline_depth
+from snakepit.worker.lifecycle import Call, CallEvent
 
 if TYPE_CHECKING:
-    from snakepit.worker.calls import Pending, ProgressCallback
-    from snakepit.worker.worker import Worker
+    from snakepit.worker.worker import Worker, WorkerCall
 
-PIPELINE_BUDGET = 0.001
-"""Seconds of expected work (mean service time x calls) a worker's pipe may hold."""
-
-
-class QueuedCall:
-    """A caller parked in the wait queue together with its call.
-
-    When a unit frees, :meth:`Dispatcher.release` sends the call on it at once and the
-    caller stays parked until the answer: one task switch a call instead of two (one
-    to take the unit, one for the answer), which saves ~3 µs of the host's CPU per
-    call when the pool is saturated (docs/performance.md).
-    """
-
-    __slots__ = ("args", "attempt", "command", "deadline", "on_progress", "pending", "task",
-                 "wall_deadline")
-
-    def __init__(self, command: str, args: Any, deadline: float,
-                 on_progress: ProgressCallback | None, attempt: list[Any]) -> None:
-        self.command = command
-        self.args = args
-        self.deadline = deadline
-        # Taken now, in the caller's task: the call is sent from another one.
-        self.wall_deadline = min(deadline, trio.current_effective_deadline())
-        self.on_progress = on_progress
-        self.attempt = attempt
-        """``[worker, started]``, filled in when the call is sent (for telemetry)."""
-        self.task = trio.lowlevel.current_task()
-        self.pending: Pending | None = None
-        """Set once the call is sent; ``None`` while it waits for a worker."""
-
-    def start(self, worker: Worker) -> None:
-        """Send the call on a unit of ``worker`` held for it; the caller stays parked."""
-        self.attempt[0] = worker
-        self.attempt[1] = trio.current_time()
-        try:
-            pending = worker.start_call(self.command, self.args, deadline=self.deadline,
-                                        effective_deadline=self.wall_deadline)
-        except SnakepitError as exc:  # PayloadError: the unit is already returned
-            trio.lowlevel.reschedule(self.task, outcome.Error(exc))
-            return
-        pending.on_progress = self.on_progress
-        pending.task = self.task
-        self.pending = pending
 
 
 class Dispatcher:
@@ -84,15 +47,21 @@ class Dispatcher:
         self.pipeline_depth = pipeline_depth
         self._idle: collections.deque[Worker] = collections.deque()
         self._spare: collections.deque[Worker] = collections.deque()
-        self._waiters: collections.deque[trio.lowlevel.Task | QueuedCall] = collections.deque()
+        self._waiters: collections.deque[trio.lowlevel.Task | WorkerCall] = collections.deque()
         # callers that must have one particular worker (strict session affinity)
         self._pinned: dict[Worker, collections.deque[trio.lowlevel.Task]] = {}
         self._units: dict[Worker, int] = {}
         """Units of each worker in circulation (free or held); follows :meth:`_depth`."""
+        self._workers: list[Worker] = []
+        """Workers whose capacity is in circulation (where a free one may steal from)."""
         self._closed = False
         self._broken = False
+        self._broken_until: float | None = None
+        """When a failed slot tries again (its cool-down's end); ``None``: never."""
         self.mean_service_time = 0.001
-        """Moving average of call durations, in seconds; feeds ``retry_after``."""
+        """Moving average of how long handlers run, in seconds (measured from when a call
+        could start, not from when it was sent: a deeper pipe must not look slower).
+        Sets the pipeline's depth and ``retry_after``."""
 
     @property
     def queue_depth(self) -> int:
@@ -102,13 +71,12 @@ class Dispatcher:
 
     def _depth(self) -> int:
         """Units per unit of concurrency now: deeper while calls are quick."""
-        depth = self.pipeline_depth
-        if depth <= 2:
-            return depth
-        return max(2, min(depth, 1 + int(PIPELINE_BUDGET / self.mean_service_time)))
+        return pipeline_depth(self.pipeline_depth, self.mean_service_time)
 
     def add_worker(self, worker: Worker) -> None:
         """A new worker is ready: offer all of its capacity."""
+        worker.seat = self
+        self._workers.append(worker)
         units = self._units[worker] = worker.capacity * self._depth()
         worker.reserved = units
         for _ in range(units):
@@ -118,6 +86,9 @@ class Dispatcher:
         """One unit of ``worker``'s capacity is free again."""
         worker.reserved -= 1
         if not worker.accepting or self._closed:
+            return
+        if worker.recall.holds:  # it may be stuck on an abandoned call: keep it back
+            worker.parked += 1
             return
         if self.pipeline_depth > 2:
             units = self._units.get(worker, 0)
@@ -150,14 +121,76 @@ class Dispatcher:
         elif self._waiters:
             worker.reserved += 1
             waiter = self._waiters.popleft()
-            if type(waiter) is QueuedCall:
-                waiter.start(worker)
+            if type(waiter) is Call:
+                self._send(waiter, worker)
             else:
                 trio.lowlevel.reschedule(waiter, outcome.Value(worker))  # type: ignore[arg-type]
         elif not spare and worker.reserved < worker.capacity:
             self._idle.append(worker)
+            if len(self._workers) > 1:
+                self._steal_for(worker)
         else:
             self._spare.append(worker)
+
+    def _send(self, call: WorkerCall, worker: Worker) -> None:
+        """Send a queued call on a unit of ``worker`` held for it."""
+        call.unqueue = None
+        try:
+            worker.send_call(call)
+        except SnakepitError as exc:  # PayloadError: the unit is already returned
+            call.fail(exc)
+            return
+        if call.on_moved is not None:
+            call.on_moved(worker)
+
+    def _steal_for(self, thief: Worker) -> None:
+        """``thief`` has a free unit and nobody waits: withdraw a call stuck in another
+        worker's pipe (:func:`call_to_steal`); it comes back through :meth:`requeue`
+        once its worker answers ``withdrawn``, and goes to a free unit."""
+        found = call_to_steal(self._workers, thief)
+        if found is not None:
+            victim, call = found
+            victim.recall.withdraw(call)
+            victim.connection.write_now()
+
+    def requeue(self, call: WorkerCall) -> None:
+        """``call`` never started on its worker (which died, retired, or gave it back):
+        send it on a free unit, or put it first in line, with its own deadline.
+
+        It fails with :class:`WorkerCrashedBeforeStart` only when the pool has closed
+        or its deadline has passed.
+        """
+        if self._closed or self._broken:
+            state = "closed" if self._closed else "broke"
+            call.fail(WorkerCrashedBeforeStart(
+                f"call {call.command!r} never started on worker "
+                f"{call.worker.id if call.worker else '?'}, and the pool {state} "
+                "before another worker could take it"))
+            return
+        if call.wall_deadline is not None and time.time() >= call.wall_deadline:
+            call.fail(WorkerCrashedBeforeStart(
+                f"call {call.command!r} never started on worker "
+                f"{call.worker.id if call.worker else '?'}, and its deadline has passed"))
+            return
+        worker = self._take_unit()
+        if worker is not None:
+            self._send(call, worker)
+            return
+        call.unqueue = self._unqueue
+        self._waiters.appendleft(call)
+
+    def _unqueue(self, call: WorkerCall) -> None:
+        """Its caller gave up while the call waited in the queue."""
+        self._waiters.remove(call)
+        call.unqueue = None
+        call.advance(CallEvent.ABANDON)
+
+    def resume(self, worker: Worker) -> None:
+        """``worker`` is no longer held: hand out the units kept back meanwhile."""
+        parked, worker.parked = worker.parked, 0
+        for _ in range(parked):
+            worker.reserved += 1
+            self.release(worker)
 
     def try_acquire(self) -> Worker | None:
         """A free unit, without waiting; ``None`` if none is free or others wait first."""
@@ -170,6 +203,9 @@ class Dispatcher:
             while units:
                 worker = units.popleft()
                 if worker.accepting:
+                    if worker.recall.holds:  # keep it back until the worker is resumed
+                        worker.parked += 1
+                        continue
                     worker.reserved += 1
                     return worker
         return None
@@ -180,7 +216,7 @@ class Dispatcher:
         ``primary_only`` refuses a pipelined unit (one that would queue behind a call
         already running on the worker).
         """
-        if not worker.accepting or self._pinned.get(worker):
+        if not worker.available or self._pinned.get(worker):
             return False
         for units in (self._idle,) if primary_only else (self._idle, self._spare):
             try:
@@ -219,6 +255,8 @@ class Dispatcher:
     def worker_gone(self, worker: Worker, error: Exception) -> None:
         """``worker`` will never free a unit again: fail the callers pinned to it."""
         self._units.pop(worker, None)
+        with contextlib.suppress(ValueError):
+            self._workers.remove(worker)
         for task in self._pinned.pop(worker, ()):
             trio.lowlevel.reschedule(task, outcome.Error(error))
 
@@ -243,7 +281,7 @@ class Dispatcher:
         while worker is not None:
             # the unit is ours now: yield without any chance of losing it to a cancel
             await trio.lowlevel.cancel_shielded_checkpoint()
-            if worker.accepting:
+            if worker.available:
                 return worker
             # it began to retire while we yielded: give the unit back, try again
             self.release(worker)
@@ -251,7 +289,7 @@ class Dispatcher:
                 raise PoolClosed("the pool is closed")
             worker = self.try_acquire()
         if self._broken:
-            raise PoolBroken("every worker slot has failed past its restart intensity")
+            raise self.broken_error()
         self._check_room()
         task = trio.lowlevel.current_task()
         self._waiters.append(task)
@@ -262,7 +300,7 @@ class Dispatcher:
 
         while True:
             worker = await trio.lowlevel.wait_task_rescheduled(abort)
-            if worker.accepting:
+            if worker.available:
                 return worker  # type: ignore[no-any-return]
             # It stopped taking calls (retiring) between the hand-over and now: give the
             # unit back and take another, or wait again -- first in line.
@@ -274,55 +312,77 @@ class Dispatcher:
                 return other
             self._waiters.appendleft(task)
 
-    async def run_queued(self, queued: QueuedCall) -> Any:
-        """Wait in FIFO order for a unit, have the call sent on it, return its answer.
-
-        The caller found no free unit (:meth:`try_acquire`). Cancelled while waiting,
-        it leaves the queue (``queued.pending`` is None); cancelled once the call was
-        sent, the worker is asked to stop it, as :meth:`Worker.call` does.
+    def queue(self, call: WorkerCall) -> None:
+        """No unit was free (:meth:`try_acquire`): the call waits in FIFO order and is
+        sent as soon as one frees. Its caller waits for its answer
+        (:func:`~snakepit.worker.lifecycle.wait_for_answer`); cancelled while the call
+        is still queued, it leaves the queue.
 
         Raises:
             PoolClosed, PoolBroken, PoolSaturated: as :meth:`acquire`.
-            PayloadError: the arguments cannot be sent (nothing ran).
-            ...and whatever the call itself raises.
         """
-        # no checkpoint first: this always parks, and parking delivers a pending cancel
         if self._closed:
             raise PoolClosed("the pool is closed")
         if self._broken:
-            raise PoolBroken("every worker slot has failed past its restart intensity")
+            raise self.broken_error()
         self._check_room()
-        self._waiters.append(queued)
+        call.unqueue = self._unqueue
+        self._waiters.append(call)
 
-        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
-            if queued.pending is None:
-                self._waiters.remove(queued)
-            else:
-                queued.pending.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
+    async def acquire_until(self, deadline: float, worker: Worker | None = None) -> Worker:
+        """:meth:`acquire` (or, for ``worker``, :meth:`acquire_worker`) within ``deadline``.
 
-        try:
-            return await trio.lowlevel.wait_task_rescheduled(abort)
-        except BaseException:
-            pending = queued.pending
-            if pending is not None and not pending.answered:
-                queued.attempt[0].abandon(pending)  # tell the worker to stop
-            raise
+        Raises:
+            QueueTimeout: the deadline passed first.
+            PoolClosed, PoolBroken, PoolSaturated, SessionWorkerLost: as those do.
+        """
+        if worker is None:
+            found = self.try_acquire()
+            if found is not None:
+                return found
+        if math.isinf(deadline):
+            return await (self.acquire() if worker is None else self.acquire_worker(worker))
+        with trio.CancelScope(deadline=deadline):
+            found = await (self.acquire() if worker is None else self.acquire_worker(worker))
+            if trio.current_time() < deadline:
+                return found
+            self.release(found)  # handed over just as the deadline passed
+        raise QueueTimeout("the call's deadline passed while it waited for a worker")
 
-    def _fail_waiters(self, error: Exception, *, pinned_too: bool = False) -> None:
+    def _fail_waiters(self, error: SnakepitError, *, pinned_too: bool = False) -> None:
         waiters, self._waiters = self._waiters, collections.deque()
         if pinned_too:
             for queue in self._pinned.values():
                 waiters.extend(queue)
             self._pinned.clear()
         for waiter in waiters:
-            task = waiter.task if type(waiter) is QueuedCall else waiter
-            trio.lowlevel.reschedule(task, outcome.Error(error))  # type: ignore[arg-type]
+            if type(waiter) is Call:
+                waiter.unqueue = None
+                waiter.fail(WorkerCrashedBeforeStart(f"call {waiter.command!r} was given back "
+                                                     f"unstarted by a worker that died: {error}")
+                            if waiter.bounced else error)
+            else:
+                trio.lowlevel.reschedule(waiter, outcome.Error(error))  # type: ignore[arg-type]
 
-    def mark_broken(self) -> None:
-        """Every slot has failed: waiting callers and new ones get PoolBroken."""
+    def mark_broken(self, retry_at: float | None = None) -> None:
+        """Every slot has failed: waiting callers and new ones get PoolBroken, whose
+        ``retry_after`` counts down to ``retry_at`` (when a slot tries again)."""
         self._broken = True
-        self._fail_waiters(PoolBroken("every worker slot has failed past its restart intensity"))
+        self._broken_until = retry_at
+        self._fail_waiters(self.broken_error())
+
+    def mark_recovered(self) -> None:
+        """A failed slot is starting a worker again: calls wait for it, as in a restart."""
+        self._broken = False
+        self._broken_until = None
+
+    def broken_error(self) -> PoolBroken:
+        until = self._broken_until
+        if until is None:
+            return PoolBroken("every worker slot has failed past its restart intensity")
+        retry_after = max(0.0, until - trio.current_time())
+        return PoolBroken("every worker slot has failed past its restart intensity; the "
+                          f"first tries again in {retry_after:.1f}s", retry_after=retry_after)
 
     def close(self) -> None:
         """Refuse new calls; waiting callers get PoolClosed."""

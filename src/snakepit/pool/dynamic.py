@@ -2,45 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from snakepit.errors import PayloadError, RefLost, RemoteError, SessionWorkerLost
+import trio
+
+from snakepit.errors import PayloadError, RefLost, RemoteError
 from snakepit.plugins import host_serializers
 from snakepit.pool.releases import RefReleases
 from snakepit.refs import Ref, from_wire, refs_in, to_wire
 
 if TYPE_CHECKING:
     from snakepit.pool.calls import CallPath
-    from snakepit.pool.pool import Pool
+    from snakepit.refs import RefOwner
     from snakepit.worker.worker import Worker
 
 
-async def acquire_pinned(pool: CallPath, worker: Worker, deadline: float) -> Worker:
-    """A unit of the one worker that holds an object; RefLost if it is gone."""
-    if not worker.accepting:
-        raise RefLost(f"worker {worker.id} (pid {worker.pid}), which held the object, "
-                      "is gone")
-    try:
-        acquired = await pool._acquire(deadline, worker)
-    except SessionWorkerLost as exc:
-        raise RefLost(f"worker {worker.id} (pid {worker.pid}) died while the call waited "
-                      "for it; the object is gone") from exc
-    if not acquired.accepting:
-        pool._dispatcher.release(acquired)
-        raise RefLost(f"worker {worker.id} (pid {worker.pid}) is being recycled; the "
-                      "object goes with it")
-    return acquired
-
-
 class DynamicCalls:
-    """The enhanced bridge's host API, mixed into :class:`~snakepit.Pool`.
+    """The enhanced bridge's host API, a part of :class:`~snakepit.Pool` (which
+    delegates ``call``, ``invoke``, ``pipeline``... here).
 
     The pool's workers must serve ``snakepit.bridge.enhanced:EnhancedHandler`` (or a
     subclass), and targets must be under ``PoolConfig.allowed_targets``.
+
+    Args:
+        calls: the pool's call path.
+        slot_worker: the current worker of a slot (or None).
+        nursery: the pool's nursery, where the background releaser runs.
+        owner: what the Refs made here call back (the :class:`~snakepit.Pool`).
     """
 
-    _releases: RefReleases | None = None
+    def __init__(self, calls: CallPath, slot_worker: Callable[[str], Worker | None],
+                 nursery: trio.Nursery, owner: RefOwner) -> None:
+        self._calls = calls
+        self._slot_worker = slot_worker
+        self._nursery = nursery
+        self._owner = owner
+        self._releases: RefReleases | None = None
 
     async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
         """Call the dotted callable ``target`` in a worker: ``await pool.call("json.dumps",
@@ -101,17 +99,16 @@ class DynamicCalls:
         if self._releases is not None:
             await self._releases.collect()
 
-    def _counted_refs(self, pool: Pool) -> RefReleases:
+    def _counted_refs(self) -> RefReleases:
         """This pool's :class:`RefReleases`, made (and its background task started) on
         first use."""
         if self._releases is None:
-            self._releases = RefReleases(pool)
-            pool._nursery.start_soon(self._releases.run)
+            self._releases = RefReleases(self._calls, self._slot_worker)
+            self._nursery.start_soon(self._releases.run)
         return self._releases
 
     async def _dynamic(self, command: str, payload: dict[str, Any], refs: list[Ref],
                        timeout: float | None, session_id: str | None) -> Any:
-        pool: Pool = self  # type: ignore[assignment]
         serializers = host_serializers()
         pinned = None
         owners = {(ref.worker, ref.pid) for ref in refs}
@@ -120,21 +117,23 @@ class DynamicCalls:
         if refs:
             session_id = _scope(refs, session_id)
             if session_id is not None:
-                pool.sessions.touch(session_id)  # SessionNotFound once it ended; keeps it alive
-            pinned = pool.slot_worker(refs[0].worker)
+                # SessionNotFound once it ended; else it keeps the session alive
+                self._calls.sessions.touch(session_id)
+            pinned = self._slot_worker(refs[0].worker)
             if pinned is None or pinned.pid != refs[0].pid:
                 raise RefLost(f"the worker that held {refs[0]!r} died; the object is gone")
-        attempt: list[Any] = []
         try:
-            data = await pool._run(command, to_wire(payload, serializers), timeout, None,
-                                   session_id, pinned=pinned, attempt=attempt)
+            data, attempt = await self._calls.run_attempts(command, to_wire(payload, serializers),
+                                                     timeout, None, session_id, pinned=pinned)
         except RemoteError as exc:
             if exc.remote_type.rpartition(".")[2] == "RefNotFound":
                 raise RefLost(exc.remote_message) from exc
             raise
-        worker = attempt[0]
-        releases = self._counted_refs(pool) if session_id is None else None
-        return from_wire(data, serializers, pool, worker.id, worker.pid, session_id, releases)
+        worker = attempt.worker
+        assert worker is not None  # it answered
+        releases = self._counted_refs() if session_id is None else None
+        return from_wire(data, serializers, self._owner, worker.id, worker.pid, session_id,
+                         releases)
 
 
 def _scope(refs: list[Ref], session_id: str | None) -> str | None:

@@ -22,8 +22,9 @@ from snakepit.control.server import control_enabled, serve_control
 from snakepit.control.snapshot import EventLog
 from snakepit.errors import RouteNotFound, WorkerStartupError, WorkerTimeout
 from snakepit.pool.nursery import unwrap_single_error
-from snakepit.pool.pool import Pool, run_pool
+from snakepit.pool.pool import Pool
 from snakepit.pool.stats import PoolStats
+from snakepit.pool.tree import run_pool
 from snakepit.worker.calls import ProgressCallback
 from snakepit.worker.run import registry
 

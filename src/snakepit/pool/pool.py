@@ -1,93 +1,74 @@
-"""The pool: the root of the supervision tree and the public call API.
+"""The pool: the public call API, a facade over the parts that do the work.
 
-::
+Each part is given what it needs, never the pool itself:
 
-    open_pool() -- nursery: the pool
-      +- Slot 0 .. Slot N-1 (supervise: restart with backoff, intensity limit)
-      |     +- run_worker: OS process (own process group), reader, stderr pump
-      +- health monitor (pings idle workers, memory limit)
-      +- session sweeper (TTL)
-      +- Dispatcher: FIFO hand-out of worker capacity, bounded wait queue
+- :class:`~snakepit.pool.dispatch.Dispatcher` -- worker capacity, the wait queue;
+- :class:`~snakepit.pool.slots.WorkerSlots` -- the slots (supervision), ready and
+  exited workers, outages;
+- :class:`~snakepit.pool.launcher.Launcher` -- the adapter, the pool kind, the fork
+  server;
+- :class:`~snakepit.pool.calls.CallPath` -- a call's deadline, worker, retries (pinned
+  calls included) behind the :class:`~snakepit.pool.calls.Gate`;
+- :class:`~snakepit.pool.session.SessionAffinity` -- sessions and their workers;
+- :class:`~snakepit.pool.dynamic.DynamicCalls` -- the enhanced bridge and its refs;
+- :class:`~snakepit.pool.health.HealthMonitor` -- health checks and heartbeats.
+
+The nursery tree they run in is assembled by :mod:`snakepit.pool.tree` (``open_pool``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import attrs
 import trio
-import trio_util
 
 from snakepit import telemetry
-from snakepit.adapters import LaunchSpec, find_adapter
 from snakepit.config import PoolConfig
-from snakepit.control.server import control_enabled, serve_control
-from snakepit.control.snapshot import EventLog
-from snakepit.errors import (
-    ConfigError,
-    SessionWorkerLost,
-    SnakepitError,
-)
-from snakepit.kinds import KindRuntime, apply_kind, find_kind
-from snakepit.plugins import plugin_manager
-from snakepit.pool.calls import CallPath
+from snakepit.pool.calls import CallPath, Gate
 from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
-from snakepit.pool.health import monitor_health, resident_memory, watch_heartbeats
-from snakepit.pool.nursery import unwrap_single_error
+from snakepit.pool.health import HealthMonitor
+from snakepit.pool.launcher import Launcher
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
-from snakepit.pool.stats import CallCounters, PoolStats, WorkerStats, percentiles
-from snakepit.pool.stream import ChunkStream
-from snakepit.pool.warm import check_warm_start, open_fork_server
-from snakepit.process.forkserver import ForkServer
-from snakepit.process.registry import reap_orphans
+from snakepit.pool.slots import WorkerSlots
+from snakepit.pool.stats import CallCounters, PoolStats
+from snakepit.pool.stream import ChunkStream, open_stream
+from snakepit.refs import Ref
 from snakepit.resilience.breaker import CircuitBreaker
-from snakepit.sessions.store import AffinityMode, Session
+from snakepit.sessions.store import AffinityMode
 from snakepit.worker.calls import ProgressCallback
-from snakepit.worker.run import offered_codecs, registry
-from snakepit.worker.supervisor import Slot
 from snakepit.worker.worker import Worker
 
-__all__ = ["Pool", "open_pool"]
+__all__ = ["Pool", "SessionHandle"]
 
 
-class Pool(CallPath, DynamicCalls):
-    """A running pool of workers. Create it with :func:`open_pool`."""
+class Pool:
+    """A running pool of workers. Create it with :func:`~snakepit.open_pool`."""
 
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self._nursery = nursery
+        self._launcher = Launcher(config)
         self._dispatcher = Dispatcher(config.max_queue, config.pipeline_depth)
-        self._adapter = find_adapter(config)
-        if config.codec != "auto" and config.codec not in self._adapter.codecs:
-            raise ConfigError([f"codec: the {self._adapter.name} adapter's workers speak "
-                               f"{', '.join(self._adapter.codecs)}, not {config.codec}"])
-        check_warm_start(config, self._adapter)
-        self._fork_server: ForkServer | None = None
-        self._kind: KindRuntime | None = None
-        self._slots = [
-            Slot(config, index, release=self._dispatcher.release,
-                 on_ready=self._worker_ready, on_failed=self._slot_failed,
-                 on_exit=self._worker_exited, launch=self._launch)
-            for index in range(config.size)
-        ]
-        self._slots_by_id = {slot.id: slot for slot in self._slots}
-        # Bumped whenever a worker becomes ready or a slot fails; wait_ready watches it.
-        self._changes = trio_util.AsyncValue(0)
-        self._closed = False
-        self.draining = False
-        """Set by :meth:`drain`: new calls are refused with :class:`PoolDraining`."""
+        self._slots = WorkerSlots(config, self._dispatcher, self._launcher.launch, self._emit,
+                                  on_exit=self._worker_exited)
+        self._gate = Gate(config.name)
         self._counters = CallCounters()
-        self._breaker = (None if config.circuit_breaker is None else CircuitBreaker(
+        breaker = (None if config.circuit_breaker is None else CircuitBreaker(
             config.circuit_breaker, trio.current_time,
             lambda circuit, state: self._emit("circuit.changed", {}, circuit=circuit,
                                               state=state)))
-        self._affinity = SessionAffinity(self)
+        self._affinity = SessionAffinity(config.session_ttl, self._dispatcher,
+                                         self._slots.worker, self._emit)
         self.sessions = self._affinity.store
         """The pool's :class:`~snakepit.sessions.store.SessionStore`."""
+        self._calls = CallPath(config, self._gate, self._dispatcher, self._affinity,
+                               self._counters, breaker, self._emit)
+        self._dynamic = DynamicCalls(self._calls, self._slots.worker, nursery, owner=self)
+        self._health = HealthMonitor(config, self._slots, self._dispatcher, self._emit,
+                                     self._launcher.worker_info)
 
     @property
     def name(self) -> str:
@@ -97,128 +78,60 @@ class Pool(CallPath, DynamicCalls):
         if telemetry.enabled(event):
             telemetry.emit(event, measurements, {"pool": self.config.name, **metadata})
 
-    # -- life cycle ------------------------------------------------------------------
-    async def _start(self) -> None:
-        """Start every slot concurrently; the first startup error wins."""
-        errors: list[SnakepitError] = []
-        started = trio.current_time()
-        await trio.to_thread.run_sync(reap_orphans, registry(self.config).state_dir)
-        prepare = getattr(self._adapter, "prepare", None)
-        if prepare is not None:  # slow set-up (installing a runtime's deps), off the loop
-            await prepare(self.config)
-        self._kind = find_kind(self.config).prepare(self.config)
-        run = getattr(self._kind, "run", None)
-        if run is not None:  # the kind's background work (device readings), for our life
-            await self._nursery.start(run)
-        if self.config.warm_start:
-            self._fork_server = await open_fork_server(self.config, self._adapter,
-                                                       self._nursery)
-            if self._fork_server is not None:
-                for slot in self._slots:
-                    slot.spawner = self._fork_server.spawn
-
-        async def start(slot: Slot) -> None:
-            try:
-                await self._nursery.start(slot.supervise)
-            except SnakepitError as exc:  # WorkerStartupError, or a ConfigError at launch
-                errors.append(exc)
-
-        async with trio.open_nursery() as starters:
-            for slot in self._slots:
-                starters.start_soon(start, slot)
-        if errors:
-            raise errors[0]
-        self._nursery.start_soon(self._affinity.sweep)
-        if self.config.health_check_interval is not None:
-            self._nursery.start_soon(monitor_health, self)
-        if self.config.heartbeat_interval is not None:
-            self._nursery.start_soon(watch_heartbeats, self)
-        measurements = {"size": self.config.size, "duration": trio.current_time() - started}
-        if self._fork_server is not None and self._fork_server.template_startup is not None:
-            measurements["template_startup"] = self._fork_server.template_startup
-        self._emit("pool.started", measurements)
-
-    def _launch(self, worker_id: str) -> tuple[LaunchSpec, list[str]]:
-        """What to start in slot ``worker_id``: the adapter's command, with the pool
-        kind's environment for this slot (a GPU, say), and the codecs to offer."""
-        spec = self._adapter.launch(self.config, worker_id)
-        if self._kind is not None:
-            spec = apply_kind(self._kind, spec, worker_id)
-        return spec, offered_codecs(self.config, self._adapter.codecs)
-
-    def _worker_ready(self, worker: Worker) -> None:
-        self._dispatcher.add_worker(worker)
-        self._changes.value += 1
-        self._emit("worker.ready", {"startup": trio.current_time() - worker.started_at},
-                   worker=worker.id, pid=worker.pid)
-
     def _worker_exited(self, worker: Worker) -> None:
-        self._dispatcher.worker_gone(worker, SessionWorkerLost(
-            f"worker {worker.id} (pid {worker.pid}), which held the session, died"))
         self.sessions.worker_lost(worker.id, worker.pid)
-        if self._kind is not None:
-            self._kind.worker_exited(worker.id, worker.pid, worker.process.returncode,
-                                     "\n".join(worker.stderr.tail))
-        self._emit("worker.exited", {"uptime": trio.current_time() - worker.started_at},
-                   worker=worker.id, pid=worker.pid, exit_code=worker.process.returncode,
-                   on_purpose=worker.killed_on_purpose)
+        self._launcher.worker_exited(worker)
 
-    def _slot_failed(self, slot: Slot) -> None:
-        if all(s.state == "failed" for s in self._slots):
-            self._dispatcher.mark_broken()
-        self._changes.value += 1
-
-    def _all_ready(self, _: int = 0) -> bool:
-        return all(
-            slot.state == "failed" or (slot.worker is not None and slot.worker.accepting)
-            for slot in self._slots
-        )
-
+    # -- life cycle ------------------------------------------------------------------
     async def wait_ready(self) -> None:
         """Wait until every slot has a worker ready for calls (or has failed).
 
         Useful after a crash or a kill, to know the replacements are serving.
         """
-        if not self._all_ready():
-            await self._changes.wait_value(self._all_ready)
-        else:
-            await trio.lowlevel.checkpoint()
+        await self._slots.wait_ready()
 
     async def aclose(self) -> None:
         """Shut down: refuse new calls, let workers finish and exit, then the ladder.
 
         Bounded by ``shutdown_grace`` plus the SIGTERM/SIGKILL steps of the ladder.
         """
-        if self._closed:
+        if self._gate.closed:
             return
-        self._closed = True
+        self._gate.closed = True
         self._dispatcher.close()
-        for slot in self._slots:
-            slot.stop()
-        with trio.move_on_after(self.config.shutdown_grace):
-            for slot in self._slots:
-                if slot.supervising:  # a slot that never started has nothing to stop
-                    await slot.stopped.wait()
+        await self._slots.stop(self.config.shutdown_grace)
         self._nursery.cancel_scope.cancel()
+
+    @property
+    def effective_pipeline_depth(self) -> int:
+        """Calls each unit of a worker's concurrency may hold now (running + waiting in
+        its pipe): ``pipeline_depth`` while handlers are quick, fewer as they slow down
+        (about a millisecond of measured service time may wait in a pipe)."""
+        return self._dispatcher._depth()
 
     @property
     def in_flight(self) -> int:
         """Calls sent to the pool's workers (retiring ones included) and not answered
         yet: ``stats().in_flight`` without building the rest of the snapshot."""
-        return sum(worker.in_flight for slot in self._slots for worker in slot.live_workers())
+        return self._slots.in_flight
 
     # -- operator actions --------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`drain` is in force."""
+        return self._gate.draining
+
     def drain(self) -> None:
         """Refuse new calls with :class:`PoolDraining`; calls already waiting or running
         finish. :meth:`resume` takes calls again. (The control socket's ``drain``.)"""
-        if not self.draining:
-            self.draining = True
+        if not self._gate.draining:
+            self._gate.draining = True
             self._emit("pool.drained", {"in_flight": self.in_flight})
 
     def resume(self) -> None:
         """Take new calls again after :meth:`drain`."""
-        if self.draining:
-            self.draining = False
+        if self._gate.draining:
+            self._gate.draining = False
             self._emit("pool.resumed", {})
 
     def recycle(self, worker_id: str) -> int | None:
@@ -231,12 +144,7 @@ class Pool(CallPath, DynamicCalls):
         Raises:
             KeyError: the pool has no slot ``worker_id``.
         """
-        slot = self._slots_by_id[worker_id]
-        worker = slot.worker
-        if worker is None or not worker.accepting:
-            return None
-        worker.retire("recycled by an operator")
-        return worker.pid
+        return self._slots.recycle(worker_id)
 
     # -- calls -------------------------------------------------------------------------
     async def execute(self, command: str, args: Any = None, *, timeout: float | None = None,
@@ -264,7 +172,7 @@ class Pool(CallPath, DynamicCalls):
             PayloadError: the arguments or the result cannot travel.
             PoolClosed: the pool is closing.
         """
-        return await self._run(command, args, timeout, on_progress, None, idempotent)
+        return await self._calls.run(command, args, timeout, on_progress, None, idempotent)
 
     async def execute_in_session(self, session_id: str, command: str, args: Any = None, *,
                                  timeout: float | None = None,
@@ -282,12 +190,12 @@ class Pool(CallPath, DynamicCalls):
                 it); the session's next call binds afresh.
             SnakepitError: anything :meth:`execute` raises.
         """
-        return await self._run(command, args, timeout, on_progress, session_id, idempotent)
+        return await self._calls.run(command, args, timeout, on_progress, session_id,
+                                     idempotent)
 
-    @asynccontextmanager
-    async def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
-                     window: int | None = None, session_id: str | None = None
-                     ) -> AsyncIterator[ChunkStream]:
+    def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
+               window: int | None = None, session_id: str | None = None
+               ) -> AbstractAsyncContextManager[ChunkStream]:
         """Run a streaming command; iterate the context's value for its chunks.
 
         ::
@@ -298,48 +206,64 @@ class Pool(CallPath, DynamicCalls):
 
         ``window`` (default ``config.stream_window``) bounds how many chunks may be in
         flight: the worker stops producing until the consumer takes some. Leaving the
-        block early cancels the stream in the worker (its generator is closed).
+        block early cancels the stream in the worker (its generator is closed), and so
+        does taking no chunk for ``config.stream_idle_timeout`` seconds: the next read
+        then raises :class:`StreamIdleTimeout`.
         ``session_id`` runs it in a session, as :meth:`execute_in_session` does.
         """
-        call_id, submitted = self._call_started(command, stream=True)
-        attempt: list[Any] = [None, submitted]
-        session: Session | None = None
-        try:
-            deadline = self._deadline(timeout)
-            if session_id is None:
-                worker = await self._acquire(deadline)
-            else:
-                # In use for the stream's whole life, as a session is for a call's run:
-                # its TTL cannot expire (and drop the worker's state) mid-stream.
-                session = self.sessions.touch(session_id)
-                session.in_use += 1
-                worker = await self._affinity.acquire(session, deadline)
-            attempt[:] = [worker, trio.current_time()]
-            stream = ChunkStream(worker, command, args, deadline,
-                                 window or self.config.stream_window, session_id)
-            try:
-                yield stream
-            finally:
-                stream.close()
-        except BaseException as exc:
-            self._call_failed(exc, command, call_id, submitted, attempt, stream=True)
-            raise
-        finally:
-            if session is not None:
-                session.in_use -= 1
-                session.last_used = trio.current_time()  # its TTL counts from here
-        self._call_succeeded(command, call_id, submitted, attempt,
-                             measurements={"chunks": stream.received}, stream=True)
+        return open_stream(self._calls, self._affinity, self._nursery, command, args,
+                           timeout, window, session_id)
+
+    # -- the enhanced bridge -------------------------------------------------------------
+    async def call(self, target: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the dotted callable ``target`` in a worker: ``await pool.call("json.dumps",
+        [1, 2])``. Returns the result, or a :class:`~snakepit.Ref` when it cannot travel.
+        Refs among the arguments route the call to the worker that holds them."""
+        return await self._dynamic.invoke(target, args, kwargs)
+
+    async def invoke(self, target: str, args: Sequence[Any] = (),
+                     kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
+                     store_as: str | None = None, session_id: str | None = None) -> Any:
+        """:meth:`call` with every option: a timeout, a name to keep the result under
+        in the worker, a session whose object store to use."""
+        return await self._dynamic.invoke(target, args, kwargs, timeout=timeout,
+                                          store_as=store_as, session_id=session_id)
+
+    async def pipeline(self, steps: Sequence[dict[str, Any]], *, timeout: float | None = None,
+                       session_id: str | None = None) -> list[Any]:
+        """Run steps in one worker, in order; each ``{"target": ...}`` or ``{"ref": Ref,
+        "name": method}``, with ``args``, ``kwargs`` and ``store_as``. A later step uses
+        an earlier result with ``{"$stored": name}``. Returns every step's result."""
+        return await self._dynamic.pipeline(steps, timeout=timeout, session_id=session_id)
+
+    async def invoke_on(self, ref: Ref, command: str, payload: dict[str, Any],
+                        timeout: float | None = None) -> Any:
+        """Run an enhanced-bridge ``command`` on the worker holding ``ref``."""
+        return await self._dynamic.invoke_on(ref, command, payload, timeout)
+
+    async def release(self, *refs: Ref) -> int:
+        """Free the objects of ``refs`` in their workers now (``await ref.release()``
+        for each); returns how many were still there. Other Refs to them raise
+        :class:`~snakepit.errors.RefLost` from then on."""
+        return await self._dynamic.release(*refs)
+
+    async def collect_refs(self) -> None:
+        """Free, now, the worker objects whose every host Ref has been garbage-collected.
+
+        This happens in the background anyway, shortly after the last Ref to an object
+        goes; call this to be sure it has happened (before measuring a worker's memory,
+        say). It runs the garbage collector and waits for the workers' answers.
+        """
+        await self._dynamic.collect_refs()
 
     # -- sessions --------------------------------------------------------------------------
     def slot_worker(self, slot_id: str) -> Worker | None:
         """The current worker of slot ``slot_id`` (None between processes)."""
-        slot = self._slots_by_id.get(slot_id)
-        return slot.worker if slot is not None else None
+        return self._slots.worker(slot_id)
 
     def session(self, *, ttl: float | None = None, mode: AffinityMode = "prefer",
                 metadata: dict[str, Any] | None = None, session_id: str | None = None
-                ) -> Any:
+                ) -> AbstractAsyncContextManager[SessionHandle]:
         """Open a session for the block: ``async with pool.session() as s:``.
 
         Args:
@@ -355,7 +279,7 @@ class Pool(CallPath, DynamicCalls):
     # -- introspection -------------------------------------------------------------------
     def stats(self) -> PoolStats:
         """A snapshot of the pool: per-worker state and the pool's totals."""
-        workers = tuple(self._slot_stats(slot) for slot in self._slots)
+        workers = self._slots.stats(self._launcher.worker_info)
         return PoolStats(
             name=self.config.name,
             workers=workers,
@@ -367,78 +291,6 @@ class Pool(CallPath, DynamicCalls):
             **self._counters.snapshot(),
         )
 
-    def _slot_stats(self, slot: Slot) -> WorkerStats:
-        worker = slot.worker
-        p50, p99 = percentiles(slot.latencies, (0.50, 0.99))
-        return WorkerStats(
-            id=slot.id,
-            pid=worker.pid if worker is not None else None,
-            state=slot.current_state,
-            calls_served=slot.calls_served,
-            in_flight=sum(live.in_flight for live in slot.live_workers()),
-            restarts=slot.restarts,
-            info=dict(self._kind.worker_info(slot.id)) if self._kind is not None else {},
-            latency_p50=p50,
-            latency_p99=p99,
-            rss=resident_memory(worker.pid) if worker is not None else None,
-        )
-
     def workers(self) -> list[Worker]:
         """The live worker handles, in slot order (for tests and operators)."""
-        return [slot.worker for slot in self._slots if slot.worker is not None]
-
-
-@asynccontextmanager
-async def open_pool(config: PoolConfig | None = None, /, **overrides: Any
-                    ) -> AsyncIterator[Pool]:
-    """Start a pool, yield it, and shut it down on the way out.
-
-    All workers start concurrently; the block is entered once every one has completed
-    its handshake. Leaving the block -- normally, by exception or by cancellation --
-    shuts every worker down (shutdown frame, grace, SIGTERM, SIGKILL to its process
-    group) and waits for them: no process outlives the block. While the block runs,
-    the pool serves its control socket (``config.control``).
-
-    Args:
-        config: the pool's configuration (default: ``PoolConfig()``).
-        **overrides: fields to replace in ``config`` (``size=2``).
-
-    Raises:
-        WorkerStartupError: a worker could not start; no worker is left running.
-        ConfigError: an override is invalid.
-    """
-    if config is None:
-        config = PoolConfig(**overrides)
-    elif overrides:
-        config = attrs.evolve(config, **overrides)
-    async with run_pool(config, control=control_enabled(config.control)) as pool:
-        yield pool
-
-
-@asynccontextmanager
-async def run_pool(config: PoolConfig, *, control: bool) -> AsyncIterator[Pool]:
-    """:func:`open_pool` with the control socket chosen by the caller (a pool of
-    :func:`~snakepit.open_pools` is reported by its group's socket instead)."""
-    plugin_manager()  # installed plugins (telemetry listeners among them) load once
-    stopping: float | None = None
-    try:
-        with unwrap_single_error(), EventLog([config.name] if control else []) as events:
-            async with trio.open_nursery() as nursery:
-                pool = Pool(config, nursery)
-                try:
-                    await pool._start()
-                    if control:
-                        await nursery.start(serve_control, {config.name: pool},
-                                            registry(config), events)
-                    stopping = math.inf  # started: pool.stopped will be emitted
-                    yield pool
-                finally:
-                    stopping = trio.current_time() if stopping is not None else None
-                    with trio.CancelScope(shield=True):
-                        await pool.aclose()
-    finally:
-        if stopping is not None:  # every worker has exited: the nursery is done
-            pool._emit("pool.stopped", {"duration": trio.current_time() - stopping})
-
-
-__all__ += ["SessionHandle"]
+        return self._slots.workers()

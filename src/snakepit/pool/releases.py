@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -25,7 +26,8 @@ import trio
 from snakepit.errors import SnakepitError
 
 if TYPE_CHECKING:
-    from snakepit.pool.pool import Pool
+    from snakepit.pool.calls import CallPath
+    from snakepit.worker.worker import Worker
 
 RefKey = tuple[str, int, str]
 """A counted ref: the worker slot, its pid, the ref id."""
@@ -34,8 +36,9 @@ RefKey = tuple[str, int, str]
 class RefReleases:
     """One pool's count of host Refs to counted worker objects, and their release."""
 
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
+    def __init__(self, calls: CallPath, slot_worker: Callable[[str], Worker | None]) -> None:
+        self._calls = calls
+        self._slot_worker = slot_worker
         self._token = trio.lowlevel.current_trio_token()
         self._live: dict[RefKey, int] = {}      # host Refs alive
         self._received: dict[RefKey, int] = {}  # markers received since the last release
@@ -80,11 +83,11 @@ class RefReleases:
             self._settle()
             batch, self._pending = self._pending, {}
             for (worker_id, pid), refs in batch.items():
-                worker = self._pool.slot_worker(worker_id)
+                worker = self._slot_worker(worker_id)
                 if worker is None or worker.pid != pid:
                     continue
                 with contextlib.suppress(SnakepitError):  # it died or the pool is closing
-                    await self._pool._run("release", {"refs": refs}, None, None, None,
+                    await self._calls.run("release", {"refs": refs}, None, None, None,
                                           pinned=worker)
 
     async def collect(self) -> None:

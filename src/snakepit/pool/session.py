@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -16,26 +16,37 @@ from snakepit.sessions.store import AffinityMode, Session, SessionStore
 from snakepit.worker.calls import ProgressCallback
 
 if TYPE_CHECKING:
-    from snakepit.pool.pool import Pool
+    from snakepit.pool.dispatch import Dispatcher
     from snakepit.worker.worker import Worker
 
 
 class SessionAffinity:
-    """A pool's sessions: the store, routing calls to the bound worker, TTL sweeping."""
+    """A pool's sessions: the store, routing calls to the bound worker, TTL sweeping.
 
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+    Args:
+        default_ttl: ``config.session_ttl``.
+        dispatcher: hands out worker capacity.
+        slot_worker: the current worker of a slot (or None).
+        emit: the pool's telemetry.
+    """
+
+    def __init__(self, default_ttl: float | None, dispatcher: Dispatcher,
+                 slot_worker: Callable[[str], Worker | None],
+                 emit: Callable[..., None]) -> None:
+        self._dispatcher = dispatcher
+        self._slot_worker = slot_worker
+        self._emit = emit
         self._sweeper_lot = trio.lowlevel.ParkingLot()
         self._sweep_at = math.inf
         """When the sweeper looks next (it is woken earlier only for a sooner expiry)."""
-        self.store = SessionStore(trio.current_time, default_ttl=pool.config.session_ttl,
+        self.store = SessionStore(trio.current_time, default_ttl=default_ttl,
                                   on_end=self._ended, on_create=self._created)
 
     def bound_worker(self, session: Session) -> Worker | None:
         """The live worker holding ``session``'s state, or None."""
         if session.worker is None:
             return None
-        worker = self.pool.slot_worker(session.worker)
+        worker = self._slot_worker(session.worker)
         if worker is None or worker.pid != session.worker_pid or not worker.accepting:
             return None
         return worker
@@ -52,21 +63,21 @@ class SessionAffinity:
                 "recycled), and the session's state with it")
         bound = self.bound_worker(session)
         if bound is None:
-            worker = await self.pool._acquire(deadline)
+            worker = await self._dispatcher.acquire_until(deadline)
             self.store.bind(session, worker.id, worker.pid)
             return worker
         if session.mode == "prefer":
             # only a primary unit: a pipelined one would queue behind a running call
-            if self.pool._dispatcher.try_acquire_worker(bound, primary_only=True):
+            if self._dispatcher.try_acquire_worker(bound, primary_only=True):
                 return bound
-            worker = await self.pool._acquire(deadline)  # busy: any worker will do
+            worker = await self._dispatcher.acquire_until(deadline)  # busy: any worker will do
             if worker is not bound:  # it may keep state for the session too
                 self.store.visit(session, worker.id, worker.pid)
             return worker
         try:
-            worker = await self.pool._acquire(deadline, bound)
+            worker = await self._dispatcher.acquire_until(deadline, bound)
             if not worker.accepting:  # retiring since the hand-over: its state will go
-                self.pool._dispatcher.release(worker)
+                self._dispatcher.release(worker)
                 self.store.worker_lost(worker.id, worker.pid)
                 raise SessionWorkerLost(f"the worker holding session {session.id!r} is "
                                         "being recycled; its state goes with it")
@@ -79,7 +90,7 @@ class SessionAffinity:
         if session.ttl is not None and session.created_at + session.ttl < self._sweep_at:
             self._sweeper_lot.unpark_all()  # it expires before the sweeper's next look
         if telemetry.enabled("session.created"):  # no payload built for nobody
-            self.pool._emit("session.created", {"ttl": session.ttl or 0.0},
+            self._emit("session.created", {"ttl": session.ttl or 0.0},
                             session=session.id, mode=session.mode)
 
     def _ended(self, session: Session, reason: str) -> None:
@@ -88,12 +99,12 @@ class SessionAffinity:
         # one per worker. (A call pinned to an object's worker runs where a call of
         # the session made that object, so that worker is among them.)
         for worker_id, pid in session.holders():
-            worker = self.pool.slot_worker(worker_id)
+            worker = self._slot_worker(worker_id)
             if worker is not None and worker.pid == pid:
                 worker.drop_session(session.id)
         event = f"session.{reason}"
         if telemetry.enabled(event):
-            self.pool._emit(event, {"age": trio.current_time() - session.created_at},
+            self._emit(event, {"age": trio.current_time() - session.created_at},
                             session=session.id, worker=session.worker)
 
     async def sweep(self) -> None:
@@ -108,6 +119,25 @@ class SessionAffinity:
 
 
 
+class SessionPool(Protocol):
+    """What a :class:`SessionHandle` needs of its pool (a :class:`~snakepit.Pool`)."""
+
+    sessions: SessionStore
+
+    async def execute_in_session(self, session_id: str, command: str, args: Any = None, *,
+                                 timeout: float | None = None,
+                                 on_progress: ProgressCallback | None = None,
+                                 idempotent: bool = False) -> Any: ...
+
+    async def invoke(self, target: str, args: Any = (), kwargs: dict[str, Any] | None = None,
+                     *, timeout: float | None = None, store_as: str | None = None,
+                     session_id: str | None = None) -> Any: ...
+
+    def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
+               window: int | None = None, session_id: str | None = None
+               ) -> AbstractAsyncContextManager[Any]: ...
+
+
 class SessionHandle:
     """A session of one pool: calls through it share the worker-side state.
 
@@ -115,7 +145,7 @@ class SessionHandle:
     worker-side state dropped) when the block ends.
     """
 
-    def __init__(self, pool: Pool, session: Session) -> None:
+    def __init__(self, pool: SessionPool, session: Session) -> None:
         self.pool = pool
         self.id = session.id
 
@@ -145,7 +175,7 @@ class SessionHandle:
 
 
 @asynccontextmanager
-async def open_session(pool: Pool, *, ttl: float | None, mode: AffinityMode,
+async def open_session(pool: SessionPool, *, ttl: float | None, mode: AffinityMode,
                        metadata: dict[str, Any] | None, session_id: str | None
                        ) -> AsyncIterator[SessionHandle]:
     session = pool.sessions.create(session_id, ttl=ttl, mode=mode, metadata=metadata)

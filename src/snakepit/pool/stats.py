@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import trio
 
-from snakepit.errors import PoolSaturated, QueueTimeout, WorkerCrashed, WorkerTimeout
+from snakepit.errors import (
+    CallCancelled,
+    PoolSaturated,
+    QueueTimeout,
+    WorkerCrashed,
+    WorkerTimeout,
+)
+from snakepit.worker.slot_events import SlotState
 
 
 def percentiles(samples: Iterable[float], points: Sequence[float]) -> tuple[float | None, ...]:
@@ -28,10 +37,12 @@ class WorkerStats:
     """Stable slot id, ``"<pool>-<n>"``; survives restarts."""
     pid: int | None
     """Pid of the current process, or ``None`` between processes."""
-    state: str
-    """``starting``, ``ready``, ``stopping``, ``dead`` (gone, replacement not begun yet),
-    ``restarting`` (waiting out the backoff), ``waiting`` (the pool kind has nowhere to
-    place a worker yet), ``failed`` or ``stopped``."""
+    state: SlotState
+    """A :class:`~snakepit.SlotState` (a string enum: ``state == "ready"`` works):
+    ``starting``, ``ready``, ``stopping``, ``dead`` (the process is gone, ``pid`` is
+    ``None``, the replacement not begun yet), ``restarting`` (waiting out the backoff),
+    ``waiting`` (the pool kind has nowhere to place a worker yet), ``failed`` (past the
+    restart intensity; tries again after ``restart.cooldown``) or ``stopped``."""
     calls_served: int
     """Calls answered by this slot's workers, across restarts."""
     in_flight: int
@@ -67,7 +78,8 @@ class PoolStats:
     succeeded: int
     """Calls that returned a result."""
     failed: int
-    """Calls that raised (any error, timeouts and crashes included)."""
+    """Calls that raised (any error, timeouts and crashes included), except those whose
+    caller cancelled them (``cancelled``)."""
     timeouts: int
     """Calls that passed their deadline (queue or worker)."""
     crashes: int
@@ -76,6 +88,9 @@ class PoolStats:
     """Calls refused with PoolSaturated."""
     restarts: int
     """Worker restarts, all slots together."""
+    cancelled: int = 0
+    """Calls whose caller cancelled them before they finished (a client that went away,
+    a cancel scope around the call): not failures -- the pool did nothing wrong."""
     sessions: int = 0
     """Live sessions in the pool's store."""
     draining: bool = False
@@ -94,7 +109,7 @@ class CallCounters:
     WINDOW = 2048
 
     def __init__(self) -> None:
-        self.calls = self.succeeded = self.failed = 0
+        self.calls = self.succeeded = self.failed = self.cancelled = 0
         self.timeouts = self.crashes = self.rejected = 0
         self.durations: collections.deque[float] = collections.deque(maxlen=self.WINDOW)
 
@@ -103,6 +118,9 @@ class CallCounters:
         self.durations.append(duration)
 
     def failure(self, exc: BaseException) -> None:
+        if isinstance(exc, trio.Cancelled | CallCancelled):
+            self.cancelled += 1  # the caller's choice, not the pool's failure
+            return
         self.failed += 1
         if isinstance(exc, WorkerTimeout | QueueTimeout):
             self.timeouts += 1
@@ -115,5 +133,18 @@ class CallCounters:
         """The :class:`PoolStats` fields these counters own."""
         p50, p95, p99 = percentiles(self.durations, (0.50, 0.95, 0.99))
         return {"calls": self.calls, "succeeded": self.succeeded, "failed": self.failed,
+                "cancelled": self.cancelled,
                 "timeouts": self.timeouts, "crashes": self.crashes, "rejected": self.rejected,
                 "latency_p50": p50, "latency_p95": p95, "latency_p99": p99}
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_memory(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (Linux /proc), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None

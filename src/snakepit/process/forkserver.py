@@ -12,8 +12,9 @@ short-lived intermediate process while this process is a *child subreaper*, so t
 worker is re-parented to us: it leads its own process group, we wait on its pidfd and
 reap it, its parent-death signal fires when we die (not the template), and the run
 registry records it. The subreaper mark is held only while a fork is being answered
-(:func:`_adopting_orphans`): an orphan elsewhere in our process tree is adopted only if
-it appears in that window, and orphans of a worker's group are reaped with the worker.
+(:func:`snakepit.process.template.adopting_orphans`): an orphan elsewhere in our process
+tree is adopted only if it appears in that window, and orphans of a worker's group are
+reaped with the worker.
 
 If the template dies, it is started again (a pool's workers are unaffected: they are
 our children, not its); if it cannot be started again, or dies more than
@@ -22,33 +23,30 @@ our children, not its); if it cannot be started again, or dies more than
 
 from __future__ import annotations
 
-import array
 import collections
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit.errors import WorkerStartupError
-from snakepit.process.launch import OsProcess, grow_pipe, spawn
+from snakepit.process.launch import OsProcess, spawn
 from snakepit.process.registry import RunRegistry
 from snakepit.process.shutdown import shutdown_ladder
+from snakepit.process.template import Template, TemplateGone
 from snakepit.worker.stderr import StderrLog
 
 __all__ = ["ForkServer", "Spawner", "template_argv"]
 
 log = logging.getLogger("snakepit.forkserver")
 
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_GET_CHILD_SUBREAPER = 37
 _MAX_RESTARTS = 3
 """Template deaths within a minute after which the pool gives up and starts cold."""
 
@@ -64,176 +62,6 @@ def template_argv(python: str, handler: str, preload: Sequence[str]) -> list[str
     """argv of the template process serving ``handler`` (the control fd is added later)."""
     return [python, "-m", "snakepit.bridge.forkserver", "--handler", handler,
             *(arg for module in preload for arg in ("--preload", module))]
-
-
-class _TemplateGone(Exception):
-    """The template exited, or stopped answering, during a fork request."""
-
-
-# -- adopting forked workers ---------------------------------------------------------
-_adopting = 0
-_set_by_us = False
-
-
-_libc: ctypes.CDLL | None = None
-
-
-def _prctl(option: int, value: Any) -> int:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    result: int = _libc.prctl(option, value, 0, 0, 0)
-    if result != 0:
-        raise OSError(ctypes.get_errno(), "prctl failed")
-    return result
-
-
-@contextlib.contextmanager
-def _adopting_orphans() -> Iterator[None]:
-    """Be a child subreaper (``PR_SET_CHILD_SUBREAPER``) for the duration of the block.
-
-    Nested and concurrent users share the mark; it is cleared when the last leaves,
-    unless this process was a subreaper already (then it is left alone).
-    """
-    global _adopting, _set_by_us
-    if _adopting == 0:
-        already = ctypes.c_int(0)
-        _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(already))
-        _set_by_us = not already.value
-        if _set_by_us:
-            _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    _adopting += 1
-    try:
-        yield
-    finally:
-        _adopting -= 1
-        if _adopting == 0 and _set_by_us:
-            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
-            _set_by_us = False
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return int(file.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-# -- the template --------------------------------------------------------------------
-class _Request:
-    """One worker to fork: its environment and the two ends of its three pipes."""
-
-    def __init__(self, env: Mapping[str, str], cwd: str | None, handler: str) -> None:
-        self.payload = json.dumps({"env": dict(env), "cwd": cwd, "handler": handler}).encode()
-        child_in, self.host_in = os.pipe()
-        self.host_out, child_out = os.pipe()
-        self.host_err, child_err = os.pipe()
-        grow_pipe(self.host_in)
-        grow_pipe(self.host_out)
-        self.child_fds = (child_in, child_out, child_err)
-        self.answer: Any = None
-        self.done = trio.Event()
-
-    def process(self) -> OsProcess:
-        """The forked worker, once answered.
-
-        Raises:
-            WorkerStartupError: the template reported why it could not fork.
-        """
-        try:
-            if "error" in self.answer:
-                raise WorkerStartupError(
-                    f"the fork server could not fork a worker: {self.answer['error']}")
-            pid = int(self.answer["pid"])
-            if _parent_of(pid) != os.getpid():
-                raise WorkerStartupError(f"forked worker {pid} was not handed over to this "
-                                         "process")
-        except BaseException:
-            self.close_host_ends()
-            raise
-        for fd in (self.host_in, self.host_out, self.host_err):
-            os.set_blocking(fd, False)
-        return OsProcess(None, self.host_in, self.host_out, self.host_err, pid=pid)
-
-    def close_host_ends(self) -> None:
-        for fd in (self.host_in, self.host_out, self.host_err):
-            os.close(fd)
-
-
-class _Template:
-    """One template process and its control socket.
-
-    Fork requests that arrive together go out as one batch: the first caller sends
-    every request queued by then and reads the answers, which the template gives in
-    order once the batch's workers have been handed over.
-    """
-
-    def __init__(self, process: OsProcess, control: trio.socket.SocketType,
-                 stderr: StderrLog, handler: str, timeout: float) -> None:
-        self.process = process
-        self.control = control
-        self.stderr = stderr
-        self.handler = handler
-        self.timeout = timeout
-        self.gone = False
-        self._queue: list[_Request] = []
-        self._sending = False
-
-    async def fork(self, env: Mapping[str, str], cwd: str | None) -> OsProcess:
-        """Fork one worker with fresh pipes; it is our child when this returns.
-
-        Shielded (and bounded by the timeout): once a request is out, its answer -- the
-        pid -- must be read, or a worker would exist that nobody supervises.
-
-        Raises:
-            _TemplateGone: the template died or hung; it has been killed.
-            WorkerStartupError: the template could not fork (it reported why).
-        """
-        if self.gone:
-            raise _TemplateGone
-        request = _Request(env, cwd, self.handler)
-        self._queue.append(request)
-        with trio.CancelScope(shield=True):
-            if not self._sending:
-                self._sending = True
-                try:
-                    # let the other slots starting in this scheduler batch queue theirs
-                    await trio.lowlevel.checkpoint()
-                    while self._queue:
-                        batch, self._queue = self._queue, []
-                        await self._exchange(batch)
-                finally:
-                    self._sending = False
-            await request.done.wait()
-        if request.answer is None:
-            request.close_host_ends()
-            raise _TemplateGone
-        return request.process()
-
-    async def _exchange(self, batch: list[_Request]) -> None:
-        with trio.move_on_after(self.timeout):
-            try:
-                with _adopting_orphans():
-                    for request in batch:
-                        await self.control.sendmsg(
-                            [request.payload],
-                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                              array.array("i", request.child_fds))])
-                    for request in batch:
-                        reply = await self.control.recv(1 << 16)
-                        request.answer = json.loads(reply) if reply else None
-                        if request.answer is None:
-                            break
-            except (OSError, ValueError, trio.ClosedResourceError):
-                pass
-        for request in batch:
-            for fd in request.child_fds:
-                os.close(fd)
-            request.done.set()
-        if any(request.answer is None for request in batch):
-            self.gone = True  # died, hung or garbled: no later answer can be trusted
-            self.process.signal_group(signal.SIGKILL)
 
 
 class ForkServer:
@@ -255,7 +83,7 @@ class ForkServer:
         self._startup_timeout = startup_timeout
         self._kill_timeout = kill_timeout
         self._registry = registry
-        self._template: _Template | None = None
+        self._template: Template | None = None
         self._ready = trio.Event()
         self.cold = False
         """True once the pool gave up on the template: workers start cold."""
@@ -277,7 +105,7 @@ class ForkServer:
         ``startup_timeout``); once the pool has given up on templates it starts the
         worker cold from ``argv``.
         """
-        with trio.move_on_after(self._startup_timeout):
+        with realtime.move_on_after(self._startup_timeout):
             while not self.cold:
                 template = self._template
                 if template is None:
@@ -285,7 +113,7 @@ class ForkServer:
                     continue
                 try:
                     return await template.fork(env, cwd)
-                except _TemplateGone:
+                except TemplateGone:
                     log.warning("fork server %s: the template (pid %d) is gone; waiting "
                                 "for a new one", self.name, template.process.pid)
                     if self._template is template:
@@ -310,7 +138,7 @@ class ForkServer:
         deaths: collections.deque[float] = collections.deque()
         first = True
         while True:
-            template: _Template | None = None
+            template: Template | None = None
             try:
                 async with trio.open_nursery() as nursery:
                     template = self._launch()
@@ -352,7 +180,7 @@ class ForkServer:
         self._template = None
         self._ready.set()  # wake spawns waiting for a template: they start cold
 
-    def _launch(self) -> _Template:
+    def _launch(self) -> Template:
         """Start a template process (it then imports; see :meth:`_wait_ready`)."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_read, err_write = os.pipe()
@@ -374,11 +202,11 @@ class ForkServer:
         process = OsProcess(popen, -1, -1, err_read)
         self._registry.add(process.pid)
         self.templates_started += 1
-        return _Template(process, trio.socket.from_stdlib_socket(parent_end),
+        return Template(process, trio.socket.from_stdlib_socket(parent_end),
                          StderrLog(f"{self.name}-template", err_read), self._handler,
                          self._startup_timeout)
 
-    async def _wait_ready(self, template: _Template) -> None:
+    async def _wait_ready(self, template: Template) -> None:
         """Wait until the template has imported everything and says so.
 
         Raises:
@@ -387,11 +215,11 @@ class ForkServer:
         """
         ready: Any = None
         launched = trio.current_time()
-        with trio.move_on_after(self._startup_timeout):
+        with realtime.move_on_after(self._startup_timeout):
             with contextlib.suppress(OSError, ValueError):
                 ready = json.loads(await template.control.recv(1 << 16) or b"null")
         if not ready:
-            with trio.move_on_after(1.0):  # let a dying template finish its traceback
+            with realtime.move_on_after(1.0):  # let a dying template finish its traceback
                 await template.process.wait_exit()
             raise WorkerStartupError(
                 f"the fork server's template (pid {template.process.pid}) did not start: "
@@ -401,7 +229,7 @@ class ForkServer:
         log.debug("fork server %s: template pid %d ready in %.3fs", self.name,
                   template.process.pid, self.template_startup)
 
-    async def _stop(self, template: _Template) -> None:
+    async def _stop(self, template: Template) -> None:
         """The shutdown ladder for the template: EOF on its socket, SIGTERM, SIGKILL."""
         template.gone = True
         await shutdown_ladder(template.process, request_shutdown=template.control.close,

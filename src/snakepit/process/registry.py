@@ -11,6 +11,12 @@ parent's death, or a grandchild (which never had a parent-death signal), would l
 The next run on the machine -- or ``snakepit cleanup`` -- finds the file of the dead
 run and kills what is left: the recorded workers whose pid *and* start time still
 match, and any process of this user whose environment names the dead run.
+
+Nothing found in the state dir is believed without proof that it is this user's
+(:mod:`snakepit.process.trust`): the directories must be ours and closed to others, a
+record must be a file of ours, a process is killed only when it runs as us *and*
+carries the dead run's id in its environment, a segment is removed only when it is
+ours, and a record whose run id names a live host is never reaped.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ from typing import Any
 import attrs
 import trio
 
-from snakepit.protocol.shm import remove_segments
+from snakepit.errors import ConfigError
+from snakepit.process.trust import (
+    owns_process,
+    process_group,
+    read_own_file,
+    remove_own_segments,
+    secure_dir,
+)
 
 log = logging.getLogger("snakepit.registry")
 
@@ -88,6 +101,7 @@ class RunRegistry:
         self.started = time.time()
         self._workers: dict[int, int] = {}
         self._write_pending = False
+        self._dirs_checked = False
         self._endpoints: dict[str, list[dict[str, Any]]] = {}
         """Control socket path -> the pools it serves (name and size of each)."""
 
@@ -115,7 +129,7 @@ class RunRegistry:
         self._write_pending = False
         try:
             self._write()
-        except OSError:  # never into Trio's run loop, which this callback runs in
+        except (OSError, ConfigError):  # never into Trio's run loop, where this runs
             log.exception("cannot write the run registry %s", self.path)
 
     def remove(self, pid: int) -> None:
@@ -137,7 +151,10 @@ class RunRegistry:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             return
-        self.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._dirs_checked:
+            secure_dir(self.runs_dir.parent)
+            secure_dir(self.runs_dir)
+            self._dirs_checked = True
         record = {"run_id": self.run_id, "host_pid": self.host_pid,
                   "host_start": self.host_start, "started": self.started,
                   "workers": [{"pid": pid, "start": start}
@@ -145,20 +162,37 @@ class RunRegistry:
                   "endpoints": [{"socket": path, "pools": pools}
                                 for path, pools in self._endpoints.items()]}
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record))
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()  # made 0600 afresh, whatever was there
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(record))
         temporary.replace(self.path)  # atomic: a reader never sees half a file
 
 
 def _runs(runs_dir: Path) -> Iterator[tuple[Path, dict[str, Any], bool]]:
-    """Every readable run record, with whether its host is still alive."""
+    """Every readable run record of this user, with whether its host is still alive.
+
+    A record's run id is its host's pid and start time, and its file is named after
+    it; one where the three disagree (a record carrying a live run's id under another
+    name, say) is not believed.
+    """
     for path in sorted(runs_dir.glob("*.json")):
         try:
-            record = json.loads(path.read_text())
+            data = read_own_file(path)
+            if data is None:
+                continue
+            record = json.loads(data)
             host_pid, host_start = int(record["host_pid"]), int(record["host_start"])
+            run_id = str(record["run_id"])
         except FileNotFoundError:
             continue  # its run ended while we looked
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("ignoring unreadable registry file %s", path)
+            continue
+        if not run_id == path.stem == f"{host_pid}-{host_start}":
+            log.warning("ignoring registry file %s: its run id %r does not match its "
+                        "name and host", path, run_id)
             continue
         yield path, record, start_time(host_pid) == host_start
 
@@ -205,21 +239,27 @@ def live_runs(state_dir: Path) -> list[RunInfo]:
 
 
 def reap_orphans(state_dir: Path) -> list[Reaped]:
-    """Kill what dead runs left behind; remove their files. Returns what was killed."""
-    runs_dir = state_dir / "runs"
-    if not runs_dir.is_dir():
-        _remove_dead_sockets(state_dir / "control")
-        return []
+    """Kill what dead runs left behind; remove their files. Returns what was killed.
+
+    Raises:
+        ConfigError: the state dir (or a folder of it) is not this user's alone.
+    """
+    runs_dir = secure_dir(secure_dir(state_dir) / "runs")
     reaped: list[Reaped] = []
     for path, record in _dead_runs(runs_dir):
-        run_id = str(record.get("run_id", path.stem))
+        run_id = str(record["run_id"])
+        entry = f"{RUN_ID_ENV}={run_id}".encode()
         for worker in record.get("workers", []):
             pid, started = int(worker["pid"]), int(worker["start"])
-            if start_time(pid) == started:  # the very process, not a reused pid
+            # the very process (not a reused pid), ours, and marked with the dead run
+            if (start_time(pid) == started and owns_process(pid)
+                    and process_environment_has(pid, entry)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+                    if process_group(pid) == pid:  # a worker leads its own group
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
                     reaped.append(Reaped(pid, run_id, "recorded worker"))
-        entry = f"{RUN_ID_ENV}={run_id}".encode()
         for pid in _pids_of_this_user():
             if pid not in {r.pid for r in reaped} and process_environment_has(pid, entry):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -233,7 +273,7 @@ def reap_orphans(state_dir: Path) -> list[Reaped]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         # shared-memory segments of the dead run (large call arguments and results)
-        remove_segments(f"snakepit-{run_id}-")
+        remove_own_segments(f"snakepit-{run_id}-")
     _remove_dead_sockets(state_dir / "control")
     for item in reaped:
         log.warning("reaped pid %d left by dead run %s (%s)", item.pid, item.run_id, item.why)
@@ -245,6 +285,7 @@ def _remove_dead_sockets(control_dir: Path) -> None:
     where no run record names them any more (a host killed between the two)."""
     if not control_dir.is_dir():
         return
+    secure_dir(control_dir)
     for path in control_dir.glob("*.sock"):
         pid, _, rest = path.stem.partition("-")
         start = rest.partition("-")[0]
@@ -256,14 +297,10 @@ def _remove_dead_sockets(control_dir: Path) -> None:
 
 
 def _pids_of_this_user() -> Iterator[int]:
-    uid = os.getuid()
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid and int(entry.name) != os.getpid():
-                    yield int(entry.name)
-            except OSError:
-                continue
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and owns_process(
+                int(entry.name)):
+            yield int(entry.name)
 
 
 _registries: dict[Path, RunRegistry] = {}

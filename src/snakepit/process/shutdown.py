@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit.process.launch import WorkerProcess
 
 log = logging.getLogger("snakepit.process")
@@ -55,7 +56,7 @@ async def shutdown_ladder(
             if step is None:
                 continue
             step()
-            with trio.move_on_after(timeout):
+            with realtime.move_on_after(timeout):
                 await process.wait_exit()
                 break
         else:

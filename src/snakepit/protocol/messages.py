@@ -34,6 +34,8 @@ __all__ = [
     "Result",
     "Shutdown",
     "Welcome",
+    "Withdraw",
+    "Withdrawn",
     "call_to_wire",
     "converter",
     "from_wire",
@@ -85,6 +87,20 @@ class Call:
 @attrs.frozen
 class Cancel:
     """Stop call ``id`` if it is still running; its answer will be discarded."""
+
+    id: int
+
+
+@attrs.frozen
+class Withdraw:
+    """Give call ``id`` back if it has not started (answered by :class:`Withdrawn`)."""
+
+    id: int
+
+
+@attrs.frozen
+class Withdrawn:
+    """Call ``id`` had not started: it is dropped from the worker's queue, never run."""
 
     id: int
 
@@ -176,8 +192,8 @@ class Progress:
 
 
 Message = (
-    Hello | Welcome | Call | Cancel | Credit | Ping | Drop | Shutdown
-    | Result | Error | Chunk | End | Progress | Pong | Beat
+    Hello | Welcome | Call | Cancel | Withdraw | Credit | Ping | Drop | Shutdown
+    | Result | Error | Chunk | End | Progress | Pong | Beat | Withdrawn
 )
 
 _TAGS: dict[type[Any], str] = {
@@ -185,6 +201,8 @@ _TAGS: dict[type[Any], str] = {
     Welcome: wire.WELCOME,
     Call: wire.CALL,
     Cancel: wire.CANCEL,
+    Withdraw: wire.WITHDRAW,
+    Withdrawn: wire.WITHDRAWN,
     Credit: wire.CREDIT,
     Ping: wire.PING,
     Drop: wire.DROP,

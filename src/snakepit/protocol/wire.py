@@ -10,6 +10,7 @@ Host to worker::
     call     {id, cmd, args, sid?, dl?, window?}
     cancel   {id}
     credit   {id, n}
+    withdraw {id}                                     (take back a call not started)
     ping     {id}                                     (health check; answered at once)
     drop     {sid}                                    (forget a session's state)
     shutdown {}
@@ -22,6 +23,7 @@ Worker to host::
     chunk    {id, value}
     end      {id}
     progress {id, done, total?, msg?}
+    withdrawn {id}                    (the call was still queued: it will never run)
     pong     {id}
     beat     {}                       (every ``heartbeat`` seconds, even during a call)
 
@@ -38,6 +40,12 @@ only after it has answered an earlier one; it never starts a call whose ``dl`` h
 passed (it answers ``expired``), and it answers a ``cancel`` for a call it has not
 started at once (``cancelled`` or ``expired``). The host relies on these rules to tell
 a call that waited in a busy worker's pipe from one that ran.
+
+A worker that announces the ``withdraw`` capability answers ``withdraw`` for a call it
+has received and not started with ``withdrawn`` (the call is dropped from its queue and
+never runs), and otherwise ignores it: the call's own answer comes as usual, or already
+came. The worker alone decides, so a call never runs twice and is never lost; the host
+treats a withdrawn call as never started and may send it to another worker.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ TAG = "t"
 HELLO = "hello"
 CALL = "call"
 CANCEL = "cancel"
+WITHDRAW = "withdraw"
 CREDIT = "credit"
 PING = "ping"
 DROP = "drop"
@@ -64,6 +73,7 @@ CHUNK = "chunk"
 END = "end"
 PROGRESS = "progress"
 PONG = "pong"
+WITHDRAWN = "withdrawn"
 BEAT = "beat"
 
 # Values of ``error.kind``: what went wrong, so the host can pick the error class.
@@ -76,11 +86,12 @@ KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 
 #: Capabilities a bridge of this version announces in its welcome (plus ``shm`` when
 #: the host offered shared memory and this machine has it).
+#: ``withdraw``: answers ``withdraw`` as above (so the host may move queued calls).
 #: ``refuse``: a cancel frame written before a call starts keeps it from ever starting
 #: (the worker answers it at once as never started), so the host need not watch a
 #: ``cancel_grace`` for a call it cancelled while it still waited in the worker.
 CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat",
-                "refuse")
+                "refuse", "withdraw")
 SHM = "shm"
 
 #: Environment variable carrying the pool's ``allowed_targets`` to enhanced workers.

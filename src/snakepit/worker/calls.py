@@ -1,8 +1,6 @@
-"""Calls in flight on a worker, and how an answer becomes a value or a typed error.
+"""How an answer becomes a value or a typed error, and the chunks of a stream.
 
-A waiting caller parks with ``trio.lowlevel.wait_task_rescheduled`` and the worker's
-reader reschedules it with the answer: no Event, Lock or task per call. DESIGN.md
-measured that a task + Event + Lock per request caps the host near 18-20k calls/s.
+The call itself and its life cycle are :mod:`snakepit.worker.lifecycle`.
 """
 
 from __future__ import annotations
@@ -44,53 +42,6 @@ def error_from_wire(message: Error) -> SnakepitError:
     if kind == wire.KIND_CANCELLED:
         return CallCancelled(message.message)
     return ProtocolError(f"worker reported {kind!r}: {message.message}")
-
-
-class Pending:
-    """One call in flight: who waits for it and what has arrived."""
-
-    __slots__ = ("abandoned", "answered", "command", "grace_deferred", "id", "never_started",
-                 "on_progress", "settled", "stream", "task", "wall_deadline")
-
-    def __init__(self, call_id: int, command: str, wall_deadline: float | None = None) -> None:
-        self.id = call_id
-        self.command = command
-        self.wall_deadline = wall_deadline
-        """The deadline the worker was told (Unix time), or None."""
-        self.task: trio.lowlevel.Task | None = None
-        self.answered = False
-        self.abandoned = False
-        self.settled: trio.Event | None = None  # created when its cancel_grace is watched
-        self.never_started = False
-        """Abandoned while queued in the worker, where it will never start (its deadline
-        had passed, or the worker refuses cancelled calls): a caller whose deadline
-        passed gets QueueTimeout, and no cancel_grace is watched."""
-        self.grace_deferred = False
-        """Abandoned while queued in the worker: its cancel_grace is watched only once it
-        may have started."""
-        self.on_progress: ProgressCallback | None = None
-        self.stream: ChunkBuffer | None = None
-
-    async def wait(self) -> Any:
-        """Park until the reader delivers the answer (a message or an exception)."""
-        self.task = trio.lowlevel.current_task()
-
-        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
-            self.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def settle(self, answer: outcome.Outcome[Any]) -> None:
-        """Deliver the final answer (called by the worker's reader, exactly once)."""
-        self.answered = True
-        if self.stream is not None:
-            self.stream.finish(answer)
-        elif self.task is not None:
-            trio.lowlevel.reschedule(self.task, answer)
-            self.task = None
-        if self.settled is not None:
-            self.settled.set()
 
 
 class ChunkBuffer:

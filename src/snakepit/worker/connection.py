@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit.errors import PayloadError
 from snakepit.protocol import wire
 from snakepit.protocol.codecs import JSON, Codec
@@ -65,7 +66,7 @@ class Connection:
         self._batch = _batch_writer()
         self._read_lot = trio.lowlevel.ParkingLot()  # woken after each read and at the end
         self._reading = True
-        self.last_heard = trio.current_time()
+        self.last_heard = realtime.monotonic()
         """When the worker last sent anything (the heartbeat watchdog reads it)."""
         self.write_error: BaseException | None = None
         """What a write to this worker raised (not a full or closed pipe: a fault in the
@@ -282,7 +283,7 @@ class Connection:
                     window.release()
             if not count:
                 return
-            self.last_heard = trio.current_time()
+            self.last_heard = realtime.monotonic()
             payloads = (decoder.feed(scratch[:count]) if window is None
                         else decoder.filled(count))
             for payload in payloads:

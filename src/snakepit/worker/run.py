@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from snakepit import _realtime as realtime
 from snakepit import telemetry
 from snakepit.adapters import LaunchSpec
 from snakepit.config import PoolConfig
@@ -110,7 +111,7 @@ async def start(worker: Worker, offered: list[str]) -> None:
     """
     config, process = worker.config, worker.process
     try:
-        with trio.fail_after(config.startup_timeout):
+        with realtime.fail_after(config.startup_timeout):
             await handshake(worker, offered)
     except (ProtocolError, trio.TooSlowError) as exc:
         if isinstance(exc, trio.TooSlowError):
@@ -118,7 +119,7 @@ async def start(worker: Worker, offered: list[str]) -> None:
             process.signal_group(signal.SIGKILL)
         else:
             reason = str(exc)
-        with trio.move_on_after(1.0):  # let a dying worker finish writing its traceback
+        with realtime.move_on_after(1.0):  # let a dying worker finish writing its traceback
             await process.wait_exit()
         raise WorkerStartupError(f"worker {worker.id} failed to start: {reason}",
                                  worker.stderr.drain()) from None
@@ -136,7 +137,7 @@ async def serve(worker: Worker) -> None:
         worker.end_reason = exc
     if worker.state is WorkerState.READY:
         worker.state = WorkerState.STOPPING
-    with trio.move_on_after(config.kill_timeout):
+    with realtime.move_on_after(config.kill_timeout):
         await process.wait_exit()  # EOF usually comes a moment before the exit
     code = await shutdown_ladder(process, request_shutdown=None, grace=0,
                                  kill_timeout=config.kill_timeout)
@@ -186,7 +187,7 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
     startup_error: WorkerStartupError | None = None
     try:
         async with trio.open_nursery() as nursery:
-            worker._nursery = nursery
+            worker.nursery = nursery
             nursery.start_soon(worker.stderr.pump)
             nursery.start_soon(worker.connection.flush_forever)
             try:

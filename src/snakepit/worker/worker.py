@@ -8,34 +8,27 @@ wait for them, abandoning calls that time out, and ending the worker.
 from __future__ import annotations
 
 import collections
-import contextlib
 import enum
 import itertools
 import logging
-import math
 import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
 import outcome
 import trio
 
-from snakepit import telemetry
 from snakepit.config import PoolConfig
 from snakepit.errors import (
     PoolClosed,
     ProtocolError,
-    QueueTimeout,
     SnakepitError,
     WorkerCrashed,
     WorkerCrashedBeforeStart,
-    WorkerTimeout,
 )
 from snakepit.process.launch import WorkerProcess
 from snakepit.protocol.messages import (
     Beat,
-    Cancel,
     Chunk,
     Credit,
     Drop,
@@ -48,11 +41,15 @@ from snakepit.protocol.messages import (
     Result,
     Shutdown,
     Welcome,
+    Withdrawn,
     call_to_wire,
 )
 from snakepit.protocol.shm import SharedMemoryCodec
-from snakepit.worker.calls import ChunkBuffer, Pending, ProgressCallback, error_from_wire
+from snakepit.worker.calls import ChunkBuffer, error_from_wire
 from snakepit.worker.connection import Connection
+from snakepit.worker.inflight import InFlight
+from snakepit.worker.lifecycle import Call, CallEvent
+from snakepit.worker.recall import Recall, Seat
 from snakepit.worker.stderr import StderrLog
 
 log = logging.getLogger("snakepit.worker")
@@ -63,6 +60,10 @@ class WorkerState(enum.Enum):
     READY = "ready"
     STOPPING = "stopping"
     DEAD = "dead"
+
+
+WorkerCall = Call["Worker"]
+"""A call as a worker holds it."""
 
 
 class Worker:
@@ -81,9 +82,10 @@ class Worker:
         self.pid = process.pid
         self.config = config
         self.state = WorkerState.STARTING
-        self.capacity = 1
         self.reserved = 0
         """Capacity units handed out by the dispatcher and not yet released."""
+        self.parked = 0
+        """Free units the dispatcher keeps back while the worker is held."""
         self.calls_served = 0
         self.calls_started = 0
         """Calls sent to the worker; reaching ``max_calls`` retires it (no more are sent)."""
@@ -93,12 +95,15 @@ class Worker:
         self._send = self.connection.send
         self._send_map = self.connection.send_map
         self._release = release
-        self._inflight: dict[int, Pending] = {}
+        self.seat: Seat | None = None
+        """The dispatcher that hands out this worker's capacity (set when it is added)."""
+        self.inflight = InFlight(worker_id)
         """Calls sent and not answered, in the order they were sent."""
         self._ids = itertools.count(1)
-        self._deferred_graces = 0
-        """Abandoned calls whose cancel_grace waits for them to reach the front."""
-        self._nursery: trio.Nursery | None = None
+        self.recall = Recall(self)
+        """Calls taken back from the worker: abandoned, held on, withdrawn."""
+        self._last_answer = 0.0
+        self.nursery: trio.Nursery | None = None
         self.end_reason: SnakepitError | None = None
         """The error calls in flight get when the worker ends (None: a crash)."""
         self.shutdown_sent = False
@@ -118,13 +123,36 @@ class Worker:
 
     # -- state ---------------------------------------------------------------------
     @property
+    def capacity(self) -> int:
+        """Calls the worker runs at once (its declared concurrency)."""
+        return self.inflight.capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self.inflight.capacity = value
+
+    @property
     def accepting(self) -> bool:
         """Whether new calls may be sent to this worker."""
         return self.state is WorkerState.READY
 
     @property
+    def running(self) -> bool:
+        """Past its handshake and not dead: it may hold calls."""
+        return self.state is WorkerState.READY or self.state is WorkerState.STOPPING
+
+    @property
+    def available(self) -> bool:
+        """Accepting, and not held by an abandoned call that may be stuck."""
+        return self.state is WorkerState.READY and not self.recall.holds
+
+    @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        return len(self.inflight)
+
+    def busy_since(self) -> float:
+        """When the call now at the front of a busy worker started, at the earliest."""
+        return self._last_answer
 
     def on_message(self, message: Message) -> None:
         """Act on one frame from the worker (the reader calls this)."""
@@ -135,13 +163,15 @@ class Worker:
                 raise ProtocolError(f"worker {self.id} reported: {message.message}")
             self._finish(message.id, outcome.Error(error_from_wire(message)))
         elif isinstance(message, Chunk):
-            pending = self._lookup(message.id)
-            if pending.stream is None:
+            call = self._lookup(message.id)
+            if call.stream is None:
                 raise ProtocolError(f"chunk for call {message.id}, which is not a stream")
-            if not pending.abandoned:
-                pending.stream.push(message.value)
+            if not call.abandoned:
+                call.stream.push(message.value)
         elif isinstance(message, End):
             self._finish(message.id, outcome.Value(None))
+        elif isinstance(message, Withdrawn):
+            self._withdrawn(message.id)
         elif isinstance(message, Beat):
             pass  # the connection noted the time it arrived
         elif isinstance(message, Pong):
@@ -149,20 +179,10 @@ class Worker:
             if event is not None:
                 event.set()
         elif isinstance(message, Progress):
-            progressing = self._inflight.get(message.id)
-            if progressing is None:
-                return  # progress that raced the call's answer: harmless, dropped
-            pending = progressing
-            if telemetry.enabled("call.progress"):
-                telemetry.emit("call.progress",
-                               {"done": message.done, "total": message.total or 0.0},
-                               {"pool": self.config.name, "worker": self.id,
-                                "command": pending.command, "message": message.message})
-            if pending.on_progress is not None and not pending.abandoned:
-                try:
-                    pending.on_progress(message.done, message.total, message.message)
-                except Exception:
-                    log.exception("on_progress callback of call %d raised", message.id)
+            progressing = self.inflight.get(message.id)
+            if progressing is not None:  # else it raced the call's answer: dropped
+                progressing.report_progress(message.done, message.total, message.message,
+                                            self.config.name, self.id)
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} from worker {self.id}")
 
@@ -170,35 +190,53 @@ class Worker:
         """A ``result`` frame (the reader's fast path, skipping :meth:`on_message`)."""
         self._finish(call_id, outcome.Value(value))
 
-    def _lookup(self, call_id: int) -> Pending:
-        pending = self._inflight.get(call_id)
-        if pending is None:
+    def _lookup(self, call_id: int) -> WorkerCall:
+        call = self.inflight.get(call_id)
+        if call is None:
             raise ProtocolError(f"worker {self.id} answered unknown call id {call_id}")
-        return pending
+        return call
 
-    def _finish(self, call_id: int, answer: outcome.Outcome[Any]) -> None:
-        pending = self._lookup(call_id)
-        del self._inflight[call_id]
+    def _take_back(self, call_id: int) -> WorkerCall:
+        """Remove an answered (or withdrawn) call; its unit and shared memory are free."""
+        call = self.inflight.remove(call_id)
         if self.shared_memory is not None and self.shared_memory.exported:
             self.shared_memory.release(call_id)  # the worker has read its arguments
+        return call
+
+    def _finish(self, call_id: int, answer: outcome.Outcome[Any]) -> None:
+        call = self._take_back(call_id)
+        now = trio.current_time()
+        # How long the handler ran: from when it could start (sent, or the previous
+        # answer) to its answer -- not the round trip, which grows with the pipe's depth.
+        if self.seat is not None:
+            self.seat.record_service_time(now - max(call.sent_at, self._last_answer))
+        self._last_answer = now
         self.calls_served += 1
-        pending.settle(answer)
+        call.settle(answer)
         self._release(self)
-        if self._deferred_graces:
-            if pending.grace_deferred:  # answered while it waited: refused, most likely
-                pending.grace_deferred = False
-                self._deferred_graces -= 1
-                pending.never_started = (isinstance(answer, outcome.Error)
-                                         and isinstance(answer.error, QueueTimeout))
-            self._watch_deferred_graces()
-        if self.killed_on_purpose and not self._inflight and not self.shutdown_sent:
+        self.recall.answered(call, answer)
+        if self.killed_on_purpose and not self.inflight and not self.shutdown_sent:
             self.request_shutdown()  # a retiring worker's last call is done
+
+    def _withdrawn(self, call_id: int) -> None:
+        """The worker gave back a call it had not started: it runs elsewhere."""
+        call = self._take_back(call_id)
+        self._release(self)
+        call.back_to_queue(self._requeue, CallEvent.WITHDRAWN)
+        self.recall.given_back(call)
+
+    def _requeue(self, call: WorkerCall) -> None:
+        if self.seat is None:
+            call.fail(WorkerCrashedBeforeStart(
+                f"call {call.command!r} never started on worker {self.id}"))
+        else:
+            self.seat.requeue(call)
 
     # -- calls ---------------------------------------------------------------------
     def start_call(self, command: str, args: Any, *, deadline: float,
                    session_id: str | None = None, window: int | None = None,
-                   effective_deadline: float | None = None) -> Pending:
-        """Send a call on a capacity unit the caller holds; returns its :class:`Pending`.
+                   effective_deadline: float | None = None, movable: bool = True) -> WorkerCall:
+        """Send a call on a capacity unit the caller holds; returns its :class:`Call`.
 
         ``effective_deadline``: the caller's deadline with its enclosing cancel scopes
         taken into account, when the call is sent from another task (a queued call).
@@ -207,188 +245,59 @@ class Worker:
             PayloadError: the arguments cannot be encoded or are too large; nothing was
                 sent and the capacity unit has been returned.
         """
+        call: WorkerCall = Call(command, args, deadline, session_id=session_id, window=window,
+                    effective_deadline=effective_deadline, movable=movable)
+        if window is not None:
+            call.stream = ChunkBuffer()
+        self.send_call(call)
+        return call
+
+    def send_call(self, call: WorkerCall) -> None:
+        """Send a queued ``call`` on a capacity unit held for it.
+
+        Raises:
+            PayloadError: as :meth:`start_call`; the unit has been returned.
+        """
         call_id = next(self._ids)
-        # The worker gets the tighter of the call's deadline and any enclosing scope's.
-        if effective_deadline is None:
-            effective_deadline = trio.current_effective_deadline()
-        deadline = min(deadline, effective_deadline)
-        wall_deadline = None
-        if not math.isinf(deadline):
-            wall_deadline = time.time() + (deadline - trio.current_time())
         try:
-            self._send_map(call_to_wire(call_id, command, args, session_id, wall_deadline,
-                                        window))
+            self._send_map(call_to_wire(call_id, call.command, call.args, call.session_id,
+                                        call.wall_deadline, call.window))
         except SnakepitError:  # PayloadError: unencodable or oversized
             self._release(self)
             raise
-        pending = Pending(call_id, command, wall_deadline)
-        if window is not None:
-            pending.stream = ChunkBuffer()
-        self._inflight[call_id] = pending
+        call.id = call_id
+        call.worker = self
+        call.sent_at = trio.current_time()
+        self.inflight.add(call)
         self.calls_started += 1
         if self.config.max_calls is not None and self.calls_started >= self.config.max_calls:
             # Counted when sent, not when answered: with pipelining a worker may hold
             # two calls at once, and a limit checked on answers would let it serve more.
-            self.retire(f"was sent max_calls ({self.config.max_calls})")
-        return pending
+            # The calls already sent are within its budget: it runs them, none withdrawn.
+            self.retire(f"was sent max_calls ({self.config.max_calls})", withdraw=False)
 
-    async def call(self, command: str, args: Any, *, deadline: float,
-                   session_id: str | None = None,
-                   on_progress: ProgressCallback | None = None) -> Any:
-        """Run one call on a capacity unit the caller holds and return its result."""
-        pending = self.start_call(command, args, deadline=deadline, session_id=session_id)
-        pending.on_progress = on_progress
-        if math.isinf(deadline):  # no scope to enter and leave: ~8 µs a call saved
-            return await self._wait_answer(pending)
-        with trio.CancelScope(deadline=deadline):
-            return await self._wait_answer(pending)
-        raise await self.deadline_error(pending, f"call {command!r}")
-
-    async def deadline_error(self, pending: Pending, what: str) -> SnakepitError:
-        """The error for an abandoned call (or stream) whose deadline passed after it was
-        sent: ``QueueTimeout`` if it was still waiting in the worker's pipe (it will
-        never run), else ``WorkerTimeout``.
-
-        When that could not be told because the worker had written frames the reader
-        had not taken yet (a heartbeat, say), it waits for the reader -- a scheduling
-        round -- and looks again.
-        """
-        await self._look_again(pending)
-        if pending.never_started:
-            return QueueTimeout(f"{what} waited in worker {self.id}'s pipe behind running "
-                                "calls until its deadline passed; it never started")
-        return WorkerTimeout(f"{what} on worker {self.id} passed its deadline")
-
-    async def _wait_answer(self, pending: Pending) -> Any:
-        try:
-            return await pending.wait()
-        except BaseException:  # cancelled (deadline or caller): tell the worker to stop
-            if not pending.answered:
-                self.abandon(pending)
-            raise
-
-    def grant_credit(self, pending: Pending, n: int) -> None:
+    def grant_credit(self, call: WorkerCall, n: int) -> None:
         """Let the worker send ``n`` more chunks of a streaming call."""
-        if not pending.answered:
-            self._send(Credit(pending.id, n))
+        if not call.answered:
+            self._send(Credit(call.id, n))
 
-    def abandon(self, pending: Pending) -> None:
-        """The caller stopped waiting: ask the worker to stop, kill it if it will not.
+    def abandon(self, call: WorkerCall) -> None:
+        """The caller stopped waiting for ``call`` (see :class:`Recall`)."""
+        self.recall.abandon(call)
 
-        The call keeps its capacity unit until the worker answers, and that answer is
-        discarded. A worker that does not answer within ``cancel_grace`` is killed,
-        since its state is then unknown. A call still queued in the worker's pipe
-        behind running calls is refused by the worker (it answers a cancel for a call
-        it has not started, and never starts one whose deadline has passed), so its
-        grace period starts only once it may have started -- the calls running ahead of
-        it are never put at risk by it.
-        """
-        if pending.abandoned or pending.answered:
-            return
-        pending.abandoned = True
-        pending.task = None
-        if not self.accepting and self.state is not WorkerState.STOPPING:
-            return
-        if not self.may_have_started(pending):
-            self._send(Cancel(pending.id))
-            self.connection.write_now()  # in the pipe before the call can start
-            if self._will_never_start(pending):
-                pending.never_started = True
-                return
-            pending.grace_deferred = True
-            self._deferred_graces += 1
-            if self.connection.unread_bytes() and self._nursery is not None:
-                with contextlib.suppress(RuntimeError):  # the worker's tasks are ending
-                    self._nursery.start_soon(self._look_again, pending)
-            return
-        if self.config.cancel_grace == 0:
-            self.kill(f"call {pending.command!r} was cancelled (cancel_grace is 0)",
-                      on_purpose=True)
-            return
-        self._send(Cancel(pending.id))
-        self._watch_grace(pending)
+    async def look_again(self, call: WorkerCall) -> None:
+        """See :meth:`Recall.look_again`."""
+        await self.recall.look_again(call)
 
-    def _watch_grace(self, pending: Pending) -> None:
-        """Kill the worker unless it answers ``pending`` within ``cancel_grace``.
-
-        A task watches, even for a ``cancel_grace`` of 0: a deferred call's refusal
-        may be in the very batch of frames that brought it to the front.
-        """
-        pending.settled = trio.Event()
-        try:
-            if self._nursery is None:
-                raise RuntimeError("no nursery")
-            self._nursery.start_soon(self._cancel_watchdog, pending)
-        except RuntimeError:
-            # The worker's own tasks are already ending (the pool is being torn down
-            # around us): nobody is left to watch the grace period, so do not wait.
-            self.kill("cancelled while the worker was shutting down", on_purpose=True)
-
-    def _watch_deferred_graces(self) -> None:
-        """Start the grace period of abandoned calls that have reached the front."""
-        for index, pending in enumerate(self._inflight.values()):
-            if index >= self.capacity:
-                return
-            if pending.grace_deferred:
-                pending.grace_deferred = False
-                self._deferred_graces -= 1
-                self._watch_grace(pending)
-
-    async def _look_again(self, pending: Pending, rounds: int = 3) -> None:
-        """A deferred call that could not be told never to start only because the worker
-        had written frames the reader had not taken yet (a heartbeat, progress): once
-        the reader has, look again. The cancel frame was written before, so what held
-        then still holds; the reader may also have brought the call to the front, and
-        then its grace period is being watched already."""
-        for _ in range(rounds):
-            if not (pending.grace_deferred and self.connection.unread_bytes()):
-                return
-            await self.connection.wait_read()
-            if pending.grace_deferred and self._will_never_start(pending):
-                pending.grace_deferred = False
-                self._deferred_graces -= 1
-                pending.never_started = True
-
-    def may_have_started(self, pending: Pending) -> bool:
-        """Whether the worker may have started ``pending``, by what the host has read.
+    def may_have_started(self, call: WorkerCall) -> bool:
+        """Whether the worker may have started ``call``, by what the host has read.
 
         A worker starts calls in the order they were sent, at most ``capacity`` at a
         time, and each only after answering an earlier one. So a call with
         ``capacity`` older calls still unanswered has not started -- unless such an
         answer is already on its way, which :meth:`_will_never_start` rules out.
         """
-        older = 0
-        for call_id in self._inflight:
-            if call_id == pending.id or older >= self.capacity:
-                break
-            older += 1
-        return older < self.capacity
-
-    def _will_never_start(self, pending: Pending) -> bool:
-        """Whether ``pending``, just cancelled, has not started and never will.
-
-        Needs ``capacity`` older calls unanswered and nothing the worker wrote left
-        unread: then no older call had finished, so ``pending`` had not started. It never
-        will if its deadline has passed (a worker never starts a call past its deadline;
-        the clock is read first, so the deadline had passed before that moment) or if
-        the worker has the ``refuse`` capability and the cancel frame is already in the
-        pipe (written before ``pending`` could start, so it keeps it from starting).
-        """
-        if self.may_have_started(pending):
-            return False
-        expired = pending.wall_deadline is not None and time.time() >= pending.wall_deadline
-        refuses = (self.connection.flushed and self.welcome is not None
-                   and "refuse" in self.welcome.capabilities)
-        return (expired or refuses) and self.connection.unread_bytes() == 0
-
-    async def _cancel_watchdog(self, pending: Pending) -> None:
-        assert pending.settled is not None
-        with trio.move_on_after(self.config.cancel_grace):
-            await pending.settled.wait()
-        if pending.settled.is_set():  # answered, perhaps just as the grace ran out
-            return
-        self.kill(f"call {pending.command!r} did not stop within cancel_grace "
-                  f"({self.config.cancel_grace}s) after it was cancelled", on_purpose=True)
+        return self.inflight.may_have_started(call)
 
     async def ping(self) -> None:
         """Send a health-check ping and wait for the pong (no capacity unit is used).
@@ -404,17 +313,21 @@ class Worker:
         finally:
             self._pings.pop(ping_id, None)
 
-    def retire(self, reason: str) -> None:
-        """Recycle: take no new calls, finish those in flight, then exit to be replaced.
+    def retire(self, reason: str, *, withdraw: bool = True) -> None:
+        """Recycle: take no new calls, finish those started, then exit to be replaced.
 
-        The supervisor starts the replacement at once and does not count it as a failure.
+        With ``withdraw``, calls still waiting in its pipe are withdrawn to run
+        elsewhere. The supervisor starts the replacement at once and does not count it
+        as a failure.
         """
         if self.state is not WorkerState.READY:
             return
         log.info("recycling worker %s (pid %d): %s", self.id, self.pid, reason)
         self.killed_on_purpose = True
         self.state = WorkerState.STOPPING
-        if not self._inflight:
+        if withdraw:
+            self.recall.withdraw_unstarted()
+        if not self.inflight:
             self.request_shutdown()
         if self.on_retire is not None:
             self.on_retire()
@@ -426,7 +339,8 @@ class Worker:
 
     # -- ending --------------------------------------------------------------------
     def kill(self, reason: str, *, on_purpose: bool = False) -> None:
-        """Kill the process group now; calls in flight fail with WorkerCrashed(reason).
+        """Kill the process group now; calls in flight fail with WorkerCrashed(reason)
+        (those that never started go elsewhere).
 
         ``on_purpose`` marks a kill over a call that would not stop (not a worker fault),
         which the supervisor does not count against the restart intensity.
@@ -451,19 +365,25 @@ class Worker:
             self._send(Shutdown())
 
     def fail_all(self, error: SnakepitError, *, drained: bool = False) -> None:
-        """Every call still in flight gets ``error``.
+        """The worker is gone: every call still in flight gets ``error`` -- except those
+        that cannot have started.
 
-        ``drained``: the worker is gone and every frame it wrote has been read. Then,
-        when ``error`` is a :class:`WorkerCrashed`, the calls that were still queued in
-        its pipe (``capacity`` older calls unanswered: they cannot have started) get
-        the retryable :class:`WorkerCrashedBeforeStart` instead.
+        ``drained``: every frame the worker wrote has been read. Then the calls that
+        were still waiting in its pipe (``capacity`` older calls unanswered) cannot
+        have started: they go back to the front of the dispatch queue with their own
+        deadlines (or, when they must run here, fail with the retryable
+        :class:`WorkerCrashedBeforeStart`).
         """
-        pending_calls = list(self._inflight.values())
-        self._inflight.clear()
-        for index, pending in enumerate(pending_calls):
-            if drained and index >= self.capacity and isinstance(error, WorkerCrashed):
-                pending.settle(outcome.Error(WorkerCrashedBeforeStart(
-                    f"call {pending.command!r} was queued in worker {self.id}, which died "
-                    f"before starting it ({error})")))
+        may_have_started, behind = self.inflight.take_all()
+        for call in may_have_started:
+            call.fail(error)
+        for call in behind:
+            if not drained:
+                call.fail(error)
+            elif call.movable and not call.abandoned:
+                call.bounced = True
+                call.back_to_queue(self._requeue)
             else:
-                pending.settle(outcome.Error(error))
+                call.fail(WorkerCrashedBeforeStart(
+                    f"call {call.command!r} was queued in worker {self.id}, which died "
+                    f"before starting it ({error})"))

@@ -38,6 +38,7 @@ from typing import Any
 
 import trio
 
+from snakepit.kinds import BaseRuntime
 from snakepit_gpu.devices import Device, NoGPU, query
 
 __all__ = ["FAULT_PATTERNS", "POOL_KINDS", "GPUPool", "GPURuntime", "NoGPU", "query"]
@@ -116,7 +117,7 @@ def is_device_fault(stderr_tail: str, patterns: re.Pattern[str]) -> bool:
                if not _WARNING.search(line))
 
 
-class GPURuntime:
+class GPURuntime(BaseRuntime):
     """Placement, device readings and the crash barrier for one pool."""
 
     def __init__(self, name: str, options: Mapping[str, Any], size: int) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from snakepit.adapters import LaunchSpec
+from snakepit.adapters import BaseAdapter, LaunchSpec
 from snakepit.config import PoolConfig
 from snakepit.errors import ConfigError
 
@@ -51,15 +51,18 @@ WORKER_JS = JS_DIR / "worker.js"
 EXAMPLE_HANDLER = str(JS_DIR / "example_handler.js")
 """Path of the example handler module (``greet``, ``count``, ``fail``, ``slow``, ...)."""
 
-# The files that make up the worker package (copied when JS_DIR is read-only).
-_JS_FILES = ("package.json", "package-lock.json", "worker.js", "example_handler.js")
+# The files that make up the worker package (copied when JS_DIR is read-only): the npm
+# manifests and every module beside worker.js (it requires them by relative path).
+_JS_FILES = ("package.json", "package-lock.json",
+             *sorted(path.name for path in JS_DIR.glob("*.js")))
 # Written into node_modules once an install has completed.
 _MARKER = ".snakepit-node-installed"
 _DEPENDENCY = Path("node_modules", "@msgpack", "msgpack", "package.json")
 _INSTALL_TIMEOUT = 600.0
 
 _install_lock = threading.Lock()
-_ready: dict[str, Path] = {}  # node executable -> directory with worker.js and its deps
+# (node executable, $SNAKEPIT_NODE_HOME) -> directory with worker.js and its deps
+_ready: dict[tuple[str, str | None], Path] = {}
 
 
 def find_node(node: str | None = None) -> str:
@@ -231,7 +234,7 @@ def _checked_options(config: PoolConfig) -> tuple[str | None, str]:
     return module, find_node(options.get("node"))
 
 
-class NodeAdapter:
+class NodeAdapter(BaseAdapter):
     """Starts workers running ``worker.js`` under Node.js (``PoolConfig.adapter="node"``)."""
 
     name = "node"

@@ -15,9 +15,10 @@ import attrs
 from opentelemetry import metrics, trace
 
 from snakepit.errors import ConfigError
+from snakepit.telemetry import MAX_COMMAND_LABELS, CommandLabels
 
-__all__ = ["DURATION_BUCKETS", "MAX_OPEN_SPANS", "SCOPE", "Instruments", "Providers",
-           "configure", "providers"]
+__all__ = ["DURATION_BUCKETS", "MAX_COMMAND_LABELS", "MAX_OPEN_SPANS", "SCOPE", "Instruments",
+           "Providers", "configure", "providers"]
 
 SCOPE = "snakepit_otel"
 """The instrumentation scope of every span and instrument."""
@@ -68,6 +69,8 @@ class Providers:
     tracer_provider: trace.TracerProvider | None = None
     meter_provider: metrics.MeterProvider | None = None
     max_open_spans: int = MAX_OPEN_SPANS
+    commands: CommandLabels = attrs.field(factory=CommandLabels)
+    """The ``snakepit.command`` values of metrics and span names: bounded per pool."""
     _tracer_from: object = None
     _tracer: trace.Tracer | None = None
     _meter_from: object = None
@@ -96,10 +99,12 @@ providers = Providers()
 
 def configure(*, tracer_provider: trace.TracerProvider | None = None,
               meter_provider: metrics.MeterProvider | None = None,
-              max_open_spans: int = MAX_OPEN_SPANS) -> None:
-    """Choose the providers the plugin reports to, and how many calls it tracks at once.
+              max_open_spans: int = MAX_OPEN_SPANS,
+              max_commands: int = MAX_COMMAND_LABELS) -> None:
+    """Choose the providers the plugin reports to, how many calls it tracks at once, and
+    how many command names it labels.
 
-    Each call sets all three; ``configure()`` with no arguments restores the defaults.
+    Each call sets all four; ``configure()`` with no arguments restores the defaults.
 
     Args:
         tracer_provider: spans go to this provider; None (the default): to the global
@@ -108,13 +113,24 @@ def configure(*, tracer_provider: trace.TracerProvider | None = None,
         max_open_spans: call spans kept open waiting for their call's end; past it the
             oldest is ended at once, marked ``snakepit.incomplete``, so a lost end can
             never make the table grow without bound.
+        max_commands: distinct ``snakepit.command`` values per pool, in metric
+            attributes and span names; later names share ``"<other>"``, and calls
+            refused as unknown commands share ``"<unknown>"`` (the name asked for stays
+            on the span as ``snakepit.command.requested``). Each value is a set of
+            metric streams the SDK keeps for the life of the process.
 
     Raises:
-        snakepit.ConfigError: ``max_open_spans`` is not an integer >= 1.
+        snakepit.ConfigError: ``max_open_spans`` or ``max_commands`` is not an integer
+            >= 1.
     """
-    if (isinstance(max_open_spans, bool) or not isinstance(max_open_spans, int)
-            or max_open_spans < 1):
-        raise ConfigError([f"max_open_spans: must be an integer >= 1 (got {max_open_spans!r})"])
+    errors = [f"{name}: must be an integer >= 1 (got {bound!r})"
+              for name, bound in (("max_open_spans", max_open_spans),
+                                  ("max_commands", max_commands))
+              if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1]
+    if errors:
+        raise ConfigError(errors)
     providers.tracer_provider = tracer_provider
     providers.meter_provider = meter_provider
     providers.max_open_spans = max_open_spans
+    if max_commands != providers.commands.max_commands:
+        providers.commands = CommandLabels(max_commands)

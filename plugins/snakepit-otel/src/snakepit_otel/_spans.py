@@ -19,6 +19,7 @@ import attrs
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from snakepit.telemetry import CANCELLED_ERRORS
 from snakepit_otel._providers import Providers
 
 __all__ = ["CallSpans"]
@@ -29,6 +30,8 @@ class _OpenCall:
     span: trace.Span
     started: int
     """Wall-clock nanoseconds at ``call.start``."""
+    label: str
+    """The command's label in the span's name when it started."""
 
 
 class CallSpans:
@@ -44,19 +47,23 @@ class CallSpans:
 
     def start(self, measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> None:
         """``call.start``: open the call's span, a child of the caller's current span."""
-        command = str(metadata.get("command"))
+        pool, command = str(metadata.get("pool")), str(metadata.get("command"))
+        # bounded, but not yet admitted: the worker may still refuse the name
+        label = self.providers.commands.peek(pool, command)
         attributes: dict[str, Any] = {
-            "snakepit.pool": str(metadata.get("pool")), "snakepit.command": command,
+            "snakepit.pool": pool, "snakepit.command": label,
             "snakepit.call.id": int(metadata.get("call", 0)),
             "snakepit.queue_depth": int(measurements.get("queue_depth", 0))}
+        if label != command:
+            attributes["snakepit.command.requested"] = command
         if metadata.get("stream"):
             attributes["snakepit.stream"] = True
         started = time.time_ns()
-        span = self.providers.tracer().start_span(f"snakepit.call {command}",
+        span = self.providers.tracer().start_span(f"snakepit.call {label}",
                                                   attributes=attributes, start_time=started)
         if not span.is_recording():  # no SDK, or sampled out: nothing to finish later
             return
-        self._open[metadata.get("call")] = _OpenCall(span, started)
+        self._open[metadata.get("call")] = _OpenCall(span, started, label)
         while len(self._open) > self.providers.max_open_spans:
             self._evict_oldest()
 
@@ -72,16 +79,26 @@ class CallSpans:
     def end(self, measurements: Mapping[str, float], metadata: Mapping[str, Any],
             error: str | None) -> None:
         """``call.stop`` (``error`` None) or ``call.exception``: the children, then the
-        end of the call's span; the metrics of the call in any case."""
+        end of the call's span; the metrics of the call in any case. A call its caller
+        cancelled is no error: its span keeps status UNSET and says
+        ``snakepit.cancelled``."""
+        cancelled = error in CANCELLED_ERRORS
+        if cancelled:
+            error = None
         pool, command = str(metadata.get("pool")), str(metadata.get("command"))
+        label = self.providers.commands.label(pool, command, error)
         queue_wait = float(measurements.get("queue_wait", 0.0))
-        self._measure(pool, command, error, float(measurements.get("duration", 0.0)),
-                      queue_wait)
+        self._measure(pool, label, "cancelled" if cancelled else error,
+                      float(measurements.get("duration", 0.0)), queue_wait)
         record = self._open.pop(metadata.get("call"), None)
         if record is None:  # not recording, evicted, or started before the plugin loaded
             return
         ended = time.time_ns()
         span, worker = record.span, metadata.get("worker")
+        if label != record.label:  # refused as unknown, or the cap filled meanwhile
+            span.update_name(f"snakepit.call {label}")
+            span.set_attribute("snakepit.command", label)
+            span.set_attribute("snakepit.command.requested", command)
         # a call that never reached a worker only queued (its queue_wait is its duration)
         queued_until = (ended if worker is None
                         else min(record.started + int(queue_wait * 1e9), ended))
@@ -89,6 +106,8 @@ class CallSpans:
         span.set_attribute("snakepit.attempts", int(measurements.get("attempts", 1)))
         if worker is not None:
             span.set_attribute("snakepit.worker", str(worker))
+        if cancelled:
+            span.set_attribute("snakepit.cancelled", True)
         if "chunks" in measurements:
             span.set_attribute("snakepit.chunks", int(measurements["chunks"]))
         tracer = self.providers.tracer()
@@ -110,10 +129,13 @@ class CallSpans:
 
     def _measure(self, pool: str, command: str, error: str | None, duration: float,
                  queue_wait: float) -> None:
+        """``error``: the class name, ``"cancelled"`` for a cancelled call, or None."""
         instruments = self.providers.instruments()
+        outcome = "ok" if error is None else "cancelled" if error == "cancelled" else "error"
         attributes = {"snakepit.pool": pool, "snakepit.command": command,
-                      "snakepit.outcome": "ok" if error is None else "error"}
-        if error is not None:
+                      "snakepit.outcome": outcome}
+        if outcome == "error":
+            assert error is not None
             attributes["error.type"] = error
         instruments.calls.add(1, attributes)
         instruments.duration.record(duration, attributes)

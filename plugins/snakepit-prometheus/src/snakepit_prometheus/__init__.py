@@ -15,7 +15,7 @@ listed in the README (``snakepit_calls_total``, ``snakepit_call_duration_seconds
 
 from __future__ import annotations
 
-from snakepit_prometheus._metrics import LATENCY_BUCKETS, REGISTRY
+from snakepit_prometheus._metrics import LATENCY_BUCKETS, MAX_COMMANDS_VARIABLE, REGISTRY
 from snakepit_prometheus._server import (
     ADDR_VARIABLE,
     PORT_VARIABLE,
@@ -24,5 +24,5 @@ from snakepit_prometheus._server import (
     servers,
 )
 
-__all__ = ["ADDR_VARIABLE", "LATENCY_BUCKETS", "PORT_VARIABLE", "REGISTRY", "MetricsServer",
-           "serve", "servers"]
+__all__ = ["ADDR_VARIABLE", "LATENCY_BUCKETS", "MAX_COMMANDS_VARIABLE", "PORT_VARIABLE",
+           "REGISTRY", "MetricsServer", "serve", "servers"]

@@ -12,12 +12,22 @@ Trio task that emits the event.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["LATENCY_BUCKETS", "REGISTRY", "TelemetryMetrics", "metrics"]
+from snakepit.telemetry import CANCELLED_ERRORS, MAX_COMMAND_LABELS, CommandLabels
+
+__all__ = ["LATENCY_BUCKETS", "MAX_COMMANDS_VARIABLE", "REGISTRY", "TelemetryMetrics",
+           "metrics"]
+
+log = logging.getLogger("snakepit_prometheus")
+
+#: The environment variable that sets how many command names get a label of their own.
+MAX_COMMANDS_VARIABLE = "SNAKEPIT_PROMETHEUS_MAX_COMMANDS"
 
 #: Seconds. Calls to a warm worker take from ~100 µs (an echo) to minutes (a model), so
 #: the buckets span both ends more finely than prometheus-client's defaults (5 ms..10 s).
@@ -34,18 +44,25 @@ WORKER_STATES = ("available", "busy", "starting", "failed")
 class TelemetryMetrics:
     """The snakepit metrics in one registry, updated from telemetry events.
 
-    Label sets stay small: ``pool`` and ``command`` are chosen by the application,
-    ``worker`` is a slot id (``"<pool>-<n>"``, stable across restarts, so bounded by the
-    pool's size), ``error`` an exception class name.
+    Label sets stay small: ``pool`` is chosen by the application; ``command`` is
+    bounded (:class:`snakepit.telemetry.CommandLabels`: calls refused as unknown share
+    ``"<unknown>"``, and past ``max_commands`` names per pool the rest share
+    ``"<other>"``), since callers choose command names; ``worker`` is a slot id
+    (``"<pool>-<n>"``, stable across restarts, so bounded by the pool's size), ``error``
+    an exception class name.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *,
+                 max_commands: int = MAX_COMMAND_LABELS) -> None:
         self.registry = registry
+        self.commands = CommandLabels(max_commands)
         self.calls = Counter(
-            "snakepit_calls", "Calls finished, by outcome (ok or error); streams included.",
+            "snakepit_calls", "Calls finished, by outcome (ok, error, or cancelled by their "
+            "caller); streams included.",
             ["pool", "command", "outcome"], registry=registry)
         self.errors = Counter(
-            "snakepit_call_errors", "Calls that raised, by the exception's class name.",
+            "snakepit_call_errors", "Calls that raised, by the exception's class name "
+            "(cancelled calls are not errors).",
             ["pool", "command", "error"], registry=registry)
         self.retries = Counter(
             "snakepit_call_retries", "Failed attempts that the retry policy retried.",
@@ -111,8 +128,9 @@ class TelemetryMetrics:
         self.queue_depth.labels(metadata["pool"]).set(measurements.get("queue_depth", 0))
 
     def _finished(self, outcome: str, measurements: Mapping[str, float],
-                  metadata: Mapping[str, Any]) -> tuple[str, str]:
-        pool, command = metadata["pool"], str(metadata.get("command"))
+                  metadata: Mapping[str, Any], error: str | None = None) -> tuple[str, str]:
+        pool = metadata["pool"]
+        command = self.commands.label(pool, str(metadata.get("command")), error)
         self.calls.labels(pool, command, outcome).inc()
         self.duration.labels(pool, command).observe(measurements.get("duration", 0.0))
         self.queue_wait.labels(pool, command).observe(measurements.get("queue_wait", 0.0))
@@ -124,13 +142,18 @@ class TelemetryMetrics:
 
     def _call_exception(self, measurements: Mapping[str, float],
                         metadata: Mapping[str, Any]) -> None:
-        pool, command = self._finished("error", measurements, metadata)
-        self.errors.labels(pool, command, str(metadata.get("error"))).inc()
+        error = str(metadata.get("error"))
+        if error in CANCELLED_ERRORS:  # the caller went away: churn, not a failure
+            self._finished("cancelled", measurements, metadata, error)
+            return
+        pool, command = self._finished("error", measurements, metadata, error)
+        self.errors.labels(pool, command, error).inc()
 
     def _call_retry(self, measurements: Mapping[str, float],
                     metadata: Mapping[str, Any]) -> None:
-        self.retries.labels(metadata["pool"], str(metadata.get("command")),
-                            str(metadata.get("error"))).inc()
+        pool, error = metadata["pool"], str(metadata.get("error"))
+        self.retries.labels(pool, self.commands.label(pool, str(metadata.get("command")),
+                                                      error), error).inc()
 
     # -- pools and workers ---------------------------------------------------------------
     def _pool_started(self, measurements: Mapping[str, float],
@@ -183,5 +206,18 @@ def _flag(value: object) -> str:
     return "true" if value else "false"
 
 
-metrics = TelemetryMetrics(REGISTRY)
-"""The process-wide metrics the plugin updates."""
+def max_commands_from_environment() -> int:
+    """``$SNAKEPIT_PROMETHEUS_MAX_COMMANDS`` (a whole number >= 1), else the default."""
+    raw = os.environ.get(MAX_COMMANDS_VARIABLE)
+    if raw is None:
+        return MAX_COMMAND_LABELS
+    if raw.strip().isdigit() and int(raw) >= 1:
+        return int(raw)
+    log.warning("ignoring %s=%r: must be a whole number >= 1; using %d",
+                MAX_COMMANDS_VARIABLE, raw, MAX_COMMAND_LABELS)
+    return MAX_COMMAND_LABELS
+
+
+metrics = TelemetryMetrics(REGISTRY, max_commands=max_commands_from_environment())
+"""The process-wide metrics the plugin updates (the variable is read when the plugin
+loads: when snakepit opens its first pool)."""

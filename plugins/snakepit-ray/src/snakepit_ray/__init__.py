@@ -18,11 +18,20 @@
 Each worker slot gets its own actor; the actor starts the worker on its node and hands
 it the host's authenticated TCP connections as stdin/stdout and stderr, so the host
 speaks snakepit frames straight to the worker. See ``docs/scaling.md``.
+
+Modules: :mod:`~snakepit_ray.driver` (this process's connection to Ray; every call
+into Ray's API, in a thread), :mod:`~snakepit_ray.kind` (the pool kind: options,
+placing workers), :mod:`~snakepit_ray.channel` (the host's end of the authenticated
+connections), :mod:`~snakepit_ray.handle` (the pool's handle on a worker in an actor),
+:mod:`~snakepit_ray.actor` (the actor, on the node) and :mod:`~snakepit_ray.auth` (the
+handshake both ends speak).
 """
 
 from __future__ import annotations
 
-from snakepit_ray.host import RayPoolKind, RayRuntime, RayWorker, check_options, connect
+from snakepit_ray.driver import connect
+from snakepit_ray.handle import RayWorker
+from snakepit_ray.kind import RayPoolKind, RayRuntime, check_options
 
 __all__ = ["POOL_KINDS", "RayPoolKind", "RayRuntime", "RayWorker", "check_options", "connect"]
 

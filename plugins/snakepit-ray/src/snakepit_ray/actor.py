@@ -62,7 +62,9 @@ class SnakepitWorker:
         self._env = env
         self._cwd = cwd
         self._node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self._node_id = ray.get_runtime_context().get_node_id()
+        context = ray.get_runtime_context()
+        self._node_id = context.get_node_id()
+        self._actor_id = context.get_actor_id() or ""  # hex; None only outside an actor
         host = bind or self._node_ip
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, 0), family=family, backlog=16)
@@ -82,9 +84,10 @@ class SnakepitWorker:
         threading.Thread(target=self._run, name="snakepit-worker", daemon=True).start()
 
     # -- methods the host calls ----------------------------------------------------------
-    def address(self) -> tuple[str, int, str, int]:
-        """(host, port) to connect to, the node's id, and this actor's pid."""
-        return self._address[0], self._address[1], self._node_id, os.getpid()
+    def address(self) -> tuple[str, int, str, int, str]:
+        """(host, port) to connect to, the node's id, this actor's pid and its Ray actor
+        id (hex; from Ray's public runtime context, not the handle's private id)."""
+        return self._address[0], self._address[1], self._node_id, os.getpid(), self._actor_id
 
     def listening_on(self) -> tuple[Any, ...]:
         """The listener's own address (tests check it is not every interface)."""

@@ -24,7 +24,9 @@ from conftest import (  # this directory's (pytest puts it on sys.path)
     parent_pid,
 )
 from snakepit_ray.actor import SIGNAL
-from snakepit_ray.host import actor_class, open_channel, ray_call, read_started, wait_future
+from snakepit_ray.channel import open_channel, read_started
+from snakepit_ray.driver import ray_call, wait_future
+from snakepit_ray.kind import actor_class
 
 HERE = Path(__file__).parent
 
@@ -92,6 +94,7 @@ async def test_calls_streams_and_progress_on_workers_in_actors() -> None:
         workers = pool.stats().workers
         assert {w.info["ray_node"] for w in workers} == {"127.0.0.1"}
         assert len({w.info["ray_actor"] for w in workers}) == 2
+        assert all(len(bytes.fromhex(w.info["ray_actor"])) == 16 for w in workers)
         for worker in workers:
             # the worker is the actor's child: Ray placed it, the actor started it
             assert parent_pid(worker.pid) == worker.info["actor_pid"]
@@ -260,8 +263,9 @@ async def test_only_authenticated_connections_reach_the_worker(ray_temp_dir: Pat
         secret, [sys.executable, "-m", "snakepit.bridge", "--handler",
                  "snakepit.testing:ChaosHandler"], {}, None, True, None, 30.0))
     try:
-        host, port, _, actor_pid = await wait_future(
+        host, port, _, actor_pid, actor_id = await wait_future(
             await ray_call(lambda: handle.address.remote().future()))
+        assert len(bytes.fromhex(actor_id)) == 16  # Ray's actor id, from its public API
         listening = await wait_future(
             await ray_call(lambda: handle.listening_on.remote().future()))
         assert host == "127.0.0.1" and listening[0] == "127.0.0.1"  # the node, not 0.0.0.0

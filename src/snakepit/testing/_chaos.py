@@ -1,7 +1,7 @@
-"""Helpers for testing code that uses snakepit (public; standard library only).
+"""ChaosHandler: a worker handler whose commands misbehave on request (standard library
+only: workers import it).
 
-:class:`ChaosHandler` is a worker handler whose commands misbehave on request --
-sleep, hang, crash, raise, return huge payloads, spawn children, stream -- so that
+Sleep, hang, crash, raise, return huge payloads, spawn children, stream -- so that
 applications (and snakepit's own tests) can check how they cope with real failures.
 Use it with ``PoolConfig(handler="snakepit.testing:ChaosHandler")``.
 """
@@ -180,6 +180,15 @@ class ChaosHandler(CommandHandler):
         return child.pid
 
     @command
+    def escape(self) -> int:
+        """Start a long-lived process in a session of its own -- out of this worker's
+        process group, so the pool's shutdown cannot reach it: a leak, on purpose (it
+        still carries the run id in its environment). Returns its pid."""
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"],
+                                 start_new_session=True)
+        return child.pid
+
+    @command
     def outlive_host(self, args: dict[str, Any], ctx: CallContext) -> None:
         """Give up the parent-death signal, then block for ``seconds``: an orphan-to-be.
 
@@ -298,3 +307,8 @@ def _attempt(path: str, failures: int) -> tuple[int, bool]:
     with open(path, "w") as f:
         f.write(str(failed + 1))
     return failed, True
+
+
+# Its public home, as trio names its classes: what a worker's welcome reports and what
+# a config names (``snakepit.testing:ChaosHandler``).
+ChaosHandler.__module__ = "snakepit.testing"
