@@ -199,7 +199,12 @@ async def test_closing_a_pool_whose_workers_outlive_sigkill_returns_in_bounded_t
     abandoned = [r for r in caplog.records if "did not exit" in r.getMessage()]
     assert sorted(str(p.pid) in r.getMessage() for p in spawned for r in abandoned).count(
         True) == 2
+    # left to the run registry (and `snakepit cleanup`): their records stay
+    from snakepit.worker.run import registry
+    record = json.loads(registry(config).path.read_text())
+    assert {p.pid for p in spawned} <= {worker["pid"] for worker in record["workers"]}
     for process in spawned:  # each is reaped by its daemon thread once it has exited
         assert process._popen is not None
         await trio.to_thread.run_sync(process._popen.wait, 10)
         assert process.returncode is not None
+        registry(config).remove(process.pid)  # what the reaper would do, next time

@@ -101,6 +101,8 @@ class OsProcess:
         self._pidfd: int | None = os.pidfd_open(self.pid) if hasattr(os, "pidfd_open") else None
         self._exited = False
         self._returncode: int | None = None
+        self.abandoned = False
+        """The shutdown ladder gave up on it (it outlived SIGKILL): see :meth:`abandon`."""
 
     @property
     def returncode(self) -> int | None:
@@ -156,6 +158,7 @@ class OsProcess:
         """Stop waiting for a process that outlived SIGKILL (the shutdown ladder gave up):
         close the pidfd and reap it in a daemon thread whenever it exits, so that it
         does not stay a zombie for the host's lifetime."""
+        self.abandoned = True
         self._close_pidfd()
         threading.Thread(target=self._wait_blocking, name=f"snakepit-reap-{self.pid}",
                          daemon=True).start()

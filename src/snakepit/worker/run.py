@@ -225,7 +225,7 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
                 # what the worker never read, and what it wrote that we never read
                 worker.shared_memory.release_all()
                 shm.remove_segments(shm.segment_prefix(registry(config).run_id, process.pid))
-            if local and process.returncode is not None:
+            if local and not getattr(process, "abandoned", False):
                 # an abandoned process (it outlived SIGKILL) keeps its record: the next
                 # start or `snakepit cleanup` reaps it
                 registry(config).remove(process.pid)
