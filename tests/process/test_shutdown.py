@@ -118,3 +118,93 @@ async def test_sigkilled_host_takes_its_workers_along() -> None:
     finally:
         host.kill()
         host.wait()
+
+
+class Unkillable:
+    """A handle on a process that SIGKILL does not end (uninterruptible sleep in a
+    driver): its exit never comes. For the ladder's bound, at the unit level."""
+
+    pid = 4_000_000  # above pid_max: nothing real is ever signalled
+    returncode = None
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.abandoned = False
+
+    def signal_group(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    async def wait_exit(self) -> None:
+        # 30 s: forever, as far as the ladder is concerned (a ladder without the bound
+        # fails the test after that rather than hang it: the ladder is shielded)
+        await trio.sleep(30)
+
+    def reap(self) -> int:
+        raise AssertionError("reaped a process that never exited")
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
+async def test_the_wait_after_sigkill_is_bounded_too(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Real time: the ladder waits on processes in real time even under a MockClock.
+    from snakepit.process.shutdown import shutdown_ladder
+
+    process = Unkillable()
+    asked: list[bool] = []
+    start = trio.current_time()
+    code = await shutdown_ladder(process, request_shutdown=lambda: asked.append(True),
+                                 grace=0.3, kill_timeout=0.2)
+    elapsed = trio.current_time() - start
+    assert code is None
+    assert 0.3 + 2 * 0.2 <= elapsed < 0.3 + 2 * 0.2 + 5.0  # slack for a loaded box
+    assert asked == [True] and process.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert process.abandoned
+    assert any(str(process.pid) in r.getMessage() and "snakepit cleanup" in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
+
+
+async def test_closing_a_pool_whose_workers_outlive_sigkill_returns_in_bounded_time(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Real workers whose exit the host never sees (as with a process in uninterruptible
+    sleep): leaving the pool takes shutdown_grace + 2 x kill_timeout, then gives up."""
+    import snakepit.worker.run
+    from snakepit.process.launch import OsProcess
+
+    class ExitNeverSeen(OsProcess):
+        async def wait_exit(self) -> None:
+            # 30 s: for good, as far as the ladder is concerned (a ladder without the
+            # bound makes the test fail on its timing rather than hang)
+            await trio.sleep(30)
+            await super().wait_exit()
+
+    spawned: list[OsProcess] = []
+    real_spawn = snakepit.worker.run.spawn
+
+    def spawn(*args: object, **kwargs: object) -> OsProcess:
+        process = real_spawn(*args, **kwargs)  # type: ignore[arg-type]
+        process.__class__ = ExitNeverSeen
+        spawned.append(process)
+        return process
+
+    monkeypatch.setattr(snakepit.worker.run, "spawn", spawn)
+    config = chaos_config(size=2, shutdown_grace=0.5, kill_timeout=0.5)
+    async with snakepit.open_pool(config) as pool:
+        assert await pool.execute("echo", 1) == 1
+        closing = trio.current_time()
+    elapsed = trio.current_time() - closing
+    print(f"aclose took {elapsed:.2f}s (bound {0.5 + 2 * 0.5:.1f}s + scheduling)")
+    assert 0.5 + 2 * 0.5 <= elapsed < 0.5 + 2 * 0.5 + 5.0
+    abandoned = [r for r in caplog.records if "did not exit" in r.getMessage()]
+    assert sorted(str(p.pid) in r.getMessage() for p in spawned for r in abandoned).count(
+        True) == 2
+    # left to the run registry (and `snakepit cleanup`): their records stay
+    from snakepit.worker.run import registry
+    record = json.loads(registry(config).path.read_text())
+    assert {p.pid for p in spawned} <= {worker["pid"] for worker in record["workers"]}
+    for process in spawned:  # each is reaped by its daemon thread once it has exited
+        assert process._popen is not None
+        await trio.to_thread.run_sync(process._popen.wait, 10)
+        assert process.returncode is not None
+        registry(config).remove(process.pid)  # what the reaper would do, next time

@@ -69,3 +69,18 @@ def test_large_frames_survive_any_split_and_direct_reads(sizes: list[int], cuts:
             piece = piece[count:]
     assert out == payloads
     assert decoder.buffered == 0
+
+
+def test_frames_before_a_bad_header_are_returned_first() -> None:
+    """A bad header costs the stream, not the good frames read with it."""
+    from snakepit.errors import ProtocolError
+    from snakepit.protocol.framing import FrameDecoder, encode_frame
+
+    decoder = FrameDecoder(100)
+    good = encode_frame(b"good", 100) + encode_frame(b"also", 100)
+    assert decoder.feed(good + (101).to_bytes(4, "big")) == [b"good", b"also"]
+    assert isinstance(decoder.failed, ProtocolError)
+    with pytest.raises(ProtocolError, match="over max_frame_size"):
+        decoder.feed(b"more")
+    with pytest.raises(ProtocolError, match="over max_frame_size"):  # nothing good first
+        FrameDecoder(100).feed((101).to_bytes(4, "big"))

@@ -1,6 +1,7 @@
 """A worker that speaks the handshake correctly and then misbehaves on the wire.
 
-Usage: python rogue_worker.py MODE, MODE one of garbage | oversized | unknown_id | exit.
+Usage: python rogue_worker.py MODE, MODE one of garbage | oversized | unknown_id |
+result_then_oversized | exit.
 """
 
 import json
@@ -34,6 +35,10 @@ elif mode == "oversized":
     os.write(1, struct.pack(">I", hello["max_frame_size"] + 1))
 elif mode == "unknown_id":
     write_frame(json.dumps({"t": "result", "id": 999999, "value": 1}).encode())
+elif mode == "result_then_oversized":  # one write: a good answer, then a bad header
+    answer = json.dumps({"t": "result", "id": call["id"], "value": "ok"}).encode()
+    os.write(1, struct.pack(">I", len(answer)) + answer
+             + struct.pack(">I", hello["max_frame_size"] + 1))
 elif mode == "exit":
     sys.exit(5)
 # then hang until killed

@@ -51,3 +51,26 @@ async def test_worker_that_never_sends_a_welcome_is_a_startup_error() -> None:
     with pytest.raises(snakepit.WorkerStartupError, match=r"undecodable|expected a welcome"):
         async with snakepit.open_pool(config):
             pytest.fail("the pool must not open")
+
+
+async def test_a_good_answer_before_a_bad_header_is_delivered_first() -> None:
+    """Nothing good is lost to a bad frame read with it: the call answered in the same
+    write as an oversized header gets its result; then the worker is replaced."""
+    async with snakepit.open_pool(rogue("result_then_oversized")) as pool:
+        first_pid = pool.workers()[0].pid
+        gone = trio.Event()
+
+        def on_exit(event: str, measurements: object, metadata: dict[str, object]) -> None:
+            if metadata.get("pid") == first_pid:
+                gone.set()
+
+        handler = snakepit.telemetry.attach("worker.exited", on_exit)  # type: ignore[arg-type]
+        try:
+            with trio.fail_after(10):
+                assert await pool.execute("echo", 1) == "ok"
+                await gone.wait()  # killed for the bad header that followed
+                await pool.wait_ready()
+        finally:
+            snakepit.telemetry.detach(handler)
+        assert pool.workers()[0].pid != first_pid
+        assert pool.stats().restarts == 1

@@ -18,6 +18,9 @@ cancelled or its deadline has passed: it is answered at once as never started
 in the pipe from one that ran (``QueueTimeout`` versus ``WorkerTimeout``). A call the
 host withdraws before it starts is answered ``withdrawn`` and never runs here.
 
+Reading and writing frames, the handshake and the heartbeat are :class:`~snakepit.
+bridge.wire_end.WireEnd`'s; routing frames and running calls are here.
+
 The wire uses private duplicates of fds 0 and 1. Fd 0 is then pointed at /dev/null and
 fd 1 at stderr, so a stray ``print`` (or a C library writing to stdout) cannot corrupt
 the wire, and a subprocess a handler spawns does not inherit the wire.
@@ -25,21 +28,16 @@ the wire, and a subprocess a handler spawns does not inherit the wire.
 
 from __future__ import annotations
 
-import collections
-import fcntl
-import math
 import os
-import queue
 import select
 import sys
-import termios
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from snakepit.bridge.answers import close_quietly, describe_exception
 from snakepit.bridge.context import CallContext, ControlChannel, SerialChannel, ThreadedChannel
 from snakepit.bridge.handler import CommandHandler
 from snakepit.bridge.hostcalls import HostLink, enter, leave
@@ -49,17 +47,12 @@ from snakepit.bridge.process import (
     install_signal_handlers,
     private_wire_fds,
 )
-from snakepit.errors import CallCancelled, PayloadError, ProtocolError
-from snakepit.protocol import shm, wire
-from snakepit.protocol.codecs import JSON, Codec, available_codecs, get_codec
-from snakepit.protocol.framing import FrameDecoder, encode_frame
+from snakepit.bridge.wire_end import HostGone as _HostGone
+from snakepit.bridge.wire_end import WireEnd, _is_number
+from snakepit.errors import CallCancelled, ProtocolError
+from snakepit.protocol import wire
 
-_READ_SIZE = 1 << 20
 _STOP = object()
-
-
-class _HostGone(BaseException):
-    """The wire is closed: the host exited or closed the pipe. Exit quietly."""
 
 
 def _field_id(message: dict[str, Any]) -> int:
@@ -71,178 +64,17 @@ def _field_id(message: dict[str, Any]) -> int:
     return call_id
 
 
-def _is_number(value: Any) -> bool:
-    """An int or float (not a bool), and not NaN."""
-    return type(value) in (int, float) and value == value
-
-
-class BridgeServer:
+class BridgeServer(WireEnd):
     """Serves one :class:`CommandHandler` over a pair of file descriptors."""
 
     def __init__(self, handler: CommandHandler, *, read_fd: int, write_fd: int,
                  concurrency: int | None = None) -> None:
-        self.handler = handler
+        super().__init__(handler, read_fd=read_fd, write_fd=write_fd, concurrency=concurrency)
         handler.bridge = self  # for handlers that need the wire itself (rarely: chaos tests)
-        self.concurrency = max(1, concurrency or handler.concurrency)
-        self._read_fd = read_fd
-        self._write_fd = write_fd
-        self._codec: Codec = JSON
-        self._max_frame_size = wire.DEFAULT_MAX_FRAME_SIZE
-        self._decoder = FrameDecoder(self._max_frame_size)
-        self._frames: collections.deque[bytes] = collections.deque()
-        self._scratch = bytearray(_READ_SIZE)
-        self._write_lock = threading.Lock()
-        self._count_lock = threading.Lock()
-        self._active: dict[int, CallContext] = {}
-        self._eof = False
-        self._reading = False  # threaded mode: the reader thread is running
-        self._stopping = False
-        self._protocol_error: ProtocolError | None = None
-        self._heartbeat: float | None = None
-        self._timing = False
-        """The host asked for each result's service time (``st``, seconds)."""
-        # serial mode: calls read while another ran; threaded mode: the hand-off queue
-        self._backlog: collections.deque[CallContext] = collections.deque()
-        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # Threaded mode: held by the reader while it reads and applies a batch of frames,
-        # and by a call thread while it decides to start a call; notified after each
-        # batch. Serial mode: uncontended.
-        self._changed = threading.Condition()
         self._channel: ControlChannel = (
             SerialChannel(self.pump) if self.concurrency == 1 else ThreadedChannel(self._changed)
         )
         self._host = HostLink(self.send, self._channel, self.run_call)
-
-    # -- wire ----------------------------------------------------------------------
-    def _fill(self, timeout: float | None) -> bool:
-        """Read what the wire has, waiting up to ``timeout`` (None: forever) for data.
-
-        Returns False when nothing arrived in time. At end of stream (the host is gone)
-        it sets ``_eof`` and cancels every call.
-        """
-        if self._eof:
-            return False
-        if timeout is not None:
-            ready, _, _ = select.select([self._read_fd], [], [], max(timeout, 0.0))
-            if not ready:
-                return False
-        # Into one reused buffer: os.read(fd, 1 MiB) allocates (mmap) and frees a
-        # megabyte for every read, three syscalls per call on the hot path.
-        count = os.readv(self._read_fd, [self._scratch])
-        if not count:
-            self._eof = True
-            self._cancel_all()
-            return False
-        with memoryview(self._scratch) as view:
-            self._frames.extend(self._decoder.feed(view[:count]))
-        return True
-
-    def _unread(self) -> int:
-        """Bytes the host has written that this side has not read yet."""
-        try:
-            count = fcntl.ioctl(self._read_fd, termios.FIONREAD, bytes(4))
-        except OSError:
-            return 0
-        return int.from_bytes(count, sys.byteorder, signed=True)
-
-    def _cancel_all(self) -> None:
-        """Cancel every call, running or waiting, and wake those that wait (for credit, or
-        in ``ctx.wait_cancelled``): the host is gone or unusable, so nothing may block
-        the exit on a frame that will never come."""
-        with self._changed:
-            for ctx in list(self._active.values()):
-                ctx._cancel()
-            self._changed.notify_all()
-
-    def _read_frame(self) -> bytes | None:
-        """Blocking read of one frame payload; ``None`` at end of stream."""
-        while not self._frames:
-            if self._eof or (not self._fill(None) and self._eof):
-                return None
-        return self._frames.popleft()
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        with self._write_lock:
-            try:
-                while view:
-                    view = view[os.write(self._write_fd, view) :]
-            except OSError as exc:  # EPIPE and friends: the host is gone
-                raise _HostGone from exc
-
-    def send(self, message: dict[str, Any]) -> bool:
-        """Encode and send ``message``; a result or chunk that cannot travel becomes an
-        error frame for its call instead (returning False: the call is answered), so
-        the worker stays in service."""
-        try:
-            frame = encode_frame(self._codec.encode(message), self._max_frame_size)
-        except (PayloadError, ProtocolError) as exc:
-            if message.get(wire.TAG) not in (wire.RESULT, wire.CHUNK):
-                raise
-            self._send_error(message["id"], wire.KIND_PAYLOAD, None,
-                             f"result cannot be sent: {exc}", etype="PayloadError")
-            return False
-        self._write(frame)
-        return True
-
-    def _send_error(self, call_id: int | None, kind: str, exc: BaseException | None,
-                    message: str = "", etype: str = "") -> None:
-        frame: dict[str, Any] = {wire.TAG: wire.ERROR, "id": call_id, "kind": kind,
-                                 "etype": etype, "msg": message}
-        if exc is not None:
-            frame["etype"] = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix(
-                "builtins.")
-            frame["msg"] = str(exc)
-            # the three-argument form: worker interpreters older than 3.10 lack the other
-            frame["tb"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            if getattr(exc, "retryable", False) is True and kind == wire.KIND_HANDLER:
-                frame["retryable"] = True  # the handler says: transient, send it again
-        self.send(frame)
-
-    # -- handshake -----------------------------------------------------------------
-    def handshake(self) -> None:
-        """Read the host's hello (JSON), pick a codec, answer with a welcome (JSON)."""
-        payload = self._read_frame()
-        if payload is None:
-            raise _HostGone
-        hello = JSON.decode(payload)
-        if hello.get(wire.TAG) != wire.HELLO:
-            raise ProtocolError(f"expected hello, got {hello.get(wire.TAG)!r}")
-        offered = hello.get("codecs") or ["json"]
-        if not isinstance(offered, list) or not all(isinstance(n, str) for n in offered):
-            raise ProtocolError(f"malformed hello, codecs must be a list: {offered!r:.100}")
-        usable = [name for name in offered if name in available_codecs()]
-        if not usable:
-            raise ProtocolError(
-                f"host offers codecs {offered}, this worker has {available_codecs()}"
-                " (install msgpack in the worker's environment, or use codec='json')")
-        max_frame = hello.get("max_frame_size")
-        if type(max_frame) is int and max_frame > 0:
-            self._max_frame_size = max_frame
-            self._decoder = FrameDecoder(max_frame)
-        self._timing = hello.get("timing") is True
-        heartbeat: Any = hello.get("heartbeat")
-        if _is_number(heartbeat) and 0 < heartbeat < math.inf:
-            self._heartbeat = float(heartbeat)
-        threshold = hello.get("shm")
-        use_shm = (isinstance(threshold, int) and threshold > 0 and usable[0] == "msgpack"
-                   and shm.available())
-        handler_type = type(self.handler)
-        self._write(encode_frame(JSON.encode({
-            wire.TAG: wire.WELCOME,
-            "version": wire.PROTOCOL_VERSION,
-            "pid": os.getpid(),
-            "codec": usable[0],
-            "concurrency": self.concurrency,
-            "capabilities": [*wire.CAPABILITIES, *([wire.SHM] if use_shm else [])],
-            "python": sys.version.split()[0],
-            "handler": f"{handler_type.__module__}:{handler_type.__qualname__}",
-        }), self._max_frame_size))
-        self._codec = get_codec(usable[0])
-        if use_shm and isinstance(threshold, int):  # large results go out of band
-            prefix = shm.segment_prefix(os.environ.get(shm.RUN_ID_ENV, "0-0"), os.getpid())
-            self._codec = shm.SharedMemoryCodec(threshold, prefix, self._max_frame_size,
-                                                track=False)
 
     # -- routing frames ----------------------------------------------------------------
     def _route_pending(self) -> None:
@@ -328,7 +160,15 @@ class BridgeServer:
             session_id = message.get("sid")
             if not isinstance(session_id, str):
                 raise ProtocolError(f"malformed drop frame: {message!r:.200}")
-            self.handler.end_session(session_id)
+            try:
+                self.handler.end_session(session_id)
+            except (_HostGone, Terminated):
+                raise
+            except BaseException as exc:  # a handler's hook: its fault, not the wire's
+                sys.stderr.write(f"snakepit.bridge: end_session({session_id!r}) raised "
+                                 f"{describe_exception(exc)['etype']}; the session's state is "
+                                 "dropped anyway\n")
+                self.handler.session_state.pop(session_id, None)
         elif tag == wire.SHUTDOWN:
             self._stopping = True
         else:
@@ -415,7 +255,13 @@ class BridgeServer:
                     self.send(answer)
             except CallCancelled as exc:
                 self._send_error(ctx.id, wire.KIND_CANCELLED, exc)
-            except Exception as exc:
+            except (_HostGone, Terminated):
+                raise  # the wire is gone, or SIGTERM/SIGINT: the process ends
+            except BaseException as exc:
+                # SystemExit and KeyboardInterrupt too: `sys.exit()` in a handler, or
+                # argparse in an allowed callable (`json.tool.main`), is that call's
+                # error, not the worker's end; only a real exit (os._exit, a signal)
+                # is a crash.
                 self._send_error(ctx.id, wire.KIND_HANDLER, exc)
         finally:
             leave()
@@ -441,9 +287,7 @@ class BridgeServer:
                     return  # that chunk could not travel: the stream ended with an error
             self.send({wire.TAG: wire.END, "id": ctx.id})
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # runs the generator's finally blocks now, not at GC time
+            close_quietly(items, reraise=(_HostGone, Terminated))
 
     def _serve_serial(self) -> None:
         backlog = self._backlog
@@ -487,6 +331,8 @@ class BridgeServer:
         """
         try:
             while not (self._stopping or self._eof):
+                if self._decoder.failed is not None:
+                    raise self._decoder.failed
                 select.select([self._read_fd], [], [])
                 with self._changed:
                     if self._fill(0.0):
@@ -502,13 +348,6 @@ class BridgeServer:
                 self._reading = False
                 self._changed.notify_all()
             self._calls.put(_STOP)
-
-    def _report_protocol_error(self, exc: ProtocolError) -> None:
-        sys.stderr.write(f"snakepit.bridge: protocol error from host: {exc}\n")
-        try:
-            self._send_error(None, wire.KIND_PROTOCOL, None, str(exc))
-        except _HostGone:
-            pass
 
     def serve(self) -> int:
         """Handshake, then serve calls until shutdown, EOF or a signal. Returns the exit code."""
@@ -530,21 +369,6 @@ class BridgeServer:
             self._report_protocol_error(exc)
             return 2
         return 0
-
-    def _beat(self) -> None:
-        """Heartbeat thread: proves the process is alive even while a call runs.
-
-        It needs the GIL, so a handler stuck in native code that holds it (or a
-        SIGSTOPped process) goes silent, and the host replaces the worker.
-        """
-        assert self._heartbeat is not None
-        frame = encode_frame(self._codec.encode({wire.TAG: wire.BEAT}), self._max_frame_size)
-        while True:
-            time.sleep(self._heartbeat)
-            try:
-                self._write(frame)
-            except _HostGone:
-                return
 
     def _run_guarded(self, ctx: CallContext) -> None:
         try:

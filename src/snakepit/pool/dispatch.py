@@ -113,7 +113,11 @@ class Dispatcher:
     def _offer(self, worker: Worker, *, spare: bool = False) -> None:
         """Hand a free unit of ``worker`` to whoever waits for it, or keep it: as a
         primary unit while the worker runs fewer calls than its concurrency (and the
-        unit is not a ``spare`` one), else as a spare."""
+        unit is not a ``spare`` one), else as a spare. A worker that stopped taking
+        calls meanwhile (the call this release just sent reached its ``max_calls``)
+        keeps the unit out of circulation."""
+        if not worker.accepting:
+            return
         pinned = self._pinned.get(worker)
         if pinned:
             worker.reserved += 1

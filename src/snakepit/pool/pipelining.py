@@ -44,14 +44,15 @@ def pipeline_depth(configured: int, mean_service_time: float) -> int:
 def call_to_steal(workers: Iterable[Worker], thief: Worker
                   ) -> tuple[Worker, WorkerCall] | None:
     """The call ``thief`` should take, and the worker whose pipe holds it: the newest
-    call not yet started in the deepest pipe of a worker that can withdraw and whose
-    front call has run at least ``STEAL_AFTER`` (a call already being withdrawn is not
-    asked for twice). ``None`` when there is none."""
+    call not yet started in the deepest pipe of a worker that takes calls, can withdraw,
+    and whose front call has run at least ``STEAL_AFTER`` (a call already being
+    withdrawn is not asked for twice). ``None`` when there is none."""
     victim, deepest, newest = None, 0, None
     started_before: float | None = None
     for worker in workers:
         recall = worker.recall
-        if worker is thief or not recall.withdraws:
+        # a retiring worker runs the calls it was sent within its max_calls
+        if worker is thief or not worker.accepting or not recall.withdraws:
             continue
         waiting = recall.unstarted()
         if len(waiting) <= deepest:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -70,7 +71,11 @@ class WorkerProcess(Protocol):
         ...
 
     def reap(self) -> int:
-        """After :meth:`wait_exit`: clean up what is left and return the exit status."""
+        """After :meth:`wait_exit`: clean up what is left and return the exit status.
+
+        A handle may also have ``abandon()``, called instead when the process outlived
+        SIGKILL (the shutdown ladder gave up waiting for it).
+        """
         ...
 
     def close_pipes(self) -> None:
@@ -96,6 +101,8 @@ class OsProcess:
         self._pidfd: int | None = os.pidfd_open(self.pid) if hasattr(os, "pidfd_open") else None
         self._exited = False
         self._returncode: int | None = None
+        self.abandoned = False
+        """The shutdown ladder gave up on it (it outlived SIGKILL): see :meth:`abandon`."""
 
     @property
     def returncode(self) -> int | None:
@@ -146,6 +153,23 @@ class OsProcess:
         code = self.returncode
         assert code is not None
         return code
+
+    def abandon(self) -> None:
+        """Stop waiting for a process that outlived SIGKILL (the shutdown ladder gave up):
+        close the pidfd and reap it in a daemon thread whenever it exits, so that it
+        does not stay a zombie for the host's lifetime."""
+        self.abandoned = True
+        self._close_pidfd()
+        threading.Thread(target=self._wait_blocking, name=f"snakepit-reap-{self.pid}",
+                         daemon=True).start()
+
+    def _wait_blocking(self) -> None:
+        if self._popen is not None:
+            self._popen.wait()
+            return
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(self.pid, 0)
+            self._returncode = os.waitstatus_to_exitcode(status)
 
     def _reap_adopted(self) -> None:
         """Reap members of the worker's group that this process adopted.

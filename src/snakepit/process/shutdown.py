@@ -2,7 +2,7 @@
 
 Same shape as trio's ``run_process`` cleanup: it runs shielded and every step is
 bounded, so cleanup can neither be interrupted by the cancellation that triggered it
-nor hang on a worker that ignores everything.
+nor hang on a worker that ignores everything -- or that SIGKILL cannot end at once.
 """
 
 from __future__ import annotations
@@ -25,15 +25,26 @@ async def shutdown_ladder(
     request_shutdown: Callable[[], None] | None,
     grace: float,
     kill_timeout: float,
-) -> int:
+) -> int | None:
     """Stop ``process`` and its process group; return its exit status.
+
+    Every step is bounded, the wait after SIGKILL too: the ladder takes at most
+    ``grace + 2 * kill_timeout``. A process still there ``kill_timeout`` after SIGKILL
+    (in uninterruptible sleep: a GPU driver, a hung NFS mount) is *abandoned*: logged
+    with its pid, reaped by a daemon thread whenever it does exit (``abandon()``, when
+    the handle has one), and left in the run registry, so that the next pool start or
+    ``snakepit cleanup`` deals with it. Leaving the pool never hangs on it.
 
     Args:
         process: the worker process.
         request_shutdown: sends the wire's shutdown frame (``None`` to skip that step,
             e.g. when it was already sent or the worker is being killed on purpose).
         grace: seconds to wait for a clean exit after the shutdown frame.
-        kill_timeout: seconds to wait after SIGTERM before SIGKILL.
+        kill_timeout: seconds to wait after SIGTERM before SIGKILL, and after SIGKILL
+            before giving up.
+
+    Returns:
+        The exit status (negative: the signal), or None for an abandoned process.
     """
     with trio.CancelScope(shield=True):
         steps: list[tuple[Callable[[], None] | None, float]] = [
@@ -49,7 +60,11 @@ async def shutdown_ladder(
                 await process.wait_exit()
                 break
         else:
-            log.error("worker pid %d survived SIGKILL for %.1fs; reaping anyway",
-                      process.pid, kill_timeout)
-            await process.wait_exit()
+            log.error("worker pid %d did not exit %.1fs after SIGKILL (uninterruptible "
+                      "sleep?); abandoning it: its run registry record stays, for the next "
+                      "pool start or `snakepit cleanup`", process.pid, kill_timeout)
+            abandon = getattr(process, "abandon", None)
+            if callable(abandon):
+                abandon()
+            return None
     return process.reap()

@@ -21,33 +21,87 @@ try:
 except ImportError:  # pragma: no cover - exercised in a worker venv without msgpack
     msgpack = None
 
-__all__ = ["CODEC_NAMES", "Codec", "available_codecs", "get_codec"]
+__all__ = ["CODEC_NAMES", "MAX_DEPTH", "Codec", "available_codecs", "check_decodable",
+           "get_codec"]
 
 CODEC_NAMES: Final = ("msgpack", "json")
+
+
+MAX_DEPTH: Final = 500
+"""The deepest nesting of lists and maps a JSON message may hold (msgpack's own packer
+stops at 511). Python's JSON decoder recurses once per level against the interpreter's
+recursion limit (1000), on top of the stack it is called from: a value that encodes on
+a shallow stack could fail to decode on the peer's deeper one, and an undecodable
+frame costs the peer its wire. So the sender refuses it, as a :class:`PayloadError`."""
+
+_SCALARS: Final = frozenset({str, int, float, bool, bytes, type(None)})
+_NESTED: Final = (dict, list, tuple)
+
+
+def check_decodable(message: Any, *, sequence_keys: bool, max_depth: int | None) -> None:
+    """Raise :class:`PayloadError` if the peer could not decode ``message`` although it
+    encoded: a map key that is a list or tuple (``sequence_keys``: msgpack packs a tuple
+    key as an array, which the decoder cannot hash), or nesting deeper than
+    ``max_depth``.
+
+    Called after a successful encode, so ``message`` is finite and acyclic. It looks at
+    the types of a container's items in one C-level pass (``set(map(type, ...))``) and
+    descends only into containers: a small call costs ~0.1-0.6 µs, a flat list about as
+    much as packing it (measured on the 2-core box, Python 3.11).
+    """
+    stack: list[tuple[Any, int]] = [(message, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value, depth = pop()
+        if max_depth is not None and depth > max_depth:
+            raise PayloadError(f"value nested deeper than {max_depth} levels")
+        if isinstance(value, dict):
+            if sequence_keys:
+                key_types = set(map(type, value))
+                if not key_types <= _SCALARS and any(issubclass(t, tuple) for t in key_types):
+                    key = next(k for k in value if isinstance(k, tuple))
+                    raise PayloadError(f"map key {key!r:.80} is a tuple; msgpack sends it as "
+                                       "a list, which the receiver cannot use as a key")
+            items: Any = value.values()
+        else:
+            items = value
+        if any(issubclass(t, _NESTED) for t in set(map(type, items)) - _SCALARS):
+            for item in items:
+                if isinstance(item, _NESTED):
+                    push((item, depth + 1))
 
 
 class Codec:
     """Turns wire messages (maps of plain values) into bytes and back.
 
-    ``encode`` raises :class:`PayloadError` for values the codec cannot represent;
-    ``decode`` raises :class:`ProtocolError` for bytes that are not a valid map.
+    ``encode`` raises :class:`PayloadError` for values the codec cannot represent, or
+    that the peer could not decode (:func:`check_decodable`); ``decode`` raises
+    :class:`ProtocolError` for bytes that are not a valid map.
     """
 
-    __slots__ = ("_dumps", "_loads", "name")
+    __slots__ = ("_dumps", "_loads", "_max_depth", "_sequence_keys", "name")
 
     def __init__(
         self, name: str, dumps: Callable[[Any], bytes],
-        loads: Callable[[bytes | bytearray], Any]
+        loads: Callable[[bytes | bytearray], Any], *, sequence_keys: bool = False,
+        max_depth: int | None = None,
     ) -> None:
         self.name = name
         self._dumps = dumps
         self._loads = loads
+        self._sequence_keys = sequence_keys
+        self._max_depth = max_depth
 
     def encode(self, message: Any) -> bytes:
         try:
-            return self._dumps(message)
-        except (TypeError, ValueError, OverflowError) as exc:
+            payload = self._dumps(message)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # RecursionError: json on a value nested ~1000 deep (msgpack says ValueError)
             raise PayloadError(f"cannot encode value with {self.name}: {exc}") from exc
+        if self._sequence_keys or self._max_depth is not None:
+            check_decodable(message, sequence_keys=self._sequence_keys,
+                            max_depth=self._max_depth)
+        return payload
 
     def decode(self, payload: bytes | bytearray) -> dict[str, Any]:
         try:
@@ -66,7 +120,7 @@ def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode()
 
 
-JSON: Final = Codec("json", _json_dumps, json.loads)
+JSON: Final = Codec("json", _json_dumps, json.loads, max_depth=MAX_DEPTH)
 
 if msgpack is not None:
     _packer_options: dict[str, Any] = {"use_bin_type": True}
@@ -78,7 +132,8 @@ if msgpack is not None:
     def _msgpack_loads(payload: bytes | bytearray) -> Any:
         return msgpack.unpackb(payload, **_unpack_options)
 
-    MSGPACK: Codec | None = Codec("msgpack", _msgpack_dumps, _msgpack_loads)
+    MSGPACK: Codec | None = Codec("msgpack", _msgpack_dumps, _msgpack_loads,
+                                  sequence_keys=True)
 else:  # pragma: no cover
     MSGPACK = None
 

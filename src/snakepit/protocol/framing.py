@@ -42,7 +42,7 @@ class FrameDecoder:
     reads straight into it (:meth:`window`, :meth:`filled`) saves the last copy too.
     """
 
-    __slots__ = ("_buffer", "_large", "_large_filled", "_max_frame_size", "_start")
+    __slots__ = ("_buffer", "_large", "_large_filled", "_max_frame_size", "_start", "failed")
 
     def __init__(self, max_frame_size: int) -> None:
         self._buffer = bytearray()
@@ -50,6 +50,10 @@ class FrameDecoder:
         self._max_frame_size = max_frame_size
         self._large: bytearray | None = None
         self._large_filled = 0
+        self.failed: ProtocolError | None = None
+        """Set when a header was bad but complete frames came before it in the same
+        feed: those are returned, and this is raised by the next feed. A reader checks
+        it once it has acted on them, so that no good frame is lost to a bad one."""
 
     @property
     def buffered(self) -> int:
@@ -81,9 +85,12 @@ class FrameDecoder:
         ``data`` is not kept: a reader may pass a view of a buffer it reuses.
 
         Raises:
-            ProtocolError: a header announces a frame larger than ``max_frame_size``.
-                The decoder is unusable afterwards; the stream must be dropped.
+            ProtocolError: a header announces a frame larger than ``max_frame_size``
+                (or did so in an earlier feed: :attr:`failed`). The decoder is unusable
+                afterwards; the stream must be dropped.
         """
+        if self.failed is not None:
+            raise self.failed
         frames: list[bytes] = []
         if self._large is not None:
             large, filled = self._large, self._large_filled
@@ -100,10 +107,14 @@ class FrameDecoder:
         while end - start >= HEADER_SIZE:
             (size,) = HEADER.unpack_from(buffer, start)
             if size > self._max_frame_size:
-                raise ProtocolError(
+                error = ProtocolError(
                     f"peer announced a frame of {size} bytes, over max_frame_size "
                     f"{self._max_frame_size}"
                 )
+                if not frames:
+                    raise error
+                self.failed = error  # deliver the good frames first
+                return frames
             stop = start + HEADER_SIZE + size
             if stop > end:
                 if size >= LARGE_FRAME:  # collect the rest in a buffer of its own

@@ -32,7 +32,7 @@ import os
 import struct
 from typing import Any
 
-from snakepit.errors import ProtocolError
+from snakepit.errors import PayloadError, ProtocolError
 from snakepit.protocol.codecs import Codec
 
 try:
@@ -100,7 +100,8 @@ class SharedMemoryCodec(Codec):
         # partials, not methods: no Python frame between the codec and msgpack
         super().__init__("msgpack", functools.partial(msgpack.packb, use_bin_type=True),
                          functools.partial(msgpack.unpackb, raw=False, strict_map_key=False,
-                                           ext_hook=self._read_segment))
+                                           ext_hook=self._read_segment),
+                         sequence_keys=True)
         self.threshold = threshold
         self.prefix = prefix
         self.max_size = max_size
@@ -127,7 +128,10 @@ class SharedMemoryCodec(Codec):
                 return payload
         names: list[str] = []
         try:
-            moved = self._export(message, names)
+            try:
+                moved = self._export(message, names)
+            except RecursionError as exc:  # packb would have refused it too
+                raise PayloadError(f"cannot encode value with msgpack: {exc}") from exc
             payload = super().encode(moved)
         except BaseException:
             for name in names:
@@ -140,7 +144,13 @@ class SharedMemoryCodec(Codec):
     def _export(self, value: Any, names: list[str]) -> Any:
         kind = type(value)
         if kind in _BUFFERS:
-            if _nbytes(value) >= self.threshold:
+            size = _nbytes(value)
+            if size > self.max_size:
+                # The peer refuses a segment over its max_frame_size (as it refuses such
+                # a frame), so this is the sender's PayloadError, before anything is sent.
+                raise PayloadError(f"a buffer of {size} bytes exceeds max_frame_size "
+                                   f"{self.max_size}")
+            if size >= self.threshold:
                 name = self._write_segment(value)
                 if name is not None:
                     names.append(name)

@@ -130,13 +130,48 @@ class ChaosHandler(CommandHandler):
 
     @command("raise")
     def raise_(self, args: dict[str, Any] | None) -> None:
-        """Raise ``ValueError(message)``."""
-        raise ValueError((args or {}).get("message", "chaos"))
+        """Raise ``ValueError(message)``; with ``type`` ``"SystemExit"`` (as
+        ``sys.exit(message)`` does), ``"KeyboardInterrupt"`` or ``"GeneratorExit"`` that
+        base exception instead: the call's error all the same, never the worker's end."""
+        args = args or {}
+        message = args.get("message", "chaos")
+        base = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt,
+                "GeneratorExit": GeneratorExit}.get(args.get("type", ""))
+        if base is not None:
+            raise base(message)
+        raise ValueError(message)
 
     @command
     def big(self, args: dict[str, Any]) -> bytes:
         """Return ``size`` bytes."""
         return b"x" * int(args["size"])
+
+    @command
+    def spew_stderr(self, args: dict[str, Any]) -> int:
+        """Write ``size`` bytes to stderr, ``unit`` (default ``"x"``) over and over, in
+        1 MiB writes (a progress bar's output, say, with ``unit="\\r 42%|####  |"``),
+        then ``end`` (a line the host's log shows once it has read it all)."""
+        unit = str(args.get("unit", "x")).encode()
+        size = int(args["size"])
+        block = unit * (-(-(1 << 20) // len(unit)))
+        left = size
+        while left > 0:
+            left -= os.write(2, block[:left])
+        end = str(args.get("end", "")).encode()
+        while end:
+            end = end[os.write(2, end):]
+        return size
+
+    @command
+    def odd_value(self, args: dict[str, Any]) -> Any:
+        """Return a value that encodes but that a peer may not decode: ``tuple_key`` (a
+        map with a tuple key) or ``nested`` (lists ``depth`` deep)."""
+        if args["kind"] == "tuple_key":
+            return {(1, 2): "pair"}
+        value: Any = 0
+        for _ in range(int(args["depth"])):
+            value = [value]
+        return value
 
     @command
     def unencodable(self) -> Any:

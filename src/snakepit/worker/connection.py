@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import logging
 import os
 import select
 import sys
@@ -34,6 +35,8 @@ from snakepit.protocol import wire
 from snakepit.protocol.codecs import JSON, Codec
 from snakepit.protocol.framing import HEADER, FrameDecoder
 from snakepit.protocol.messages import Message, from_wire, to_wire
+
+log = logging.getLogger("snakepit.worker")
 
 _READ_SIZE = 1 << 20
 # Reads handled back to back before the reader yields to let callers run.
@@ -65,6 +68,12 @@ class Connection:
         self._reading = True
         self.last_heard = realtime.monotonic()
         """When the worker last sent anything (the heartbeat watchdog reads it)."""
+        self.write_error: BaseException | None = None
+        """What a write to this worker raised (not a full or closed pipe: a fault in the
+        host, say); the connection then writes nothing more."""
+        self.on_write_error: Callable[[BaseException], None] | None = None
+        """Called once with :attr:`write_error` (the worker's owner kills it, so that its
+        calls fail with that reason and the slot replaces it)."""
 
     def send(self, message: Message) -> None:
         """Queue one frame; it is written before Trio next waits for I/O.
@@ -103,7 +112,7 @@ class Connection:
         """Write what is queued now (the batch writer calls this once per batch)."""
         if self._blocked or not self._unsent:
             return
-        if self._write_fd < 0:
+        if self._write_fd < 0 or self.write_error is not None:
             self._unsent.clear()
             return
         if not self._write_some():
@@ -112,6 +121,22 @@ class Connection:
             # The loop already chose how long to sleep; make it look again so the
             # flusher task runs and waits for the pipe to drain.
             trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
+
+    def write_failed(self, exc: BaseException) -> None:
+        """A write raised ``exc``: stop writing to this worker and report it once, so
+        that this worker fails with a clear error while every other keeps going."""
+        if self.write_error is not None:
+            return
+        self.write_error = exc
+        self._unsent.clear()
+        self._blocked = False
+        log.error("writing to a worker (fd %d) failed: %r", self._write_fd, exc,
+                  exc_info=exc)
+        if self.on_write_error is not None:
+            try:
+                self.on_write_error(exc)
+            except Exception:  # it runs inside the batch writer: never let it escape
+                log.exception("on_write_error raised")
 
     def write_now(self) -> None:
         """Write what is queued at once, not at the end of the batch (rare paths that
@@ -192,8 +217,11 @@ class Connection:
                 await self._flusher_lot.park()
                 continue
             await trio.lowlevel.wait_writable(fd)
-            if self._write_some():
-                self._blocked = False
+            try:
+                if self._write_some():
+                    self._blocked = False
+            except Exception as exc:
+                self.write_failed(exc)
 
     async def read_payloads(self) -> list[bytes] | None:
         """Wait for data and return every complete frame payload in it; None at EOF."""
@@ -266,6 +294,8 @@ class Connection:
                     deliver_result(call_id, message.get("value"), message.get("st"))
                 else:
                     deliver(from_wire(message))
+            if decoder.failed is not None:  # a bad header after the frames just delivered
+                raise decoder.failed
             if read_lot:
                 read_lot.unpark_all()
             reads += 1
@@ -285,11 +315,16 @@ class _BatchWriter(trio.abc.Instrument):
         self.dirty: list[Connection] = []
 
     def before_io_wait(self, timeout: float) -> None:
-        # Called by the run loop after every batch of task steps, before epoll.
+        # Called by the run loop after every batch of task steps, before epoll. An
+        # instrument that raises is removed by Trio, and every worker would go silent:
+        # so a write error is that connection's alone.
         if self.dirty:
             dirty, self.dirty = self.dirty, []
             for connection in dirty:
-                connection.write_batch()
+                try:
+                    connection.write_batch()
+                except Exception as exc:
+                    connection.write_failed(exc)
 
 
 _BATCH_WRITER: trio.lowlevel.RunVar[_BatchWriter] = trio.lowlevel.RunVar(

@@ -178,6 +178,9 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
     else:  # elsewhere (a Ray node): the opener places it and sees that none outlives us
         process = await launch.open(config, worker_id, launch, worker_extras(config, launch))
     worker = Worker(worker_id, process, config, release)
+    # a write to it that raises (a fault in the host) ends this worker, and only it
+    worker.connection.on_write_error = lambda exc: worker.kill(
+        f"writing to the worker failed: {exc!r}")
     if telemetry.enabled("worker.started"):
         telemetry.emit("worker.started", {}, {"pool": config.name, "worker": worker_id,
                                               "pid": process.pid})
@@ -222,6 +225,8 @@ async def run_worker(config: PoolConfig, worker_id: str, release: Callable[[Work
                 # what the worker never read, and what it wrote that we never read
                 worker.shared_memory.release_all()
                 shm.remove_segments(shm.segment_prefix(registry(config).run_id, process.pid))
-            if local:
+            if local and not getattr(process, "abandoned", False):
+                # an abandoned process (it outlived SIGKILL) keeps its record: the next
+                # start or `snakepit cleanup` reaps it
                 registry(config).remove(process.pid)
     return worker
