@@ -41,6 +41,9 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
                                                for row in report["streams"])
     assert {row["name"] for row in report["sessions"]} == {
         "create", "get", "touch", "update_metadata", "delete"}
+    assert [row["name"] for row in report["host_tools"]] == ["plain", "host_tool"]
+    assert all(0 < row["p50_us"] <= row["p99_us"] for row in report["host_tools"])
+    assert "call making one host-tool round trip" in out
 
     isolation = {row["name"]: row for row in report["isolation"]}
     assert 0 <= isolation["calls after a timeout"]["succeeded"] <= 1

@@ -131,7 +131,7 @@ MISTAKES: dict[str, dict[str, list[Any]]] = {
         "max_frame_size": [1023, 2**32, "big", 1.5], "startup_timeout": DURATION,
         "call_timeout": OPTIONAL_DURATION, "max_queue": [-1, "x", 1.5],
         "pipeline_depth": [0, "x"], "cancel_grace": GRACE, "shutdown_grace": GRACE,
-        "kill_timeout": DURATION, "stream_window": [0, "x"],
+        "kill_timeout": DURATION, "stream_window": [0, "x"], "host_tool_limit": [0, 1.5],
         "stream_idle_timeout": OPTIONAL_DURATION,
         "session_ttl": OPTIONAL_DURATION, "health_check_interval": OPTIONAL_DURATION,
         "health_check_timeout": DURATION, "heartbeat_interval": OPTIONAL_DURATION,

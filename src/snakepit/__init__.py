@@ -57,6 +57,9 @@ _EXPORTS: dict[str, str] = {
     "WorkerCrashedBeforeStart": "snakepit.errors",
     "WorkerStartupError": "snakepit.errors",
     "WorkerTimeout": "snakepit.errors",
+    "HostToolError": "snakepit.errors",
+    "HostTool": "snakepit.pool.tools",
+    "host_tool": "snakepit.pool.tools",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -68,6 +71,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.errors import CallCancelled as CallCancelled
     from snakepit.errors import CircuitOpen as CircuitOpen
     from snakepit.errors import ConfigError as ConfigError
+    from snakepit.errors import HostToolError as HostToolError
     from snakepit.errors import PayloadError as PayloadError
     from snakepit.errors import PoolBroken as PoolBroken
     from snakepit.errors import PoolClosed as PoolClosed
@@ -96,6 +100,8 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time, __getat
     from snakepit.pool.session import SessionHandle as SessionHandle
     from snakepit.pool.stats import PoolStats as PoolStats
     from snakepit.pool.stats import WorkerStats as WorkerStats
+    from snakepit.pool.tools import HostTool as HostTool
+    from snakepit.pool.tools import host_tool as host_tool
     from snakepit.pool.tree import open_pool as open_pool
     from snakepit.refs import Ref as Ref
     from snakepit.sessions.store import SessionStore as SessionStore

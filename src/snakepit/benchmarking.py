@@ -18,7 +18,9 @@ One run measures, on the same trivial task and worker count, and prints with rat
 - **streams**: chunks/s and MB/s for 16 B and 64 KiB chunks, against the raw floor;
 - **sessions**: session-store operations per second;
 - **isolation**: the call right after a timeout, and a burst of slow calls right after
-  three of four workers died (:mod:`snakepit._bench.isolation`).
+  three of four workers died (:mod:`snakepit._bench.isolation`);
+- **host_tools**: a call whose handler calls a host tool, p50/p99 next to a plain
+  call's (:mod:`snakepit._bench.hosttools`).
 
 Then it checks the issue's targets (PASS/FAIL, as ratios within the run) and saves
 ``latest.json``, one line of ``history.jsonl`` and a chart ``latest.png`` (with
@@ -46,13 +48,13 @@ import trio
 
 import snakepit
 from snakepit import telemetry
-from snakepit._bench import isolation, ours, peers, raw, values
+from snakepit._bench import hosttools, isolation, ours, peers, raw, values
 from snakepit._bench.report import RAW, SNAKEPIT, median_row, percentile, print_report, save
 from snakepit._bench.report import targets as check_targets
 
 __all__ = ["main", "sections_of"]
 
-SECTIONS = ("calls", "start", "payloads", "streams", "sessions", "isolation")
+SECTIONS = ("calls", "start", "payloads", "streams", "sessions", "isolation", "host_tools")
 
 _SYNTHETIC = "snakepit_bench_heavy"
 _SYNTHETIC_SOURCE = "import time\ntime.sleep({seconds})  # a heavy library's import\n"
@@ -143,7 +145,9 @@ def _run(options: argparse.Namespace, sections: list[str],
                 on_section(section)
             measure = {"calls": _calls, "start": _start, "payloads": _payloads,
                        "streams": _streams, "sessions": _sessions,
-                       "isolation": _isolation}[section]
+                       "isolation": _isolation,
+                       "host_tools": lambda options, *_: hosttools.measure(options.seq),
+                       }[section]
             report[section] = measure(options, available, module, path)
     report["targets"] = check_targets(report)
     return report

@@ -150,6 +150,8 @@ class PoolConfig:
     """Seconds between SIGTERM and SIGKILL in the shutdown ladder."""
     stream_window: int = attrs.field(default=64, validator=_COUNT)
     """Chunks a stream may have in flight before the consumer grants more credit."""
+    host_tool_limit: int = attrs.field(default=16, validator=_COUNT)
+    """Host tools (``pool.register_tool``) running at once for the pool's workers."""
     stream_idle_timeout: float | None = attrs.field(default=30.0, validator=_SECONDS_OR_NONE)
     """Seconds a stream's consumer may take no chunk (time spent waiting inside a read
     does not count) before the stream is cancelled, its worker freed and the consumer's
@@ -161,8 +163,7 @@ class PoolConfig:
     health_check_timeout: float = attrs.field(default=5.0, validator=_SECONDS)
     """Seconds an idle worker has to answer a health-check ping before it is replaced."""
     heartbeat_interval: float | None = attrs.field(default=1.0, validator=_SECONDS_OR_NONE)
-    """Seconds between a worker's heartbeat frames, sent by a bridge thread even while
-    a call runs (``None``: no heartbeat)."""
+    """Seconds between heartbeat frames, sent even while a call runs (None: none)."""
     heartbeat_timeout: float = attrs.field(default=10.0, validator=_SECONDS)
     """A worker silent this long -- SIGSTOPped, or stuck in native code holding the
     GIL -- is killed and replaced, whether busy or idle."""

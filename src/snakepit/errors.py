@@ -12,6 +12,7 @@ __all__ = [
     "CallCancelled",
     "CircuitOpen",
     "ConfigError",
+    "HostToolError",
     "PayloadError",
     "PlacementDeferred",
     "PoolBroken",
@@ -300,3 +301,18 @@ class PlacementDeferred(WorkerStartupError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class HostToolError(SnakepitError):
+    """Raised in a worker by ``ctx.call_host`` when the host tool failed.
+
+    ``host_type`` is the qualified type name of what the tool raised in the host
+    (``UnknownTool`` when no tool of that name is reachable from the call),
+    ``host_message`` its message. The handler may catch it; otherwise the call fails
+    with a :class:`RemoteError` of type ``snakepit.errors.HostToolError``.
+    """
+
+    def __init__(self, host_type: str, host_message: str) -> None:
+        self.host_type = host_type
+        self.host_message = host_message
+        super().__init__(f"{host_type}: {host_message}")

@@ -25,6 +25,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from snakepit.protocol.events import check_event
+
 __all__ = ["CANCELLED_ERRORS", "EVENTS", "MAX_COMMAND_LABELS", "OTHER_COMMANDS",
            "UNKNOWN_COMMAND", "CommandLabels", "Handler", "Telemetry", "attach", "detach",
            "emit", "enabled", "telemetry"]
@@ -50,6 +52,8 @@ EVENTS: dict[str, str] = {
     "worker.unhealthy": "a worker missed a health check or its memory limit",
     "worker.info": "per-worker facts from the pool kind (a GPU's memory), each health round",
     "worker.stats": "per-worker resident memory, calls in flight and served, each health round",
+    "worker.setup_failed": "a new worker failed a set-up command (pool.setup) and was killed",
+    "worker.<event>": "a handler's own event, sent with ctx.emit(event, ...) (docs/host-tools.md)",
     "call.start": "a call was submitted",
     "call.stop": "a call returned a result",
     "call.exception": "a call raised",
@@ -85,7 +89,8 @@ class Telemetry:
                 silently attach to nothing).
         """
         names = [events] if isinstance(events, str) else list(events)
-        unknown = [name for name in names if name != "*" and name not in EVENTS]
+        unknown = [name for name in names if name != "*" and name not in EVENTS
+                   and not is_worker_event(name)]
         if unknown:
             raise ValueError(f"unknown telemetry events {unknown}; see snakepit.telemetry.EVENTS")
         handler_id = next(self._ids)
@@ -120,6 +125,12 @@ class Telemetry:
             except Exception:
                 log.exception("telemetry handler %r raised on %s; detached", handler, event)
                 self.detach(handler_id)
+
+
+def is_worker_event(name: str) -> bool:
+    """Whether ``name`` is ``worker.<event>`` for an event a handler may ``ctx.emit``."""
+    prefix, _, event = name.partition(".")
+    return prefix == "worker" and check_event(event, None, None) is None
 
 
 telemetry = Telemetry()

@@ -117,3 +117,32 @@ async def test_module_state_round_trips_into_a_fresh_module() -> None:
             second = await other.call("dspy.ChainOfThought", Quiz)
             await second.method("load_state", state)
             assert await second.method("dump_state") == state
+
+
+async def test_a_react_agent_in_the_worker_calls_host_tools() -> None:
+    """snakepit_dspy.host_tool: a dspy.Tool in the worker that runs a host function."""
+    orders = {42: "shipped"}
+    asked: list[object] = []
+
+    async def lookup_order(args: dict[str, int]) -> str:
+        """Look up an order's status by its id."""
+        asked.append(args)
+        return f"order {args['order_id']} is {orders[args['order_id']]}"
+
+    async with snakepit.open_pool(CONFIG, size=1) as pool, pool.session(mode="strict") as s:
+        pool.register_tool("lookup_order", lookup_order)
+        lm = await s.call("dspy.utils.DummyLM", [
+            {"next_thought": "look it up", "next_tool_name": "lookup_order",
+             "next_tool_args": {"order_id": 42}},
+            {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}},
+            {"reasoning": "the host said so", "answer": "shipped"},
+        ])
+        await s.call("dspy.configure", lm=lm)
+        tool = await s.call("snakepit_dspy.host_tool", "lookup_order",
+                            args={"order_id": {"type": "integer"}})
+        assert await tool.getattr("desc") == "Look up an order's status by its id."
+        agent = await s.call("dspy.ReAct", "question -> answer", tools=[tool], max_iters=3)
+        prediction = await agent.call(question="Where is order 42?")
+    assert prediction.answer == "shipped"
+    assert prediction.trajectory["observation_0"] == "order 42 is shipped"
+    assert asked == [{"order_id": 42}]

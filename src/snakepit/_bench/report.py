@@ -173,6 +173,14 @@ def print_report(report: dict[str, Any], out: Callable[[str], None] = print) -> 
             out(f"burst of 4 x {burst['serial_seconds'] / 4:.1f} s calls after 3 of 4 "
                 f"workers died: {burst['seconds']:.2f} s (one worker alone: "
                 f"{burst['serial_seconds']:.1f} s); pipeline depth before: {burst['depth']}")
+    tools = report.get("host_tools", [])
+    if tools:
+        out(f"\n{'sequential call':<36}{'p50 µs':>9}{'p99 µs':>9}")
+        for row in tools:
+            label = {"plain": "plain call (echo)",
+                     "host_tool": "call making one host-tool round trip"}.get(row["name"],
+                                                                             row["name"])
+            out(f"  {label:<34}{row['p50_us']:>9.0f}{row['p99_us']:>9.0f}")
     sessions = report.get("sessions", [])
     if sessions:
         out(f"\n{'session store op':<24}{'ops/s':>12}")

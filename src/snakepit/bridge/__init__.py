@@ -7,8 +7,9 @@ worker environment: importing it never imports trio, attrs or cattrs.
 
 from snakepit.bridge.context import CallContext
 from snakepit.bridge.handler import CommandHandler, RetryableError, command
+from snakepit.bridge.hostcalls import current_context
 from snakepit.bridge.server import BridgeServer, serve
-from snakepit.errors import CallCancelled
+from snakepit.errors import CallCancelled, HostToolError
 
-__all__ = ["BridgeServer", "CallCancelled", "CallContext", "CommandHandler", "RetryableError",
-           "command", "serve"]
+__all__ = ["BridgeServer", "CallCancelled", "CallContext", "CommandHandler", "HostToolError",
+           "RetryableError", "command", "current_context", "serve"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,14 @@ class ControlChannel(Protocol):
     def poll(self) -> None: ...
 
     def wait(self, timeout: float | None, ready: Callable[[], bool]) -> None: ...
+
+
+class HostLink(Protocol):
+    """The worker's end of host calls (:class:`snakepit.bridge.hostcalls.HostLink`)."""
+
+    def call(self, ctx: CallContext, name: str, args: Any) -> Any: ...
+
+    def emit(self, ctx: CallContext, event: str, measurements: Any, metadata: Any) -> None: ...
 
 
 class SerialChannel:
@@ -65,13 +74,15 @@ class CallContext:
         deadline: Unix time after which the host no longer waits, or ``None``.
     """
 
-    __slots__ = ("_cancelled", "_channel", "_credit", "_refused", "_report", "_sessions",
-                 "_started", "args", "command", "deadline", "id", "session_id", "window")
+    __slots__ = ("_cancelled", "_channel", "_credit", "_host", "_nested", "_refused", "_report",
+                 "_sessions", "_started", "args", "command", "deadline", "id", "session_id",
+                 "window")
 
     def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
                  deadline: float | None, window: int | None,
                  report: Callable[[dict[str, Any]], object], channel: ControlChannel,
-                 sessions: dict[str, dict[str, Any]] | None = None) -> None:
+                 sessions: dict[str, dict[str, Any]] | None = None,
+                 host: HostLink | None = None) -> None:
         self.id = id
         self.command = command
         self.args = args
@@ -81,6 +92,9 @@ class CallContext:
         self._report = report
         self._channel = channel
         self._sessions = sessions if sessions is not None else {}
+        self._host = host
+        self._nested: collections.deque[CallContext] = collections.deque()
+        """Calls a host tool of this call made, waiting for this call's thread."""
         self._cancelled = False
         self._credit = window or 0
         # Set once, under the server's start lock: the call ran, or was answered as
@@ -162,6 +176,46 @@ class CallContext:
         if message is not None:
             frame["msg"] = str(message)
         self._report(frame)
+
+    # -- the host ------------------------------------------------------------------
+    def _link(self) -> HostLink:
+        if self._host is None:
+            raise RuntimeError("this call's context is not served by a bridge: no host")
+        return self._host
+
+    def call_host(self, name: str, args: Any = None) -> Any:
+        """Run the host tool ``name`` with ``args`` and return its result.
+
+        Blocks this call until the host answers. The tool runs in the host under this
+        call's deadline; it may itself call the pool, and those calls may run here,
+        nested, while this one waits. Tools are registered with
+        ``pool.register_tool`` (every call) or ``pool.session(tools=...)`` (the
+        session's calls).
+
+        Raises:
+            HostToolError: the tool raised (``host_type`` and ``host_message`` say what),
+                or no tool ``name`` is reachable from this call (``UnknownTool``).
+            CallCancelled: the call was cancelled, or its deadline passed, meanwhile
+                (the host cancels the tool).
+        """
+        return self._link().call(self, name, args)
+
+    def host_tools(self) -> list[dict[str, Any]]:
+        """The host tools this call can reach: ``[{"name": ..., "description": ...}]``
+        (the session's and the pool's, a session tool shadowing a pool tool)."""
+        tools: list[dict[str, Any]] = self._link().call(self, "snakepit.tools", None)
+        return tools
+
+    def emit(self, event: str, measurements: dict[str, float] | None = None,
+             metadata: dict[str, Any] | None = None) -> None:
+        """Emit the host telemetry event ``worker.<event>``, with the pool, worker and
+        call added to ``metadata``. Nothing is waited for.
+
+        Raises:
+            ValueError: a bad name, a non-number measurement, a non-scalar metadata
+                value, or more than the bounds of ``snakepit.protocol.events`` allow.
+        """
+        self._link().emit(self, event, measurements, metadata)
 
     # -- stream credit -------------------------------------------------------------
     def _grant(self, n: int) -> None:

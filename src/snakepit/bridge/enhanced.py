@@ -14,6 +14,8 @@ host side is ``pool.call(...)`` and :class:`snakepit.Ref`.
 - **Objects**: ``method`` and ``getattr`` on stored objects (public names, owned by an
   allowed module), ``store`` / ``retrieve`` / ``delete`` / ``list`` by name, ``release``
   of refs the host dropped, ``inspect`` for signature, doc and attributes.
+- **Host tools**: ``{"$host_tool": name}`` (``snakepit.host_tool(name)``) in the
+  arguments becomes a callable that runs that host tool (``ctx.call_host``).
 - **Pipelines**: a list of steps whose results may be stored under names that later
   steps use (``{"$stored": "name"}``).
 
@@ -31,6 +33,7 @@ from typing import Any
 from snakepit.bridge.context import CallContext
 from snakepit.bridge.handler import CommandHandler, command
 from snakepit.bridge.hookspecs import REF_KEY, TAG_KEY
+from snakepit.bridge.hostcalls import HOST_TOOL_KEY, HostToolProxy
 from snakepit.bridge.objects import ObjectStore, RefNotFound, new_ids
 from snakepit.bridge.plugins import Unencodable, decode_value, encode_value, load_serializers
 from snakepit.bridge.targets import AllowList, TargetNotAllowed
@@ -100,6 +103,8 @@ class EnhancedHandler(CommandHandler):
         """Arguments from the host: tagged values decoded, refs and names resolved."""
         if isinstance(data, dict) and len(data) == 1 and STORED_KEY in data:
             return self._argument(ctx, data[STORED_KEY])
+        if isinstance(data, dict) and len(data) == 1 and isinstance(data.get(HOST_TOOL_KEY), str):
+            return HostToolProxy(data[HOST_TOOL_KEY])  # a callable that asks the host
         if isinstance(data, list):
             return [self.unwire(item, ctx) for item in data]
         if isinstance(data, dict) and REF_KEY not in data and TAG_KEY not in data:

@@ -40,6 +40,7 @@ from typing import Any
 from snakepit.bridge.answers import close_quietly, describe_exception
 from snakepit.bridge.context import CallContext, ControlChannel, SerialChannel, ThreadedChannel
 from snakepit.bridge.handler import CommandHandler
+from snakepit.bridge.hostcalls import HostLink, enter, leave
 from snakepit.bridge.process import (
     Terminated,
     die_with_parent,
@@ -73,6 +74,7 @@ class BridgeServer(WireEnd):
         self._channel: ControlChannel = (
             SerialChannel(self.pump) if self.concurrency == 1 else ThreadedChannel(self._changed)
         )
+        self._host = HostLink(self.send, self._channel, self.run_call)
 
     # -- routing frames ----------------------------------------------------------------
     def _route_pending(self) -> None:
@@ -92,8 +94,9 @@ class BridgeServer(WireEnd):
         if tag == wire.CALL:
             call_id, name = _field_id(message), message.get("cmd")
             session_id, deadline = message.get("sid"), message.get("dl")
-            window = message.get("window")
-            if (not isinstance(name, str) or not (session_id is None or isinstance(session_id, str))
+            window, nest = message.get("window"), message.get("nest")
+            if (not isinstance(name, str) or not (nest is None or type(nest) is int)
+                    or not (session_id is None or isinstance(session_id, str))
                     or not (deadline is None or _is_number(deadline))
                     or not (window is None or (type(window) is int and window > 0))):
                 raise ProtocolError(f"malformed call frame: {message!r:.200}")
@@ -102,7 +105,7 @@ class BridgeServer(WireEnd):
             ctx = CallContext(call_id, name, message.get("args"), session_id=session_id,
                               deadline=deadline, window=window,
                               report=self.send, channel=self._channel,
-                              sessions=self.handler.session_state)
+                              sessions=self.handler.session_state, host=self._host)
             if ctx.expired:
                 self._send_error(call_id, wire.KIND_EXPIRED, None,
                                  "the call's deadline passed before the worker received it")
@@ -110,7 +113,14 @@ class BridgeServer(WireEnd):
             if self._eof:  # read before the end of the wire: the host is gone anyway
                 ctx._cancel()
             self._active[call_id] = ctx
-            if self.concurrency == 1:
+            if nest is not None:  # made by a host tool: runs on the waiting call's thread
+                outer = self._active.get(nest)
+                if outer is None or outer._refused or not outer._started:
+                    ctx._refused = True
+                    self._refuse(ctx)
+                else:
+                    outer._nested.append(ctx)
+            elif self.concurrency == 1:
                 self._backlog.append(ctx)
             else:
                 self._calls.put(ctx)
@@ -142,6 +152,8 @@ class BridgeServer(WireEnd):
                 with self._changed:
                     target._grant(n)
                     self._changed.notify_all()
+        elif tag == wire.HOST_RESULT or tag == wire.HOST_ERROR:
+            self._host.answer(message)
         elif tag == wire.PING:
             self.send({wire.TAG: wire.PONG, "id": _field_id(message)})
         elif tag == wire.DROP:
@@ -222,6 +234,7 @@ class BridgeServer(WireEnd):
         """Run one call and send its answer (result, stream or error)."""
         if not self._start(ctx):
             return
+        enter(ctx)
         try:
             cmd = self.handler.lookup(ctx.command)
             if cmd is None:
@@ -251,6 +264,11 @@ class BridgeServer(WireEnd):
                 # is a crash.
                 self._send_error(ctx.id, wire.KIND_HANDLER, exc)
         finally:
+            leave()
+            while ctx._nested:  # its host tool was cut short: they cannot run now
+                refused = ctx._nested.popleft()
+                refused._refused = True
+                self._refuse(refused)
             self._active.pop(ctx.id, None)
             with self._count_lock:  # threaded mode runs several calls at once
                 self.handler.calls_served += 1

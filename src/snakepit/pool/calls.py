@@ -25,6 +25,7 @@ from snakepit.errors import (
     SnakepitError,
     WorkerCrashedBeforeStart,
 )
+from snakepit.pool.tools import lender
 from snakepit.resilience.retry import is_retryable, retry_delay
 from snakepit.worker.calls import ProgressCallback
 from snakepit.worker.lifecycle import Call, wait_for_answer
@@ -243,8 +244,11 @@ class CallPath:
             elif session_id is None:
                 call = attempt.call = Call(command, args, deadline)
                 call.on_progress = on_progress
-                free = self._dispatcher.try_acquire()
-                if free is None:
+                run = lender()  # made by a host tool: on the capacity of its caller
+                free = None if run is not None else self._dispatcher.try_acquire()
+                if run is not None:
+                    run.worker.send_nested(call, run.call)
+                elif free is None:
                     self._dispatcher.queue(call)
                 else:
                     free.send_call(call)
@@ -271,13 +275,26 @@ class CallPath:
         session.in_use += 1
         strict = session.mode == "strict"
         try:
-            worker = await self._affinity.acquire(session, deadline)
+            # made by a host tool whose caller runs where the session lives (or the
+            # session has no worker yet): nested there, on the caller's capacity
+            run = lender()
+            nest = run is not None and (session.worker is None or
+                                        self._affinity.bound_worker(session) is run.worker)
+            if run is not None and nest:
+                worker = run.worker
+                if session.worker is None:
+                    self.sessions.bind(session, worker.id, worker.pid)
+            else:
+                worker = await self._affinity.acquire(session, deadline)
             call = attempt.call = Call(command, args, deadline, session_id=session_id,
                                        movable=not strict)
             call.on_progress = on_progress
             if not strict:
                 call.on_moved = lambda moved: self.sessions.visit(session, moved.id, moved.pid)
-            worker.send_call(call)
+            if run is not None and nest:
+                worker.send_nested(call, run.call)
+            else:
+                worker.send_call(call)
             return await wait_for_answer(call, deadline)
         except WorkerCrashedBeforeStart as exc:
             if strict:

@@ -11,14 +11,16 @@ Each part is given what it needs, never the pool itself:
   calls included) behind the :class:`~snakepit.pool.calls.Gate`;
 - :class:`~snakepit.pool.session.SessionAffinity` -- sessions and their workers;
 - :class:`~snakepit.pool.dynamic.DynamicCalls` -- the enhanced bridge and its refs;
-- :class:`~snakepit.pool.health.HealthMonitor` -- health checks and heartbeats.
+- :class:`~snakepit.pool.health.HealthMonitor` -- health checks and heartbeats;
+- :class:`~snakepit.pool.tools.ToolBox` -- host tools, worker events;
+- :class:`~snakepit.pool.broadcast.Broadcasts` -- broadcasts and replayed set-up.
 
 The nursery tree they run in is assembled by :mod:`snakepit.pool.tree` (``open_pool``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -26,6 +28,7 @@ import trio
 
 from snakepit import telemetry
 from snakepit.config import PoolConfig
+from snakepit.pool.broadcast import Broadcasts
 from snakepit.pool.calls import CallPath, Gate
 from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
@@ -35,6 +38,7 @@ from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.slots import WorkerSlots
 from snakepit.pool.stats import CallCounters, PoolStats
 from snakepit.pool.stream import ChunkStream, open_stream
+from snakepit.pool.tools import ToolBox, ToolFunction
 from snakepit.refs import Ref
 from snakepit.resilience.breaker import CircuitBreaker
 from snakepit.sessions.store import AffinityMode
@@ -69,6 +73,15 @@ class Pool:
         self._dynamic = DynamicCalls(self._calls, self._slots.worker, nursery, owner=self)
         self._health = HealthMonitor(config, self._slots, self._dispatcher, self._emit,
                                      self._launcher.worker_info)
+        self._tools = ToolBox(config.name, nursery, config.host_tool_limit)
+        self._broadcasts = Broadcasts(self._calls, self._dispatcher, self._slots.workers,
+                                      self._emit)
+        adopt = self._broadcasts.adopt(nursery)
+
+        def adopt_worker(worker: Worker, serving: Callable[[Worker], None]) -> None:
+            worker.host = self._tools  # its host calls and events come here
+            adopt(worker, serving)
+        self._slots.adopt = adopt_worker
 
     @property
     def name(self) -> str:
@@ -262,13 +275,44 @@ class Pool:
         """
         await self._dynamic.collect_refs()
 
+    # -- host tools and broadcasts (pool/tools.py, pool/broadcast.py) ---------------------
+    def register_tool(self, name: str, fn: ToolFunction, *,
+                      description: str | None = None) -> None:
+        """Let every call's handler run ``await fn(args)`` in the host with
+        ``ctx.call_host(name, args)`` (see docs/host-tools.md); replaces a tool of that
+        name. ``description`` (default: ``fn``'s docstring) is listed by
+        ``ctx.host_tools()``.
+
+        Raises:
+            TypeError: ``name`` is empty or reserved, or ``fn`` is not callable.
+        """
+        self._tools.register(name, fn, description)
+
+    async def broadcast(self, command: str, args: Any = None, *,
+                        timeout: float | None = None) -> dict[str, Any]:
+        """Run ``command`` once on every live worker, concurrently; returns each
+        worker's result by worker id -- or, for a worker where it failed (or that died
+        meanwhile), the :class:`~snakepit.errors.SnakepitError` it raised, in the
+        result's place."""
+        self._gate.check()
+        return await self._broadcasts.broadcast(command, args, self._calls.deadline(timeout))
+
+    async def setup(self, command: str, args: Any = None, *,
+                    timeout: float | None = None) -> dict[str, Any]:
+        """:meth:`broadcast` ``command`` now, and replay it on every worker started
+        later (a replacement, a recycled one) before that worker takes calls -- for
+        ``dspy.configure`` and the like. Returns the broadcast's results."""
+        self._gate.check()
+        return await self._broadcasts.setup(command, args, self._calls.deadline(timeout))
+
     # -- sessions --------------------------------------------------------------------------
     def slot_worker(self, slot_id: str) -> Worker | None:
         """The current worker of slot ``slot_id`` (None between processes)."""
         return self._slots.worker(slot_id)
 
     def session(self, *, ttl: float | None = None, mode: AffinityMode = "prefer",
-                metadata: dict[str, Any] | None = None, session_id: str | None = None
+                metadata: dict[str, Any] | None = None, session_id: str | None = None,
+                tools: dict[str, ToolFunction] | None = None
                 ) -> AbstractAsyncContextManager[SessionHandle]:
         """Open a session for the block: ``async with pool.session() as s:``.
 
@@ -278,9 +322,12 @@ class Pool:
             mode: ``"prefer"`` or ``"strict"`` affinity (see :meth:`execute_in_session`).
             metadata: free-form data kept with the session in the store.
             session_id: the id to use (default: a fresh one).
+            tools: host tools only this session's calls reach, by name (shadowing
+                pool tools of the same name); gone when the session ends.
         """
-        return open_session(self, ttl=ttl, mode=mode, metadata=metadata,
-                            session_id=session_id)
+        session = open_session(self, ttl=ttl, mode=mode, metadata=metadata,
+                               session_id=session_id)
+        return self._tools.with_tools(session, tools) if tools else session
 
     # -- introspection -------------------------------------------------------------------
     def stats(self) -> PoolStats:

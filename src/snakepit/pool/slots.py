@@ -58,6 +58,10 @@ class WorkerSlots:
         self._by_id = {slot.id: slot for slot in self.slots}
         # Bumped whenever a worker becomes ready or a slot fails; wait_ready watches it.
         self._changes = trio_util.AsyncValue(0)
+        self.adopt: Callable[[Worker, Callable[[Worker], None]], None] | None = None
+        """Given each worker that completed its handshake, and the function that lets
+        it serve (its capacity to the dispatcher): it may run set-up on the worker
+        first (``pool.setup``, :mod:`snakepit.pool.broadcast`)."""
 
     # -- the tree ---------------------------------------------------------------------
     def use_spawner(self, spawner: Spawner) -> None:
@@ -98,6 +102,12 @@ class WorkerSlots:
 
     # -- what the slots report ----------------------------------------------------------
     def _worker_ready(self, worker: Worker) -> None:
+        if self.adopt is not None:
+            self.adopt(worker, self._worker_serving)
+        else:
+            self._worker_serving(worker)
+
+    def _worker_serving(self, worker: Worker) -> None:
         self._dispatcher.add_worker(worker)
         self.outage.worker_ready()
         self._changes.value += 1

@@ -11,8 +11,9 @@ import trio
 
 from snakepit.errors import StreamIdleTimeout
 from snakepit.pool.calls import Attempt
+from snakepit.pool.tools import lender
 from snakepit.worker.lifecycle import abandon, deadline_error
-from snakepit.worker.worker import Worker
+from snakepit.worker.worker import Worker, WorkerCall
 
 if TYPE_CHECKING:
     from snakepit.pool.calls import CallPath
@@ -36,11 +37,12 @@ class ChunkStream:
     """
 
     def __init__(self, worker: Worker, command: str, args: Any, deadline: float,
-                 window: int, session_id: str | None = None, movable: bool = True) -> None:
+                 window: int, session_id: str | None = None, movable: bool = True,
+                 nest: WorkerCall | None = None) -> None:
         self.deadline = deadline
         self.window = window
         self._pending = worker.start_call(command, args, deadline=deadline, window=window,
-                                          session_id=session_id, movable=movable)
+                                          session_id=session_id, movable=movable, nest=nest)
         self._taken = 0
         self._batch = max(1, window // 2)
         self.received = 0
@@ -165,7 +167,10 @@ async def open_stream(calls: CallPath, affinity: SessionAffinity, nursery: trio.
     try:
         calls.gate.check()
         deadline = calls.deadline(timeout)
-        if session_id is None:
+        run = lender() if session_id is None else None  # from a host tool: nested
+        if run is not None:
+            worker = run.worker
+        elif session_id is None:
             worker = await calls.acquire(deadline)
         else:
             # In use for the stream's whole life, as a session is for a call's run:
@@ -174,7 +179,8 @@ async def open_stream(calls: CallPath, affinity: SessionAffinity, nursery: trio.
             session.in_use += 1
             worker = await affinity.acquire(session, deadline)
         stream = ChunkStream(worker, command, args, deadline, window or config.stream_window,
-                             session_id, movable=session is None or session.mode != "strict")
+                             session_id, movable=session is None or session.mode != "strict",
+                             nest=run.call if run is not None else None)
         attempt.call = stream._pending
         stream.watch_idle(nursery, config.stream_idle_timeout)
         try:

@@ -24,9 +24,13 @@ __all__ = [
     "Chunk",
     "Credit",
     "Drop",
+    "Emit",
     "End",
     "Error",
     "Hello",
+    "HostCall",
+    "HostError",
+    "HostResult",
     "Message",
     "Ping",
     "Pong",
@@ -84,6 +88,8 @@ class Call:
     deadline: float | None = None
     """Unix time after which the worker must not start (and should stop) the call."""
     window: int | None = None
+    nest: int | None = None
+    """Made by a host tool that call ``nest`` waits for: run it now, nested in that one."""
 
 
 @attrs.frozen
@@ -195,9 +201,48 @@ class Progress:
     message: str | None = None
 
 
+@attrs.frozen
+class HostCall:
+    """The handler of call ``call`` asks the host to run tool ``name`` with ``args``;
+    ``id`` numbers the worker's host calls (answered by HostResult or HostError)."""
+
+    id: int
+    call: int
+    name: str
+    args: Any = None
+
+
+@attrs.frozen
+class HostResult:
+    """Host call ``id`` returned ``value``."""
+
+    id: int
+    value: Any = None
+
+
+@attrs.frozen
+class HostError:
+    """Host call ``id`` failed: ``type`` names the exception, ``message`` says why."""
+
+    id: int
+    type: str = ""
+    message: str = ""
+
+
+@attrs.frozen
+class Emit:
+    """A handler's telemetry event ``event`` during call ``call`` (no answer)."""
+
+    call: int
+    event: str
+    measurements: Any = None
+    metadata: Any = None
+
+
 Message = (
     Hello | Welcome | Call | Cancel | Withdraw | Credit | Ping | Drop | Shutdown
     | Result | Error | Chunk | End | Progress | Pong | Beat | Withdrawn
+    | HostCall | HostResult | HostError | Emit
 )
 
 _TAGS: dict[type[Any], str] = {
@@ -218,6 +263,10 @@ _TAGS: dict[type[Any], str] = {
     Progress: wire.PROGRESS,
     Pong: wire.PONG,
     Beat: wire.BEAT,
+    HostCall: wire.HOST_CALL,
+    HostResult: wire.HOST_RESULT,
+    HostError: wire.HOST_ERROR,
+    Emit: wire.EMIT,
 }
 _CLASSES: dict[str, type[Any]] = {tag: cls for cls, tag in _TAGS.items()}
 

@@ -8,13 +8,15 @@ Host to worker::
 
     hello    {version, codecs, max_frame_size, worker_id, heartbeat?, shm?, timing?}
                                                       (always JSON)
-    call     {id, cmd, args, sid?, dl?, window?}
+    call     {id, cmd, args, sid?, dl?, window?, nest?}
     cancel   {id}
     credit   {id, n}
     withdraw {id}                                     (take back a call not started)
     ping     {id}                                     (health check; answered at once)
     drop     {sid}                                    (forget a session's state)
     shutdown {}
+    host_result {id, value}                           (a host tool returned)
+    host_error  {id, etype, msg}                      (a host tool raised, or is unknown)
 
 Worker to host::
 
@@ -27,6 +29,8 @@ Worker to host::
     withdrawn {id}                    (the call was still queued: it will never run)
     pong     {id}
     beat     {}                       (every ``heartbeat`` seconds, even during a call)
+    host_call {id, call, name, args}  (run host tool ``name`` for call ``call``)
+    emit     {call, event, measurements, metadata}    (a telemetry event from a handler)
 
 ``shm`` in hello is a size in bytes: a worker that announces the ``shm`` capability may
 then send, and will receive, buffers at least that large as msgpack extension values
@@ -51,6 +55,20 @@ has received and not started with ``withdrawn`` (the call is dropped from its qu
 never runs), and otherwise ignores it: the call's own answer comes as usual, or already
 came. The worker alone decides, so a call never runs twice and is never lost; the host
 treats a withdrawn call as never started and may send it to another worker.
+
+Host tools (capability ``host_tools``): a handler running call ``call`` asks the host to
+run tool ``name`` with ``host_call``; ``id`` is the worker's own numbering of its host
+calls. The host answers ``host_result`` or ``host_error`` with that ``id``, and never
+answers a host call of a call that has ended (the worker stops waiting when the call is
+cancelled or its deadline passes). While the handler waits, the worker keeps reading
+the wire: a ``cancel`` of ``call`` stops the wait, and a ``call`` carrying
+``nest: <call>`` was made by the tool itself -- the worker runs it at once, on the
+waiting call's capacity (like a call stack), whatever else waits in its queue, and
+answers it as usual; then it goes on waiting. Nested calls are outside the ordering
+rule above: the host counts them as started when it sends them. The tool name
+``snakepit.tools`` is reserved: its result lists the tools the call can reach
+(``[{name, description}]``). ``emit`` needs no answer; the host validates and
+rate-limits it (see ``docs/host-tools.md``).
 """
 
 from __future__ import annotations
@@ -80,6 +98,13 @@ PROGRESS = "progress"
 PONG = "pong"
 WITHDRAWN = "withdrawn"
 BEAT = "beat"
+HOST_CALL = "host_call"
+HOST_RESULT = "host_result"
+HOST_ERROR = "host_error"
+EMIT = "emit"
+
+#: The reserved tool name whose result lists the tools a call can reach.
+LIST_TOOLS = "snakepit.tools"
 
 # Values of ``error.kind``: what went wrong, so the host can pick the error class.
 KIND_HANDLER = "handler"  # the handler raised
@@ -95,8 +120,9 @@ KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 #: ``refuse``: a cancel frame written before a call starts keeps it from ever starting
 #: (the worker answers it at once as never started), so the host need not watch a
 #: ``cancel_grace`` for a call it cancelled while it still waited in the worker.
+#: ``host_tools``: sends ``host_call`` and ``emit``, runs ``nest`` calls while it waits.
 CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat",
-                "refuse", "withdraw")
+                "refuse", "withdraw", "host_tools")
 SHM = "shm"
 
 #: Environment variable carrying the pool's ``allowed_targets`` to enhanced workers.

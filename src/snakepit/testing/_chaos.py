@@ -80,6 +80,11 @@ class ChaosHandler(CommandHandler):
         ctypes.PyDLL(None).sleep(int(args["seconds"]))  # PyDLL keeps the GIL
 
     @command
+    def ask_host(self, args: dict[str, Any], ctx: CallContext) -> Any:
+        """Call host tool ``tool`` with ``args`` (``ctx.call_host``) and return its result."""
+        return ctx.call_host(args["tool"], args.get("args"))
+
+    @command
     def crash(self, args: dict[str, Any] | None) -> None:
         """Exit at once with ``code`` (default 1), as a segfaulting extension would."""
         os._exit((args or {}).get("code", 1))

@@ -8,10 +8,8 @@ wait for them, abandoning calls that time out, and ending the worker.
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 import logging
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +18,8 @@ import trio
 
 from snakepit.config import PoolConfig
 from snakepit.errors import (
-    PoolClosed,
     ProtocolError,
     SnakepitError,
-    WorkerCrashed,
     WorkerCrashedBeforeStart,
 )
 from snakepit.process.launch import WorkerProcess
@@ -32,14 +28,15 @@ from snakepit.protocol.messages import (
     Chunk,
     Credit,
     Drop,
+    Emit,
     End,
     Error,
+    HostCall,
     Message,
     Ping,
     Pong,
     Progress,
     Result,
-    Shutdown,
     Welcome,
     Withdrawn,
     call_to_wire,
@@ -47,26 +44,23 @@ from snakepit.protocol.messages import (
 from snakepit.protocol.shm import SharedMemoryCodec
 from snakepit.worker.calls import ChunkBuffer, error_from_wire
 from snakepit.worker.connection import Connection
+from snakepit.worker.ending import Ending, WorkerState
 from snakepit.worker.inflight import InFlight
 from snakepit.worker.lifecycle import Call, CallEvent
+from snakepit.worker.nested import HostSide, NestedCalls
 from snakepit.worker.recall import Recall, Seat
 from snakepit.worker.stderr import StderrLog
 
+__all__ = ["Worker", "WorkerCall", "WorkerState"]
+
 log = logging.getLogger("snakepit.worker")
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    DEAD = "dead"
 
 
 WorkerCall = Call["Worker"]
 """A call as a worker holds it."""
 
 
-class Worker:
+class Worker(Ending):
     """The host's handle on one worker process.
 
     The pool's dispatcher hands a caller one unit of the worker's ``capacity`` (its
@@ -99,6 +93,10 @@ class Worker:
         """The dispatcher that hands out this worker's capacity (set when it is added)."""
         self.inflight = InFlight(worker_id)
         """Calls sent and not answered, in the order they were sent."""
+        self.nested = NestedCalls(self)
+        """Calls it runs outside its units (nested in a host tool's caller, set-up)."""
+        self.host: HostSide | None = None
+        """Serves its ``host_call`` and ``emit`` frames (set when the pool adopts it)."""
         self._ids = itertools.count(1)
         self.recall = Recall(self)
         """Calls taken back from the worker: abandoned, held on, withdrawn."""
@@ -178,8 +176,16 @@ class Worker:
             event = self._pings.pop(message.id, None)
             if event is not None:
                 event.set()
+        elif isinstance(message, HostCall | Emit):
+            if self.host is None:
+                raise ProtocolError(f"worker {self.id} sent {type(message).__name__} to a "
+                                    "host that serves no host calls")
+            if isinstance(message, HostCall):
+                self.host.host_call(self, message)
+            else:
+                self.host.emitted(self, message)
         elif isinstance(message, Progress):
-            progressing = self.inflight.get(message.id)
+            progressing = self.inflight.get(message.id) or self.nested.get(message.id)
             if progressing is not None:  # else it raced the call's answer: dropped
                 progressing.report_progress(message.done, message.total, message.message,
                                             self.config.name, self.id)
@@ -192,7 +198,7 @@ class Worker:
         self._finish(call_id, outcome.Value(value), service_time)
 
     def _lookup(self, call_id: int) -> WorkerCall:
-        call = self.inflight.get(call_id)
+        call = self.inflight.get(call_id) or self.nested.get(call_id)
         if call is None:
             raise ProtocolError(f"worker {self.id} answered unknown call id {call_id}")
         return call
@@ -206,6 +212,12 @@ class Worker:
 
     def _finish(self, call_id: int, answer: outcome.Outcome[Any],
                 service_time: Any = None) -> None:
+        if self.host is not None and self.host.runs:
+            self._tools_end(call_id)
+        nested = self.nested.take(call_id)
+        if nested is not None:  # no unit to give back, no place in the order
+            nested.settle(answer)
+            return
         call = self._take_back(call_id)
         now = trio.current_time()
         if self.seat is not None:
@@ -240,11 +252,13 @@ class Worker:
     # -- calls ---------------------------------------------------------------------
     def start_call(self, command: str, args: Any, *, deadline: float,
                    session_id: str | None = None, window: int | None = None,
-                   effective_deadline: float | None = None, movable: bool = True) -> WorkerCall:
+                   effective_deadline: float | None = None, movable: bool = True,
+                   nest: WorkerCall | None = None) -> WorkerCall:
         """Send a call on a capacity unit the caller holds; returns its :class:`Call`.
 
         ``effective_deadline``: the caller's deadline with its enclosing cancel scopes
         taken into account, when the call is sent from another task (a queued call).
+        ``nest``: a call waiting in a host tool, whose capacity this one borrows.
 
         Raises:
             PayloadError: the arguments cannot be encoded or are too large; nothing was
@@ -254,8 +268,21 @@ class Worker:
                     effective_deadline=effective_deadline, movable=movable)
         if window is not None:
             call.stream = ChunkBuffer()
-        self.send_call(call)
+        if nest is not None:
+            self.nested.send(call, self._ids, nest)
+        else:
+            self.send_call(call)
         return call
+
+    def send_nested(self, call: WorkerCall, nest: WorkerCall | None) -> None:
+        """Send ``call`` outside the units (see :mod:`snakepit.worker.nested`)."""
+        self.nested.send(call, self._ids, nest)
+
+    def _tools_end(self, call_id: int) -> None:
+        """The call ``call_id`` ended here: its host tools stop."""
+        call = self.inflight.get(call_id) or self.nested.get(call_id)
+        if call is not None and self.host is not None:
+            self.host.call_ended(call)
 
     def send_call(self, call: WorkerCall) -> None:
         """Send a queued ``call`` on a capacity unit held for it.
@@ -288,7 +315,12 @@ class Worker:
 
     def abandon(self, call: WorkerCall) -> None:
         """The caller stopped waiting for ``call`` (see :class:`Recall`)."""
-        self.recall.abandon(call)
+        if self.host is not None and self.host.runs:
+            self.host.call_ended(call)
+        if call in self.nested:
+            self.nested.abandon(call)
+        else:
+            self.recall.abandon(call)
 
     async def look_again(self, call: WorkerCall) -> None:
         """See :meth:`Recall.look_again`."""
@@ -341,54 +373,3 @@ class Worker:
         """Tell the worker to forget the state it keeps for ``session_id``."""
         if self.state is WorkerState.READY:
             self.connection.send_later(Drop(session_id))
-
-    # -- ending --------------------------------------------------------------------
-    def kill(self, reason: str, *, on_purpose: bool = False) -> None:
-        """Kill the process group now; calls in flight fail with WorkerCrashed(reason)
-        (those that never started go elsewhere).
-
-        ``on_purpose`` marks a kill over a call that would not stop (not a worker fault),
-        which the supervisor does not count against the restart intensity.
-        """
-        if self.state is WorkerState.DEAD:
-            return
-        self.killed_on_purpose = self.killed_on_purpose or on_purpose
-        log.warning("killing worker %s (pid %d): %s", self.id, self.pid, reason)
-        self.state = WorkerState.STOPPING
-        self.killed = True
-        if self.end_reason is None:
-            self.end_reason = WorkerCrashed(f"worker {self.id} was killed: {reason}")
-        self.process.signal_group(signal.SIGKILL)
-
-    def request_shutdown(self) -> None:
-        """Send the shutdown frame: finish what is running, take nothing new, exit."""
-        if self.state is WorkerState.READY or self.state is WorkerState.STARTING:
-            self.state = WorkerState.STOPPING
-        if not self.shutdown_sent and self.state is not WorkerState.DEAD:
-            self.shutdown_sent = True
-            self.end_reason = self.end_reason or PoolClosed("the pool is shutting down")
-            self._send(Shutdown())
-
-    def fail_all(self, error: SnakepitError, *, drained: bool = False) -> None:
-        """The worker is gone: every call still in flight gets ``error`` -- except those
-        that cannot have started.
-
-        ``drained``: every frame the worker wrote has been read. Then the calls that
-        were still waiting in its pipe (``capacity`` older calls unanswered) cannot
-        have started: they go back to the front of the dispatch queue with their own
-        deadlines (or, when they must run here, fail with the retryable
-        :class:`WorkerCrashedBeforeStart`).
-        """
-        may_have_started, behind = self.inflight.take_all()
-        for call in may_have_started:
-            call.fail(error)
-        for call in behind:
-            if not drained:
-                call.fail(error)
-            elif call.movable and not call.abandoned:
-                call.bounced = True
-                call.back_to_queue(self._requeue)
-            else:
-                call.fail(WorkerCrashedBeforeStart(
-                    f"call {call.command!r} was queued in worker {self.id}, which died "
-                    f"before starting it ({error})"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["SERIALIZERS", "lm_history"]
+__all__ = ["SERIALIZERS", "host_tool", "lm_history"]
 
 
 def _dspy_class(path: str) -> Any:
@@ -140,3 +140,35 @@ def lm_history(lm: Any, last: int | None = None) -> list[dict[str, Any]]:
 
 
 SERIALIZERS = [PredictionSerializer(), ExampleSerializer(), SignatureSerializer()]
+
+
+def host_tool(name: str, *, desc: str | None = None, args: dict[str, Any] | None = None,
+              arg_desc: dict[str, str] | None = None) -> Any:
+    """A ``dspy.Tool`` that runs the host tool ``name`` (worker side, inside a call).
+
+    The application registers the tool in the host (``pool.register_tool``, or a
+    session's ``tools``); the agent in the worker calls it like any DSPy tool, and the
+    call crosses to the host through ``ctx.call_host`` under the running call's
+    deadline. ``args`` is the tool's JSON schema of arguments as ``dspy.Tool`` takes it
+    (``{"order_id": {"type": "integer"}}``); the host function receives them as a
+    dict. ``desc`` defaults to the description the host registered.
+
+    Raises:
+        RuntimeError: outside a snakepit call (no host to ask).
+        LookupError: no host tool ``name`` is reachable from the running call.
+    """
+    import dspy
+
+    from snakepit.bridge.hostcalls import HostToolProxy, current_context
+
+    if desc is None:
+        ctx = current_context()
+        if ctx is None:
+            raise RuntimeError(f"host_tool({name!r}) needs a running snakepit call")
+        listed = {tool["name"]: tool["description"] for tool in ctx.host_tools()}
+        if name not in listed:
+            raise LookupError(f"no host tool {name!r} is reachable from this call "
+                              f"(known: {sorted(listed)})")
+        desc = listed[name] or f"Host tool {name}."
+    return dspy.Tool(HostToolProxy(name, desc), name=name, desc=desc, args=args or {},
+                     arg_desc=arg_desc)

@@ -4,11 +4,59 @@
  * `ctx`), and how the server cancels it, grants it stream credit and ends it.
  */
 
-const { MAX_TIMER_MS, PROGRESS, pyRepr } = require('./wire');
+const { EMIT, LIST_TOOLS, MAX_TIMER_MS, PROGRESS, pyRepr } = require('./wire');
 
 /** Thrown by `ctx.throwIfCancelled()`; a call that ends with it reports kind "cancelled". */
 class CallCancelled extends Error {
   constructor(message) { super(message); this.name = 'CallCancelled'; }
+}
+
+/** Rejects `ctx.callHost` when the host tool failed (or no such tool is reachable). */
+class HostToolError extends Error {
+  constructor(hostType, hostMessage) {
+    super(`${hostType}: ${hostMessage}`);
+    this.name = 'HostToolError';
+    this.hostType = hostType;
+    this.hostMessage = hostMessage;
+  }
+}
+
+// The bounds of ctx.emit: the same as src/snakepit/protocol/events.py (the host checks too).
+const EVENT_NAME = /^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}$/;
+const RESERVED_EVENTS = new Set(['started', 'ready', 'exited', 'restarted', 'unhealthy', 'info',
+  'stats', 'stderr', 'setup_failed']);
+const MAX_EVENT_KEYS = 32;
+const MAX_EVENT_KEY = 64;
+const MAX_EVENT_TEXT = 1024;
+
+/** Why an event may not be sent, or null (as Python's check_event). */
+function checkEvent(event, measurements, metadata) {
+  if (typeof event !== 'string' || event.length > 64 || !EVENT_NAME.test(event)) {
+    return `event name ${pyRepr(String(event))} must be dot-separated lower-case words `
+      + '(letters, digits, _), at most 64 characters';
+  }
+  if (RESERVED_EVENTS.has(event)) {
+    return `event name ${pyRepr(event)} is reserved for the host's own worker.${event} event`;
+  }
+  const checks = [['measurements', measurements, (v) => typeof v === 'number' && !Number.isNaN(v)],
+    ['metadata', metadata, (v) => v === null || typeof v === 'boolean'
+      || (typeof v === 'number' && !Number.isNaN(v))
+      || (typeof v === 'string' && v.length <= MAX_EVENT_TEXT)]];
+  for (const [label, values, ok] of checks) {
+    if (values === undefined || values === null) continue;
+    if (typeof values !== 'object' || Array.isArray(values)) return `${label} must be an object`;
+    const entries = Object.entries(values);
+    if (entries.length > MAX_EVENT_KEYS) {
+      return `${label} has ${entries.length} keys, at most ${MAX_EVENT_KEYS} are allowed`;
+    }
+    for (const [key, value] of entries) {
+      if (key.length === 0 || key.length > MAX_EVENT_KEY) {
+        return `${label} keys must be strings of 1 to ${MAX_EVENT_KEY} characters`;
+      }
+      if (!ok(value)) return `${label}[${pyRepr(key)}] has an unsupported value`;
+    }
+  }
+  return null;
 }
 
 
@@ -28,6 +76,7 @@ class CallContext {
     this._wake = null;
     this._controller = null;
     this._timer = null;
+    this._hostCalls = new Set(); // ids of this call's host calls still unanswered
     if (this.deadline !== null) {
       const ms = this.deadline * 1000 - Date.now();
       if (ms > 0 && ms < MAX_TIMER_MS) {
@@ -111,6 +160,36 @@ class CallContext {
     this._server.send(out);
   }
 
+  /**
+   * Run the host tool `name` with `args`; resolves to its result, rejects with
+   * HostToolError (the tool failed, or is unknown) or CallCancelled (the call was
+   * cancelled or passed its deadline: the host cancels the tool). Calls the tool makes
+   * to the pool may run here meanwhile (nested), whatever the concurrency.
+   */
+  callHost(name, args) {
+    if (typeof name !== 'string' || name.length === 0) {
+      return Promise.reject(new TypeError("a host tool's name must be a non-empty string"));
+    }
+    if (this.cancelled) return Promise.reject(this._cancelError());
+    return this._server.callHost(this, name, args === undefined ? null : args);
+  }
+
+  /** The host tools this call can reach: `[{name, description}]`. */
+  hostTools() {
+    return this.callHost(LIST_TOOLS, null);
+  }
+
+  /**
+   * Emit the host telemetry event `worker.<event>` (the host adds pool, worker and
+   * call). Throws RangeError for a bad name or a value past the documented bounds.
+   */
+  emit(event, measurements, metadata) {
+    const problem = checkEvent(event, measurements, metadata);
+    if (problem !== null) throw new RangeError(problem);
+    this._server.send({ t: EMIT, call: this.id, event, measurements: measurements || {},
+      metadata: metadata || {} });
+  }
+
   _cancelError() {
     return new CallCancelled(`call ${this.id} (${this.command}) was cancelled`);
   }
@@ -119,6 +198,7 @@ class CallContext {
     if (this._controller !== null && !this._controller.signal.aborted) {
       this._controller.abort(this._cancelError());
     }
+    for (const id of this._hostCalls) this._server.hostAnswered(id, this._cancelError());
     this._notify();
   }
 
@@ -159,4 +239,4 @@ class CallContext {
   }
 }
 
-module.exports = { CallCancelled, CallContext };
+module.exports = { CallCancelled, CallContext, HostToolError, checkEvent };

@@ -10,12 +10,12 @@
 
 const {
   BEAT, CALL, CANCEL, CAPABILITIES, CHUNK, CODECS, CREDIT, DEFAULT_MAX_FRAME_SIZE, DROP, END,
-  ERROR, FrameDecoder, HELLO, JSON_CODEC, KIND_CANCELLED, KIND_EXPIRED, KIND_HANDLER,
+  ERROR, FrameDecoder, HELLO, HOST_CALL, HOST_ERROR, HOST_RESULT, JSON_CODEC, KIND_CANCELLED, KIND_EXPIRED, KIND_HANDLER,
   KIND_PAYLOAD, KIND_PROTOCOL, KIND_UNKNOWN_COMMAND, MAX_TIMER_MS, PING, PONG,
   PROTOCOL_VERSION, PayloadError, ProtocolError, RESULT, SHUTDOWN, WELCOME, WITHDRAW,
   WITHDRAWN, frame, pyRepr,
 } = require('./wire');
-const { CallCancelled, CallContext } = require('./context');
+const { CallCancelled, CallContext, HostToolError } = require('./context');
 const { builtins, commandsOf, isThenable, streamOf } = require('./builtins');
 
 // -- the wire: keep the real stdout for frames, send everything else to stderr ------------
@@ -43,6 +43,8 @@ class Server {
     this.backlog = [];
     this.running = 0;
     this.sessions = new Map();
+    this.hostCalls = new Map(); // host call id -> { ctx, resolve, reject }
+    this.nextHostId = 1;
     this.callsServed = 0;
     this.startedAt = performance.now();
     this.heartbeat = null;
@@ -190,9 +192,23 @@ class Server {
             "the call's deadline passed before the worker received it");
           return;
         }
+        if (message.nest !== undefined && message.nest !== null) {
+          this.runNested(ctx, message.nest);
+          return;
+        }
         this.active.set(ctx.id, ctx);
         this.backlog.push(ctx);
         this.pump();
+        return;
+      }
+      case HOST_RESULT:
+      case HOST_ERROR: {
+        if (!Number.isInteger(message.id)) {
+          throw new ProtocolError(`malformed ${pyRepr(message.t)} frame, id must be an integer`);
+        }
+        this.hostAnswered(message.id, message.t === HOST_ERROR
+          ? new HostToolError(String(message.etype || 'Exception'), String(message.msg || ''))
+          : undefined, message.value === undefined ? null : message.value);
         return;
       }
       case CANCEL: {
@@ -259,6 +275,54 @@ class Server {
     if (ctx === undefined || !this.unqueue(ctx)) return;
     this.send({ t: WITHDRAWN, id });
     this.exitIfIdle();
+  }
+
+  // -- host calls --------------------------------------------------------------------------
+  /** Send a host call for `ctx`; the promise settles on its answer or the call's cancel. */
+  callHost(ctx, name, args) {
+    const id = this.nextHostId;
+    this.nextHostId += 1;
+    return new Promise((resolve, reject) => {
+      this.hostCalls.set(id, { ctx, resolve, reject });
+      ctx._hostCalls.add(id);
+      try {
+        this.send({ t: HOST_CALL, id, call: ctx.id, name, args });
+      } catch (err) {
+        this.hostAnswered(id, err);
+      }
+    });
+  }
+
+  /** Settle host call `id` (`error` set: reject with it); unknown ids are dropped. */
+  hostAnswered(id, error, value) {
+    const entry = this.hostCalls.get(id);
+    if (entry === undefined) return;
+    this.hostCalls.delete(id);
+    entry.ctx._hostCalls.delete(id);
+    if (error !== undefined) entry.reject(error);
+    else entry.resolve(value);
+  }
+
+  /**
+   * A call made by a host tool that call `outer` waits for: it runs at once, on the
+   * waiting call's capacity (whatever the concurrency), or is refused when `outer` has
+   * ended.
+   */
+  runNested(ctx, outer) {
+    const waiting = this.active.get(outer);
+    if (!Number.isInteger(outer) || waiting === undefined || this.backlog.includes(waiting)) {
+      ctx._dispose();
+      this.sendError(ctx.id, KIND_CANCELLED, 'CallCancelled',
+        `call ${ctx.id} (${ctx.command}) was cancelled before it started: the call it `
+        + 'was nested in has ended');
+      return;
+    }
+    this.active.set(ctx.id, ctx);
+    this.running += 1;
+    this.runCall(ctx).catch((err) => {
+      process.stderr.write(`snakepit-node: internal error: ${err && err.stack}\n`);
+      this.exit(1);
+    });
   }
 
   pump() {

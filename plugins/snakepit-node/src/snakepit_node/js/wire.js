@@ -15,7 +15,7 @@ const PROTOCOL_VERSION = 1;
 const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
 /** Capabilities announced in the welcome (all of them also Python's). */
 const CAPABILITIES = ['streams', 'cancel', 'progress', 'deadline', 'sessions', 'ping', 'heartbeat',
-  'withdraw'];
+  'withdraw', 'host_tools'];
 
 // Message tags (the `t` key): host to worker, then worker to host.
 const TAG = 't';
@@ -36,6 +36,14 @@ const PROGRESS = 'progress';
 const PONG = 'pong';
 const WITHDRAWN = 'withdrawn';
 const BEAT = 'beat';
+// Host tools and worker events (docs/adapters.md): worker to host `host_call` and `emit`,
+// host to worker `host_result` and `host_error`; a `call` may carry `nest`.
+const HOST_CALL = 'host_call';
+const HOST_RESULT = 'host_result';
+const HOST_ERROR = 'host_error';
+const EMIT = 'emit';
+/** The reserved tool whose result lists the tools a call can reach. */
+const LIST_TOOLS = 'snakepit.tools';
 
 // Values of `error.kind`.
 const KIND_HANDLER = 'handler';
@@ -237,6 +245,7 @@ module.exports = {
   PROTOCOL_VERSION, DEFAULT_MAX_FRAME_SIZE, CAPABILITIES,
   TAG, HELLO, CALL, CANCEL, WITHDRAW, CREDIT, PING, DROP, SHUTDOWN,
   WELCOME, RESULT, ERROR, CHUNK, END, PROGRESS, PONG, WITHDRAWN, BEAT,
+  HOST_CALL, HOST_RESULT, HOST_ERROR, EMIT, LIST_TOOLS,
   KIND_HANDLER, KIND_UNKNOWN_COMMAND, KIND_CANCELLED, KIND_EXPIRED, KIND_PAYLOAD, KIND_PROTOCOL,
   MAX_TIMER_MS,
   ProtocolError, PayloadError, pyRepr, FrameDecoder, frame, MSGPACK, JSON_CODEC, CODECS,
