@@ -3,31 +3,21 @@
  * The server: reads frames from the host, answers the handshake, routes control frames,
  * queues calls and starts them in arrival order (at most `concurrency` at once), and
  * writes their answers.
- *
- * stdout is the wire: `takeWire()` keeps the real stdout's write for frames and points
- * everything else written to stdout (console.log, process.stdout.write) at stderr.
+ * Frames go out through `writeFrame` (wire.js): stdout is the wire, and `takeWire()` points
+ * everything else written to stdout at stderr.
  */
 
 const {
   BEAT, CALL, CANCEL, CAPABILITIES, CHUNK, CODECS, CREDIT, DEFAULT_MAX_FRAME_SIZE, DROP, END,
-  ERROR, FrameDecoder, HELLO, HOST_CALL, HOST_ERROR, HOST_RESULT, JSON_CODEC, KIND_CANCELLED, KIND_EXPIRED, KIND_HANDLER,
+  ERROR, FrameDecoder, HELLO, HOST_ERROR, HOST_RESULT, JSON_CODEC, KIND_CANCELLED, KIND_EXPIRED,
+  KIND_HANDLER,
   KIND_PAYLOAD, KIND_PROTOCOL, KIND_UNKNOWN_COMMAND, MAX_TIMER_MS, PING, PONG,
   PROTOCOL_VERSION, PayloadError, ProtocolError, RESULT, SHUTDOWN, WELCOME, WITHDRAW,
-  WITHDRAWN, frame, pyRepr,
+  WITHDRAWN, frame, pyRepr, stdout, writeFrame,
 } = require('./wire');
 const { CallCancelled, CallContext, HostToolError } = require('./context');
 const { builtins, commandsOf, isThenable, streamOf } = require('./builtins');
-
-// -- the wire: keep the real stdout for frames, send everything else to stderr ------------
-const wire = process.stdout;
-const rawWrite = wire.write;
-
-/** Called once at start: from now on only frames reach fd 1. */
-function takeWire() {
-  wire.write = (chunk, encoding, callback) => process.stderr.write(chunk, encoding, callback);
-  // the global console writes these to stdout: point them at stderr explicitly too
-  for (const name of ['log', 'info', 'debug']) console[name] = (...args) => console.error(...args);
-}
+const { HostCalls } = require('./hostcalls');
 
 class Server {
   constructor({ handlerModule, handlerName, concurrency }) {
@@ -43,8 +33,7 @@ class Server {
     this.backlog = [];
     this.running = 0;
     this.sessions = new Map();
-    this.hostCalls = new Map(); // host call id -> { ctx, resolve, reject }
-    this.nextHostId = 1;
+    this.host = new HostCalls(this);
     this.callsServed = 0;
     this.startedAt = performance.now();
     this.heartbeat = null;
@@ -57,7 +46,7 @@ class Server {
 
   // -- wire ------------------------------------------------------------------------------
   write(buffer) {
-    rawWrite.call(wire, buffer);
+    writeFrame(buffer);
   }
 
   /** Encode and send one message (throws PayloadError when it cannot travel). */
@@ -193,7 +182,7 @@ class Server {
           return;
         }
         if (message.nest !== undefined && message.nest !== null) {
-          this.runNested(ctx, message.nest);
+          this.host.runNested(ctx, message.nest);
           return;
         }
         this.active.set(ctx.id, ctx);
@@ -277,53 +266,12 @@ class Server {
     this.exitIfIdle();
   }
 
-  // -- host calls --------------------------------------------------------------------------
+  // -- host calls (hostcalls.js) -------------------------------------------------------------
   /** Send a host call for `ctx`; the promise settles on its answer or the call's cancel. */
-  callHost(ctx, name, args) {
-    const id = this.nextHostId;
-    this.nextHostId += 1;
-    return new Promise((resolve, reject) => {
-      this.hostCalls.set(id, { ctx, resolve, reject });
-      ctx._hostCalls.add(id);
-      try {
-        this.send({ t: HOST_CALL, id, call: ctx.id, name, args });
-      } catch (err) {
-        this.hostAnswered(id, err);
-      }
-    });
-  }
+  callHost(ctx, name, args) { return this.host.call(ctx, name, args); }
 
   /** Settle host call `id` (`error` set: reject with it); unknown ids are dropped. */
-  hostAnswered(id, error, value) {
-    const entry = this.hostCalls.get(id);
-    if (entry === undefined) return;
-    this.hostCalls.delete(id);
-    entry.ctx._hostCalls.delete(id);
-    if (error !== undefined) entry.reject(error);
-    else entry.resolve(value);
-  }
-
-  /**
-   * A call made by a host tool that call `outer` waits for: it runs at once, on the
-   * waiting call's capacity (whatever the concurrency), or is refused when `outer` has
-   * ended.
-   */
-  runNested(ctx, outer) {
-    const waiting = this.active.get(outer);
-    if (!Number.isInteger(outer) || waiting === undefined || this.backlog.includes(waiting)) {
-      ctx._dispose();
-      this.sendError(ctx.id, KIND_CANCELLED, 'CallCancelled',
-        `call ${ctx.id} (${ctx.command}) was cancelled before it started: the call it `
-        + 'was nested in has ended');
-      return;
-    }
-    this.active.set(ctx.id, ctx);
-    this.running += 1;
-    this.runCall(ctx).catch((err) => {
-      process.stderr.write(`snakepit-node: internal error: ${err && err.stack}\n`);
-      this.exit(1);
-    });
-  }
+  hostAnswered(id, error, value) { this.host.answered(id, error, value); }
 
   pump() {
     while (this.running < this.concurrency && this.backlog.length > 0 && !this.exiting) {
@@ -436,8 +384,8 @@ class Server {
     if (this.exiting) return;
     this.exiting = true;
     if (this.heartbeat !== null) clearInterval(this.heartbeat);
-    if (wire.writableLength > 0) {
-      wire.once('drain', () => process.exit(code));
+    if (stdout.writableLength > 0) {
+      stdout.once('drain', () => process.exit(code));
       setTimeout(() => process.exit(code), 2000).unref();
     } else {
       process.exit(code);
@@ -445,5 +393,4 @@ class Server {
   }
 }
 
-
-module.exports = { Server, takeWire, wire };
+module.exports = { Server };

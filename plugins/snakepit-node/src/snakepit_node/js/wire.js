@@ -241,6 +241,22 @@ const JSON_CODEC = {
 
 const CODECS = { msgpack: MSGPACK, json: JSON_CODEC };
 
+// -- stdout is the wire: keep its real write for frames, send everything else to stderr -----
+const stdout = process.stdout;
+const rawWrite = stdout.write;
+
+/** Write one encoded frame to the wire. */
+function writeFrame(buffer) {
+  rawWrite.call(stdout, buffer);
+}
+
+/** Called once at start: from now on only frames reach fd 1. */
+function takeWire() {
+  stdout.write = (chunk, encoding, callback) => process.stderr.write(chunk, encoding, callback);
+  // the global console writes these to stdout: point them at stderr explicitly too
+  for (const name of ['log', 'info', 'debug']) console[name] = (...args) => console.error(...args);
+}
+
 module.exports = {
   PROTOCOL_VERSION, DEFAULT_MAX_FRAME_SIZE, CAPABILITIES,
   TAG, HELLO, CALL, CANCEL, WITHDRAW, CREDIT, PING, DROP, SHUTDOWN,
@@ -249,4 +265,5 @@ module.exports = {
   KIND_HANDLER, KIND_UNKNOWN_COMMAND, KIND_CANCELLED, KIND_EXPIRED, KIND_PAYLOAD, KIND_PROTOCOL,
   MAX_TIMER_MS,
   ProtocolError, PayloadError, pyRepr, FrameDecoder, frame, MSGPACK, JSON_CODEC, CODECS,
+  stdout, takeWire, writeFrame,
 };

@@ -30,8 +30,10 @@
 const path = require('node:path');
 const { pathToFileURL } = require('node:url');
 const { CallCancelled, CallContext } = require('./context');
-const { Server, takeWire, wire } = require('./server');
-const { FrameDecoder, JSON_CODEC, MSGPACK, frame, pyRepr } = require('./wire');
+const { Server } = require('./server');
+const {
+  FrameDecoder, JSON_CODEC, MSGPACK, frame, pyRepr, stdout: wire, takeWire,
+} = require('./wire');
 
 function parseArgs(argv) {
   const options = { handler: null, concurrency: null };
