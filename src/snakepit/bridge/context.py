@@ -66,7 +66,8 @@ class CallContext:
     """
 
     __slots__ = ("_cancelled", "_channel", "_credit", "_refused", "_report", "_sessions",
-                 "_started", "args", "command", "deadline", "id", "session_id", "window")
+                 "_started", "args", "batch", "command", "deadline", "id", "session_id",
+                 "window")
 
     def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
                  deadline: float | None, window: int | None,
@@ -78,6 +79,8 @@ class CallContext:
         self.session_id = session_id
         self.deadline = deadline
         self.window = window
+        self.batch = 0
+        """Items in a batch call (``pool.map``; ``args`` is their list), else 0."""
         self._report = report
         self._channel = channel
         self._sessions = sessions if sessions is not None else {}

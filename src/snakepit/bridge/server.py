@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from snakepit.bridge.batch import BatchExpired, run_batch
 from snakepit.bridge.context import CallContext, ControlChannel, SerialChannel, ThreadedChannel
 from snakepit.bridge.handler import CommandHandler
 from snakepit.bridge.process import (
@@ -173,7 +174,7 @@ class BridgeServer:
         try:
             frame = encode_frame(self._codec.encode(message), self._max_frame_size)
         except (PayloadError, ProtocolError) as exc:
-            if message.get(wire.TAG) not in (wire.RESULT, wire.CHUNK):
+            if message.get(wire.TAG) not in (wire.RESULT, wire.CHUNK, wire.RESULTS):
                 raise
             self._send_error(message["id"], wire.KIND_PAYLOAD, None,
                              f"result cannot be sent: {exc}", etype="PayloadError")
@@ -257,10 +258,13 @@ class BridgeServer:
         if tag == wire.CALL:
             call_id, name = _field_id(message), message.get("cmd")
             session_id, deadline = message.get("sid"), message.get("dl")
-            window = message.get("window")
+            window, batch = message.get("window"), message.get("batch")
             if (not isinstance(name, str) or not (session_id is None or isinstance(session_id, str))
                     or not (deadline is None or _is_number(deadline))
-                    or not (window is None or (type(window) is int and window > 0))):
+                    or not (window is None or (type(window) is int and window > 0))
+                    or not (batch is None or (type(batch) is int and batch > 0 and window is None
+                                              and type(message.get("args")) is list
+                                              and len(message["args"]) == batch))):
                 raise ProtocolError(f"malformed call frame: {message!r:.200}")
             if call_id in self._active:
                 raise ProtocolError(f"call id {call_id} is already in use")
@@ -268,6 +272,7 @@ class BridgeServer:
                               deadline=deadline, window=window,
                               report=self.send, channel=self._channel,
                               sessions=self.handler.session_state)
+            ctx.batch = batch or 0
             if ctx.expired:
                 self._send_error(call_id, wire.KIND_EXPIRED, None,
                                  "the call's deadline passed before the worker received it")
@@ -386,6 +391,9 @@ class BridgeServer:
                                  f"unknown command {ctx.command!r}", etype="UnknownCommand")
                 return
             try:
+                if ctx.batch:
+                    self.send(run_batch(cmd, ctx))
+                    return
                 result = cmd(ctx.args, ctx)
                 if cmd.streaming and ctx.window is None:  # plain call of a stream: collect
                     self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": list(result)})
@@ -395,6 +403,8 @@ class BridgeServer:
                     self.send({wire.TAG: wire.RESULT, "id": ctx.id, "value": result})
             except CallCancelled as exc:
                 self._send_error(ctx.id, wire.KIND_CANCELLED, exc)
+            except BatchExpired as exc:
+                self._send_error(ctx.id, wire.KIND_EXPIRED, None, str(exc))
             except Exception as exc:
                 self._send_error(ctx.id, wire.KIND_HANDLER, exc)
         finally:

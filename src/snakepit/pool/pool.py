@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -37,6 +37,7 @@ from snakepit.pool.calls import Attempt, CallPath
 from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
 from snakepit.pool.health import monitor_health, resident_memory, watch_heartbeats
+from snakepit.pool.mapping import MapResults, open_map
 from snakepit.pool.nursery import unwrap_single_error
 from snakepit.pool.outage import OutageMonitor
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
@@ -346,6 +347,36 @@ class Pool(CallPath, DynamicCalls):
                 session.last_used = trio.current_time()  # its TTL counts from here
         self._call_succeeded(command, call_id, submitted, attempt,
                              measurements={"chunks": stream.received}, stream=True)
+
+    def map(self, command: str, items: Iterable[Any] | AsyncIterable[Any], *,
+            chunksize: int | None = None, timeout: float | None = 60.0,
+            return_exceptions: bool = False, session_id: str | None = None
+            ) -> AbstractAsyncContextManager[MapResults]:
+        """Run ``command`` once per item, many items per frame; results in input order.
+
+        ::
+
+            async with pool.map("score", rows) as results:
+                async for r in results:
+                    ...
+
+        ``items`` (any iterable or async iterable) is consumed lazily, a bounded number
+        of chunks ahead of the consumer. ``chunksize=None`` aims at about a millisecond
+        of work per chunk. ``timeout`` is one deadline for the whole map. An item that
+        raised raises its :class:`RemoteError` at its position, or with
+        ``return_exceptions`` is yielded in its place. Leaving the block early (or a
+        cancelled caller) stops the work not yet done. See docs/performance.md and
+        :mod:`snakepit.pool.mapping`.
+
+        Raises:
+            QueueTimeout, WorkerTimeout: the deadline passed.
+            RemoteError, WorkerCrashed, PayloadError: an item's (or its chunk's) error,
+                unless ``return_exceptions``.
+            PoolClosed, PoolSaturated: the pool takes no more work.
+            ConfigError: a bad ``chunksize`` or ``timeout``.
+        """
+        return open_map(self, command, items, chunksize=chunksize, timeout=timeout,
+                        return_exceptions=return_exceptions, session_id=session_id)
 
     # -- sessions --------------------------------------------------------------------------
     def slot_worker(self, slot_id: str) -> Worker | None:

@@ -143,6 +143,12 @@ class SessionHandle:
         return self.pool.stream(command, args, timeout=timeout, window=window,
                                 session_id=self.id)
 
+    def map(self, command: str, items: Any, *, chunksize: int | None = None,
+            timeout: float | None = 60.0, return_exceptions: bool = False) -> Any:
+        """``pool.map(...)`` within this session (an async context manager)."""
+        return self.pool.map(command, items, chunksize=chunksize, timeout=timeout,
+                             return_exceptions=return_exceptions, session_id=self.id)
+
 
 @asynccontextmanager
 async def open_session(pool: Pool, *, ttl: float | None, mode: AffinityMode,

@@ -32,6 +32,7 @@ __all__ = [
     "Pong",
     "Progress",
     "Result",
+    "Results",
     "Shutdown",
     "Welcome",
     "Withdraw",
@@ -82,6 +83,8 @@ class Call:
     deadline: float | None = None
     """Unix time after which the worker must not start (and should stop) the call."""
     window: int | None = None
+    batch: int | None = None
+    """Set: a batch call of that many items, ``args`` being their list (``pool.map``)."""
 
 
 @attrs.frozen
@@ -167,6 +170,16 @@ class Error:
 
 
 @attrs.frozen
+class Results:
+    """The batch call ``id`` ran: ``values[i]`` is item ``i``'s result; each entry of
+    ``errors`` is ``[i, kind, etype, msg, tb, retryable]`` for an item that raised."""
+
+    id: int
+    values: list[Any]
+    errors: list[list[Any]] | None = None
+
+
+@attrs.frozen
 class Chunk:
     """One item yielded by the streaming call ``id``."""
 
@@ -193,7 +206,7 @@ class Progress:
 
 Message = (
     Hello | Welcome | Call | Cancel | Withdraw | Credit | Ping | Drop | Shutdown
-    | Result | Error | Chunk | End | Progress | Pong | Beat | Withdrawn
+    | Result | Error | Chunk | End | Progress | Pong | Beat | Withdrawn | Results
 )
 
 _TAGS: dict[type[Any], str] = {
@@ -208,6 +221,7 @@ _TAGS: dict[type[Any], str] = {
     Drop: wire.DROP,
     Shutdown: wire.SHUTDOWN,
     Result: wire.RESULT,
+    Results: wire.RESULTS,
     Error: wire.ERROR,
     Chunk: wire.CHUNK,
     End: wire.END,
@@ -224,6 +238,7 @@ _RENAMES: dict[str, str] = {
     "type": "etype",
     "message": "msg",
     "traceback": "tb",
+    "errors": "errs",
 }
 
 
@@ -291,7 +306,8 @@ def from_wire(data: dict[str, Any]) -> Message:
 
 
 def call_to_wire(call_id: int, command: str, args: Any, session_id: str | None,
-                 deadline: float | None, window: int | None) -> dict[str, Any]:
+                 deadline: float | None, window: int | None,
+                 batch: int = 0) -> dict[str, Any]:
     """``to_wire(Call(...))`` without building the Call: the per-call hot path.
 
     Same map (defaults omitted); measured ~0.1 µs against ~1.1 µs for the class and
@@ -306,4 +322,6 @@ def call_to_wire(call_id: int, command: str, args: Any, session_id: str | None,
         data["dl"] = deadline
     if window is not None:
         data["window"] = window
+    if batch:
+        data["batch"] = batch
     return data

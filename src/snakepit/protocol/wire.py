@@ -7,7 +7,7 @@ must run where attrs is not installed, builds the maps directly from these const
 Host to worker::
 
     hello    {version, codecs, max_frame_size, worker_id, heartbeat?, shm?}  (always JSON)
-    call     {id, cmd, args, sid?, dl?, window?}
+    call     {id, cmd, args, sid?, dl?, window?, batch?}
     cancel   {id}
     credit   {id, n}
     withdraw {id}                                     (take back a call not started)
@@ -24,6 +24,7 @@ Worker to host::
     end      {id}
     progress {id, done, total?, msg?}
     withdrawn {id}                    (the call was still queued: it will never run)
+    results  {id, values, errs?}      (the answer to a batch call)
     pong     {id}
     beat     {}                       (every ``heartbeat`` seconds, even during a call)
 
@@ -46,6 +47,20 @@ has received and not started with ``withdrawn`` (the call is dropped from its qu
 never runs), and otherwise ignores it: the call's own answer comes as usual, or already
 came. The worker alone decides, so a call never runs twice and is never lost; the host
 treats a withdrawn call as never started and may send it to another worker.
+
+A worker that announces the ``batch`` capability takes batch calls (``pool.map``): a
+``call`` whose ``batch`` field is the number of items ``n`` and whose ``args`` is a list
+of ``n`` items, each the arguments of one run of ``cmd``. The worker runs them one after
+another through the same handler, in order, as one call of the life cycle above (it
+starts, is cancelled, withdrawn, expires or is lost as a whole), and answers it with one
+``results`` frame: ``values`` has ``n`` entries, item ``i``'s return value at index
+``i``; an item that raised has ``nil`` there and an entry ``[i, kind, etype, msg, tb,
+retryable]`` in ``errs`` (``kind`` as in ``error``; ``errs`` left out when none failed).
+Between items the worker looks at the wire now and then: once the call is cancelled or
+its deadline passes it stops and answers the whole call with an ``error`` frame
+(``cancelled`` or ``expired``). An ``error`` frame for a batch call (an unknown command,
+a result too large to send) stands for every one of its items. Large buffers among the
+items and values travel through shared memory as anywhere else.
 """
 
 from __future__ import annotations
@@ -74,6 +89,7 @@ END = "end"
 PROGRESS = "progress"
 PONG = "pong"
 WITHDRAWN = "withdrawn"
+RESULTS = "results"
 BEAT = "beat"
 
 # Values of ``error.kind``: what went wrong, so the host can pick the error class.
@@ -90,8 +106,10 @@ KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 #: ``refuse``: a cancel frame written before a call starts keeps it from ever starting
 #: (the worker answers it at once as never started), so the host need not watch a
 #: ``cancel_grace`` for a call it cancelled while it still waited in the worker.
+#: ``batch``: takes batch calls and answers them with ``results`` (see above).
 CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat",
-                "refuse", "withdraw")
+                "refuse", "withdraw", "batch")
+BATCH = "batch"
 SHM = "shm"
 
 #: Environment variable carrying the pool's ``allowed_targets`` to enhanced workers.

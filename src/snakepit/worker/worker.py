@@ -39,6 +39,7 @@ from snakepit.protocol.messages import (
     Pong,
     Progress,
     Result,
+    Results,
     Shutdown,
     Welcome,
     Withdrawn,
@@ -158,6 +159,8 @@ class Worker:
         """Act on one frame from the worker (the reader calls this)."""
         if isinstance(message, Result):
             self._finish(message.id, outcome.Value(message.value))
+        elif isinstance(message, Results):  # a batch call's answer, read by pool.map
+            self._finish(message.id, outcome.Value(message))
         elif isinstance(message, Error):
             if message.id is None:
                 raise ProtocolError(f"worker {self.id} reported: {message.message}")
@@ -208,8 +211,9 @@ class Worker:
         now = trio.current_time()
         # How long the handler ran: from when it could start (sent, or the previous
         # answer) to its answer -- not the round trip, which grows with the pipe's depth.
-        if self.seat is not None:
-            self.seat.record_service_time(now - max(call.sent_at, self._last_answer))
+        ran_for = call.ran_for = now - max(call.sent_at, self._last_answer)
+        if self.seat is not None:  # per item for a batch: the handler's own time
+            self.seat.record_service_time(ran_for / call.batch if call.batch else ran_for)
         self._last_answer = now
         self.calls_served += 1
         call.settle(answer)
@@ -260,8 +264,11 @@ class Worker:
         """
         call_id = next(self._ids)
         try:
+            if call.batch and "batch" not in (self.welcome.capabilities if self.welcome else ()):
+                raise ProtocolError(f"worker {self.id} does not take batch calls (pool.map "
+                                    "needs a worker announcing the 'batch' capability)")
             self._send_map(call_to_wire(call_id, call.command, call.args, call.session_id,
-                                        call.wall_deadline, call.window))
+                                        call.wall_deadline, call.window, call.batch))
         except SnakepitError:  # PayloadError: unencodable or oversized
             self._release(self)
             raise

@@ -17,6 +17,7 @@ const {
 } = require('./wire');
 const { CallCancelled, CallContext } = require('./context');
 const { builtins, commandsOf, isThenable, streamOf } = require('./builtins');
+const { runBatch, validBatch } = require('./batch');
 
 // -- the wire: keep the real stdout for frames, send everything else to stderr ------------
 const wire = process.stdout;
@@ -179,7 +180,8 @@ class Server {
     }
     switch (message.t) {
       case CALL: {
-        if (!Number.isInteger(message.id) || typeof message.cmd !== 'string') {
+        if (!Number.isInteger(message.id) || typeof message.cmd !== 'string'
+            || !validBatch(message)) {
           throw new ProtocolError(`malformed call frame: ${String(JSON.stringify(message, (k, v) => (
             typeof v === 'bigint' || ArrayBuffer.isView(v) ? '...' : v))).slice(0, 200)}`);
         }
@@ -290,6 +292,10 @@ class Server {
       }
       try {
         ctx.throwIfCancelled();
+        if (ctx.batch) {
+          this.answer(ctx, await runBatch(entry, ctx));
+          return;
+        }
         let result = entry.fn.call(entry.self, ctx.args, ctx);
         if (isThenable(result)) result = await result;
         const items = streamOf(result);

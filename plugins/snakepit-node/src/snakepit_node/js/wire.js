@@ -15,7 +15,7 @@ const PROTOCOL_VERSION = 1;
 const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
 /** Capabilities announced in the welcome (all of them also Python's). */
 const CAPABILITIES = ['streams', 'cancel', 'progress', 'deadline', 'sessions', 'ping', 'heartbeat',
-  'withdraw'];
+  'withdraw', 'batch'];
 
 // Message tags (the `t` key): host to worker, then worker to host.
 const TAG = 't';
@@ -35,6 +35,7 @@ const END = 'end';
 const PROGRESS = 'progress';
 const PONG = 'pong';
 const WITHDRAWN = 'withdrawn';
+const RESULTS = 'results';
 const BEAT = 'beat';
 
 // Values of `error.kind`.
@@ -236,7 +237,7 @@ const CODECS = { msgpack: MSGPACK, json: JSON_CODEC };
 module.exports = {
   PROTOCOL_VERSION, DEFAULT_MAX_FRAME_SIZE, CAPABILITIES,
   TAG, HELLO, CALL, CANCEL, WITHDRAW, CREDIT, PING, DROP, SHUTDOWN,
-  WELCOME, RESULT, ERROR, CHUNK, END, PROGRESS, PONG, WITHDRAWN, BEAT,
+  WELCOME, RESULT, ERROR, CHUNK, END, PROGRESS, PONG, WITHDRAWN, RESULTS, BEAT,
   KIND_HANDLER, KIND_UNKNOWN_COMMAND, KIND_CANCELLED, KIND_EXPIRED, KIND_PAYLOAD, KIND_PROTOCOL,
   MAX_TIMER_MS,
   ProtocolError, PayloadError, pyRepr, FrameDecoder, frame, MSGPACK, JSON_CODEC, CODECS,
