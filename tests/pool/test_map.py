@@ -236,7 +236,7 @@ async def test_worker_crash_mid_map_moves_its_unstarted_chunks(tmp_path: Path) -
 
 async def test_map_over_an_enhanced_bridge_target() -> None:
     config = chaos_config(handler="snakepit.bridge.enhanced:EnhancedHandler",
-                          allowed_targets=["math"])
+                          allowed_targets=["math", "fractions"])
     async with snakepit.open_pool(config) as pool:
         calls = ({"target": "math.sqrt", "args": [float(x * x)]} for x in range(300))
         async with pool.map("call", calls, chunksize=32) as results:
@@ -246,3 +246,10 @@ async def test_map_over_an_enhanced_bridge_target() -> None:
             denied, root = [r async for r in results]
         assert root == 2.0 and isinstance(denied, RemoteError)
         assert denied.remote_type.endswith("TargetNotAllowed")
+        # what cannot travel stays in the worker, as a Ref bound to where it ran
+        thirds = [{"target": "fractions.Fraction", "args": [n, 3]} for n in range(4)]
+        async with pool.map("call", thirds, chunksize=2) as results:
+            refs = [r async for r in results]
+        assert all(isinstance(r, snakepit.Ref) for r in refs)
+        assert [await r.getattr("numerator") for r in refs] == [0, 1, 2, 1]
+        assert refs[0].pid in {w.pid for w in pool.workers()}

@@ -29,6 +29,11 @@ How it runs:
   whole chunk (unknown command, worker crashed, result too large) stands for each of
   its items. Errors of the map itself (its deadline, the pool closing, the input
   raising) always raise.
+- **Enhanced-bridge targets**: ``pool.map("call", ({"target": "math.sqrt", "args": [x]}
+  for x in xs))`` runs the enhanced bridge's ``call`` command per item; its results are
+  read as ``pool.call`` reads them (objects that cannot travel come back as
+  :class:`~snakepit.Ref`, released when the host drops them; serializer plugins decode
+  tagged values).
 - **One deadline** for the whole map. Leaving the block early, an error, or a cancelled
   caller abandons every chunk not yet answered: queued ones leave the queue, those
   waiting in a worker's pipe are refused there, and a running one is cancelled (the
@@ -52,8 +57,10 @@ import outcome
 import trio
 
 from snakepit.errors import ConfigError, ProtocolError, QueueTimeout, RemoteError, SnakepitError
+from snakepit.plugins import host_serializers
 from snakepit.protocol import wire
 from snakepit.protocol.messages import Results
+from snakepit.refs import from_wire
 from snakepit.worker.lifecycle import Call, abandon, deadline_error
 
 if TYPE_CHECKING:
@@ -61,6 +68,8 @@ if TYPE_CHECKING:
     from snakepit.sessions.store import Session
     from snakepit.worker.worker import Worker, WorkerCall
 
+ENHANCED_CALL = "call"
+"""The enhanced bridge's dynamic call: a map of it reads refs and tagged values."""
 CHUNK_SECONDS = 0.001
 """Work per chunk ``chunksize=None`` aims at: the pipeline budget of one call."""
 MAX_CHUNKSIZE = 4096
@@ -276,6 +285,11 @@ class MapResults:
             self._finish()
             raise ProtocolError(f"batch call {call.command!r} of {call.batch} items was "
                                 f"answered with {len(values)} values")
+        if self._command == ENHANCED_CALL and call.worker is not None:
+            worker, pool, session = call.worker, self._pool, self._session
+            releases = pool._counted_refs(pool) if session is None else None
+            values = from_wire(values, host_serializers(), pool, worker.id, worker.pid,
+                               session.id if session else None, releases)
         self._values = values
         self._learn(call)
         for entry in results.errors or ():
