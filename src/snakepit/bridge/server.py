@@ -53,6 +53,7 @@ from snakepit.errors import CallCancelled, PayloadError, ProtocolError
 from snakepit.protocol import shm, wire
 from snakepit.protocol.codecs import JSON, Codec, available_codecs, get_codec
 from snakepit.protocol.framing import FrameDecoder, encode_frame
+from snakepit.protocol.segments import keep_freed_memory
 
 _READ_SIZE = 1 << 20
 _STOP = object()
@@ -239,6 +240,7 @@ class BridgeServer:
             prefix = shm.segment_prefix(os.environ.get(shm.RUN_ID_ENV, "0-0"), os.getpid())
             self._codec = shm.SharedMemoryCodec(threshold, prefix, self._max_frame_size,
                                                 track=False)
+            keep_freed_memory()  # large buffers read out of segments land in warm memory
 
     # -- routing frames ----------------------------------------------------------------
     def _route_pending(self) -> None:
