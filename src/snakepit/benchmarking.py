@@ -15,7 +15,8 @@ One run measures, on the same trivial task and worker count, and prints with rat
 - **streams**: chunks/s and MB/s for 16 B and 64 KiB chunks, against the raw floor;
 - **sessions**: session-store operations per second;
 - **isolation**: the call right after a timeout, and a burst of slow calls right after
-  three of four workers died (:mod:`snakepit._bench.isolation`).
+  three of four workers died (:mod:`snakepit._bench.isolation`);
+- **map**: ``pool.map`` against the peers' maps (:mod:`snakepit._bench.mapping`).
 
 Then it checks the issue's targets (PASS/FAIL, as ratios within the run) and saves
 ``latest.json``, one line of ``history.jsonl`` and a chart ``latest.png`` (with
@@ -43,13 +44,13 @@ import trio
 
 import snakepit
 from snakepit import telemetry
-from snakepit._bench import isolation, ours, peers, raw
+from snakepit._bench import isolation, issue18, machine, ours, peers, raw
 from snakepit._bench.report import RAW, SNAKEPIT, median_row, percentile, print_report, save
 from snakepit._bench.report import targets as check_targets
 
 __all__ = ["main", "sections_of"]
 
-SECTIONS = ("calls", "start", "payloads", "streams", "sessions", "isolation")
+SECTIONS = ("calls", "start", "payloads", "streams", "sessions", "isolation", "map")
 
 _SYNTHETIC = "snakepit_bench_heavy"
 _SYNTHETIC_SOURCE = "import time\ntime.sleep({seconds})  # a heavy library's import\n"
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep telemetry listeners installed plugins attached")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a target fails")
+    machine.add_arguments(parser)
     return parser
 
 
@@ -110,12 +112,17 @@ def main(argv: list[str] | None = None, *,
         print(f"snakepit bench: unknown sections {unknown}; choose from {SECTIONS}",
               file=sys.stderr)
         return 2
-    report = _run(options, sections, on_section)
-    print_report(report)
-    if not options.no_save:
-        written = save(report, options.output)
-        print("\nsaved " + ", ".join(str(path) for path in written))
-    failed = any(target["passed"] is False for target in report["targets"])
+    failed = False  # --state both: all the sections idle, then all of them busy
+    for state in machine.STATES if options.state == "both" else (options.state,):
+        with machine.state(state):
+            report = _run(options, sections, on_section)
+        report["state"] = state
+        print_report(report)
+        if not options.no_save:
+            written = save(report, options.output)
+            (options.output / f"latest-{state}.json").write_text(written[0].read_text())
+            print("\nsaved " + ", ".join(str(path) for path in written))
+        failed = failed or any(target["passed"] is False for target in report["targets"])
     return 1 if options.strict and failed else 0
 
 
@@ -140,9 +147,9 @@ def _run(options: argparse.Namespace, sections: list[str],
                 on_section(section)
             measure = {"calls": _calls, "start": _start, "payloads": _payloads,
                        "streams": _streams, "sessions": _sessions,
-                       "isolation": _isolation}[section]
+                       "isolation": _isolation, "map": issue18.map_section}[section]
             report[section] = measure(options, available, module, path)
-    report["targets"] = check_targets(report)
+    report["targets"] = check_targets(report) + issue18.targets(report)
     return report
 
 
@@ -217,8 +224,9 @@ def _latency_run(measured: tuple[float, list[float]]) -> dict[str, Any]:
 def _snakepit_and_raw_calls(workers: int, calls: int, seq: int) -> dict[str, Any]:
     """snakepit's figures, and the raw floor's: its throughput, and latencies taken
     alternately with snakepit's (see :func:`ours.calls`)."""
-    throughput, samples, floor, depth = trio.run(ours.calls, workers, calls, seq)
-    return {SNAKEPIT: {**_latency_run((throughput, samples)), "depth": depth},
+    throughput, samples, floor, depth, cpu = trio.run(ours.calls, workers, calls, seq)
+    return {SNAKEPIT: {**_latency_run((throughput, samples)), "depth": depth,
+                       "host_cpu_us": cpu * 1e6},
             RAW: _latency_run((raw.throughput(workers, calls), floor))}
 
 
@@ -247,7 +255,7 @@ def _calls(options: argparse.Namespace, available: set[str], module: str,
     both = results.pop("both")
     results = {SNAKEPIT: [run[SNAKEPIT] for run in both], RAW: [run[RAW] for run in both],
                **results}
-    rows = [median_row(name, results[name], ("calls_per_s", "p50_us", "p99_us"))
+    rows = [median_row(name, results[name], ("calls_per_s", "p50_us", "p99_us", "host_cpu_us"))
             for name in results]
     rows[0]["depth"] = min(run["depth"] for run in results[SNAKEPIT])  # the shallowest
     return rows
@@ -337,6 +345,7 @@ def _payloads(options: argparse.Namespace, available: set[str], module: str,
         if "trio-parallel" in available:
             runs[f"trio-parallel {label}"] = functools.partial(_trio_parallel_payload, size,
                                                                rounds)
+        runs.update(issue18.payload_runs(size, rounds, label))
         for name, samples in _repeat(options, runs).items():
             seconds = statistics.median(sample["seconds"] for sample in samples)
             rows.append({"name": name, "label": label, "size": size,

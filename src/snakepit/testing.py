@@ -80,6 +80,15 @@ class ChaosHandler(CommandHandler):
         ctypes.PyDLL(None).sleep(int(args["seconds"]))  # PyDLL keeps the GIL
 
     @command
+    def spin(self, seconds: float) -> float:
+        """Keep the CPU busy for ``seconds`` (a CPU-bound item, as in the map benchmark's
+        items of 10 µs of work); returns ``seconds``."""
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        return seconds
+
+    @command
     def crash(self, args: dict[str, Any] | None) -> None:
         """Exit at once with ``code`` (default 1), as a segfaulting extension would."""
         os._exit((args or {}).get("code", 1))

@@ -59,6 +59,7 @@ def run_batch(cmd: Command, ctx: CallContext) -> dict[str, Any]:
     count = len(items)
     start, block = 0, 1
     monotonic = time.monotonic
+    first = monotonic()
     while start < count:
         stop = min(count, start + block)
         began = monotonic()
@@ -89,7 +90,8 @@ def run_batch(cmd: Command, ctx: CallContext) -> dict[str, Any]:
                                     f"after {start} of its {count} items")
             block = 1 if took >= LOOK_EVERY else min(_MAX_BLOCK, block * 2)
     ctx.args = items
-    frame: dict[str, Any] = {wire.TAG: wire.RESULTS, "id": ctx.id, "values": values}
+    frame: dict[str, Any] = {wire.TAG: wire.RESULTS, "id": ctx.id, "values": values,
+                             "ran": monotonic() - first}
     if errors:
         frame["errs"] = errors
     return frame

@@ -124,13 +124,16 @@ class MapResults:
         size = min(size, MAX_CHUNKSIZE, max(1, self._largest_answered * GROWTH))
         return max(1, size)
 
-    def _learn(self, call: WorkerCall) -> None:
-        """A chunk was answered: update the per-item estimate from how long it ran."""
+    def _learn(self, call: WorkerCall, ran: float | None) -> None:
+        """A chunk was answered: update the per-item estimate from how long it ran --
+        by the worker's own clock when it says (``ran``), else from when the host saw
+        it start and end, which a loaded host stretches."""
         n = call.batch
         if n > self._largest_answered:
             self._largest_answered = n
-        if call.ran_for > 0:
-            self._per_item += (call.ran_for / n - self._per_item) * 0.5
+        took = ran if ran is not None and ran >= 0 else call.ran_for
+        if took > 0:
+            self._per_item += (took / n - self._per_item) * 0.5
 
     # -- the feeder --------------------------------------------------------------------
     async def feed(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
@@ -291,7 +294,7 @@ class MapResults:
             values = from_wire(values, host_serializers(), pool, worker.id, worker.pid,
                                session.id if session else None, releases)
         self._values = values
-        self._learn(call)
+        self._learn(call, results.ran if type(results.ran) is float else None)
         for entry in results.errors or ():
             index, kind, etype, message, tb, retryable = (list(entry) + [""] * 6)[:6]
             error: SnakepitError = (RemoteError(str(etype), str(message), str(tb),

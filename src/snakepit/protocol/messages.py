@@ -177,6 +177,8 @@ class Results:
     id: int
     values: list[Any]
     errors: list[list[Any]] | None = None
+    ran: float | None = None
+    """Seconds the worker spent running the items (optional): sizes the next chunks."""
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ Worker to host::
     end      {id}
     progress {id, done, total?, msg?}
     withdrawn {id}                    (the call was still queued: it will never run)
-    results  {id, values, errs?}      (the answer to a batch call)
+    results  {id, values, errs?, ran?} (the answer to a batch call)
     pong     {id}
     beat     {}                       (every ``heartbeat`` seconds, even during a call)
 
@@ -55,7 +55,8 @@ another through the same handler, in order, as one call of the life cycle above 
 starts, is cancelled, withdrawn, expires or is lost as a whole), and answers it with one
 ``results`` frame: ``values`` has ``n`` entries, item ``i``'s return value at index
 ``i``; an item that raised has ``nil`` there and an entry ``[i, kind, etype, msg, tb,
-retryable]`` in ``errs`` (``kind`` as in ``error``; ``errs`` left out when none failed).
+retryable]`` in ``errs`` (``kind`` as in ``error``; ``errs`` left out when none failed);
+``ran``, optional, is the seconds the worker spent on the items (it sizes later chunks).
 Between items the worker looks at the wire now and then: once the call is cancelled or
 its deadline passes it stops and answers the whole call with an ``error`` frame
 (``cancelled`` or ``expired``). An ``error`` frame for a batch call (an unknown command,

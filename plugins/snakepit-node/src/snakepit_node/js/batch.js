@@ -4,7 +4,8 @@
  * of items and whose `args` is their list. Every item runs through the same command,
  * one after another, in order; the answer is one `results` frame: `values[i]` is item
  * i's result (null where it threw), and `errs` lists `[i, kind, etype, msg, tb,
- * retryable]` for each item that threw (left out when none did).
+ * retryable]` for each item that threw (left out when none did); `ran` is the seconds
+ * the items took (the host sizes later chunks by it).
  *
  * Between items the batch yields to the event loop now and then (about every
  * LOOK_EVERY_MS of work), so a cancel frame or the deadline can stop it: the rest of
@@ -51,6 +52,7 @@ async function runBatch(entry, ctx) {
   const items = ctx.args;
   const values = new Array(items.length);
   const errors = [];
+  const began = process.hrtime.bigint();
   let looked = Date.now();
   for (let index = 0; index < items.length; index += 1) {
     try {
@@ -69,7 +71,8 @@ async function runBatch(entry, ctx) {
       ctx.throwIfCancelled();
     }
   }
-  const frame = { t: RESULTS, id: ctx.id, values };
+  const frame = { t: RESULTS, id: ctx.id, values,
+    ran: Number(process.hrtime.bigint() - began) / 1e9 };
   if (errors.length > 0) frame.errs = errors;
   return frame;
 }
