@@ -14,6 +14,7 @@ import trio
 import snakepit
 from snakepit.process.registry import reap_orphans
 from snakepit.protocol import shm
+from snakepit.protocol.segments import HUGE_COPY
 from snakepit.worker.run import registry
 from tests.conftest import chaos_config, started, support_env
 from tests.process.test_shutdown import wait_gone
@@ -78,6 +79,22 @@ async def test_segments_are_reused_both_ways() -> None:
         assert (await pool.execute("segment_counts"))["created"] == 0
         assert len(segments(config)) == 1
     assert segments(config) == []
+
+
+async def test_large_bytes_are_read_out_into_their_own_bytes() -> None:
+    # past HUGE_COPY the copy out goes straight into a new bytes object
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        blob = os.urandom(HUGE_COPY + 12345)
+        for _ in range(3):  # the same segments each time: the copies must not alias
+            echoed = await pool.execute("echo", blob)
+            assert type(echoed) is bytes and echoed == blob and hash(echoed) == hash(blob)
+        other = os.urandom(len(blob))
+        assert await pool.execute("echo", other) == other
+        assert echoed == blob  # an earlier result is untouched by later traffic
+    from snakepit.protocol import segments as segment_module  # the host took the fast path
+
+    assert isinstance(segment_module._maker, segment_module._BytesMaker)
 
 
 async def test_views_arrive_for_views_and_bytes_for_bytes() -> None:

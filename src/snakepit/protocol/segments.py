@@ -247,6 +247,68 @@ def _unlink(name: str) -> None:
         os.unlink(os.path.join(SEGMENT_DIR, name))
 
 
+HUGE_COPY = 4 << 20
+"""``bytes`` of at least this size are read out of a segment into huge pages."""
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+class _BytesMaker:
+    """Makes a ``bytes`` of a segment's contents in memory advised to use huge pages.
+
+    Copying 64 MiB into a fresh ``bytes`` cost 31-63 ms on the reference box, almost all
+    of it 16k page faults; with the new object's memory advised ``MADV_HUGEPAGE`` first
+    (32 faults), 8 ms -- a warm copy. CPython's ``PyBytes_FromStringAndSize(NULL, n)``
+    gives an object whose contents are ours to fill before anyone sees it; the advice
+    covers only the whole huge pages inside that object's own allocation.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+        self.new = ctypes.pythonapi.PyBytes_FromStringAndSize
+        self.new.restype = ctypes.py_object
+        self.new.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+        self.madvise = ctypes.CDLL(None, use_errno=True).madvise
+        self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.offset = bytes.__basicsize__ - 1  # where a bytes object's data begins
+
+    def copy(self, source: mmap.mmap, size: int) -> bytes:
+        ctypes = self.ctypes
+        value: bytes = self.new(None, size)
+        address = id(value) + self.offset
+        start = (address + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+        end = (address + size) & ~(_HUGE_PAGE - 1)
+        if end > start:
+            self.madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: errors ignored
+        view = ctypes.c_char.from_buffer(source)
+        try:
+            ctypes.memmove(address, ctypes.addressof(view), size)
+        finally:
+            del view
+        return value
+
+
+_maker: _BytesMaker | bool | None = None
+
+
+def read_bytes(segment: Segment, size: int) -> bytes:
+    """The first ``size`` bytes of ``segment`` as a new ``bytes`` (huge pages for large
+    ones where CPython and Linux allow; a plain slice otherwise)."""
+    global _maker
+    if size >= HUGE_COPY:
+        if _maker is None:
+            try:
+                _maker = _BytesMaker() if sys.implementation.name == "cpython" else False
+            except (ImportError, AttributeError, OSError):
+                _maker = False
+        if _maker:
+            assert isinstance(_maker, _BytesMaker)
+            return _maker.copy(segment.map, size)
+    return segment.map[:size]
+
+
 def keep_freed_memory(limit: int = 1 << 30) -> bool:
     """Ask glibc's malloc to keep freed large blocks (up to ``limit`` bytes) for reuse
     instead of unmapping them; returns whether it agreed.

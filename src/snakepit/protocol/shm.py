@@ -37,7 +37,7 @@ from typing import Any
 
 from snakepit.errors import ProtocolError
 from snakepit.protocol.codecs import Codec
-from snakepit.protocol.segments import SEGMENT_DIR, Segment, SegmentPool
+from snakepit.protocol.segments import SEGMENT_DIR, Segment, SegmentPool, read_bytes
 
 try:
     import msgpack
@@ -197,7 +197,7 @@ class SharedMemoryCodec(Codec):
         self.received += 1
         if kind == _VIEW:
             return self.pool.hand_to_view(segment, size)
-        value = segment.map[:size]
+        value = read_bytes(segment, size)
         self.pool.give_back(segment)
         return value
 
