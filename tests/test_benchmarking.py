@@ -12,7 +12,7 @@ from snakepit import benchmarking
 from snakepit._bench import values
 from snakepit._bench.report import VALUE_TARGETS
 
-SECTIONS = {"calls", "start", "payloads", "streams", "sessions", "isolation"}
+SECTIONS = {"calls", "start", "payloads", "streams", "sessions", "isolation", "map"}
 
 
 def test_quick_run_prints_the_tables_and_saves_the_report(
@@ -21,7 +21,8 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
     out = capsys.readouterr().out
     for heading in ("trivial calls", "workers ready", "echo round trip", "stream",
                     "session store op", "calls after a timeout", "burst of 4",
-                    "pipeline depth under the concurrent load", "targets (issue 7)"):
+                    "pipeline depth under the concurrent load", "map: trivial items",
+                    "targets (issue 7"):
         assert heading in out
 
     report = json.loads((tmp_path / "latest.json").read_text())
@@ -59,17 +60,31 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
     if "torch" not in absent:
         assert {"tensor", "tensor-echo"} <= roles
 
+
+    assert report["state"] == "idle"
+    assert report["calls"][0]["host_cpu_us"] > 0  # the host's CPU per call, recorded
+    assert {"warm copy 1 MiB", "snakepit shared memory, views 1 MiB"} <= payloads
+    maps = {row["name"]: row for row in report["map"]}
+    assert {"snakepit map (auto)", "snakepit map chunksize 1", "snakepit map chunksize 64",
+            "snakepit map chunksize 1024", "raw pipe (floor), a frame per item",
+            "snakepit map, 10 µs items"} <= set(maps)
+    assert all(row["items_per_s"] > 0 for row in maps.values())
+    assert maps["snakepit map, 10 µs items"]["ideal_items_per_s"] == 2 / 10e-6
+
+
     # every target is judged or skipped, and said so in the output
-    assert len(report["targets"]) == 8 + len(VALUE_TARGETS)
+    assert len(report["targets"]) == 14 + len(VALUE_TARGETS)
     for target in report["targets"]:
         assert target["passed"] in (True, False, None)
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
         assert f"{verdict}  {target['name']}" in out
     skipped = [t["name"] for t in report["targets"] if t["passed"] is None]
-    # no peers: the two throughput targets; --quick: the framework values' (small values
-    # measure per-call costs, not what those targets are about)
-    assert len(skipped) == 2 + len(VALUE_TARGETS)
-    assert sum("throughput" in name for name in skipped) == 2
+    # no peers: the throughput ratios and the maps' ratios to the peers' maps; --quick:
+    # the framework values' (small values measure per-call costs, not what those
+    # targets are about)
+    assert len(skipped) == 4 + len(VALUE_TARGETS)
+    assert sum("throughput" in name or "at its best chunksize" in name
+               for name in skipped) == 4
     assert "peers not measured (--no-peers)" in report["notes"]
 
     # the history grows by one line a run; the chart comes with matplotlib
@@ -91,3 +106,48 @@ def test_one_section_and_no_saving(tmp_path: Path,
 def test_an_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert benchmarking.main(["--only", "calls,warp-drive"]) == 2
     assert "warp-drive" in capsys.readouterr().err
+
+
+def test_both_machine_states(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from snakepit._bench import machine
+
+    spinning: list[bool] = []
+    real_state = machine.state
+
+    def watched(name: str) -> object:
+        spinning.append(name == "busy")
+        return real_state(name)
+
+    machine.state = watched  # type: ignore[assignment]
+    try:
+        code = benchmarking.main(["--quick", "--no-peers", "--only", "sessions",
+                                  "--state", "both", "--output", str(tmp_path)])
+    finally:
+        machine.state = real_state  # type: ignore[assignment]
+    assert code == 0 and spinning == [False, True]
+    out = capsys.readouterr().out
+    assert "machine state 'idle'" in out and "machine state 'busy'" in out
+    states = [json.loads(line)["state"]
+              for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert states == ["idle", "busy"]
+    assert json.loads((tmp_path / "latest-busy.json").read_text())["state"] == "busy"
+
+
+def test_busy_state_keeps_a_cpu_spinning() -> None:
+    import time
+
+    from snakepit._bench import machine
+    from tests.conftest import child_pids
+
+    def cpu_ticks(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    before = child_pids()
+    with machine.state("busy"):
+        [spinner] = child_pids() - before
+        deadline = time.monotonic() + 10
+        while cpu_ticks(spinner) < 10 and time.monotonic() < deadline:
+            pass  # this process spins too, watching the spinner's CPU time grow
+        assert cpu_ticks(spinner) >= 10  # a tenth of a second of CPU: it spins
+    assert child_pids() == before  # and it is gone with the block

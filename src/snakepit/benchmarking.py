@@ -21,6 +21,7 @@ One run measures, on the same trivial task and worker count, and prints with rat
   three of four workers died (:mod:`snakepit._bench.isolation`);
 - **host_tools**: a call whose handler calls a host tool, p50/p99 next to a plain
   call's (:mod:`snakepit._bench.hosttools`).
+- **map**: ``pool.map`` against the peers' maps (:mod:`snakepit._bench.mapping`).
 
 Then it checks the issue's targets (PASS/FAIL, as ratios within the run) and saves
 ``latest.json``, one line of ``history.jsonl`` and a chart ``latest.png`` (with
@@ -48,13 +49,14 @@ import trio
 
 import snakepit
 from snakepit import telemetry
-from snakepit._bench import hosttools, isolation, ours, peers, raw, values
+from snakepit._bench import hosttools, isolation, issue18, machine, ours, peers, raw, values
 from snakepit._bench.report import RAW, SNAKEPIT, median_row, percentile, print_report, save
 from snakepit._bench.report import targets as check_targets
 
 __all__ = ["main", "sections_of"]
 
-SECTIONS = ("calls", "start", "payloads", "streams", "sessions", "isolation", "host_tools")
+SECTIONS = ("calls", "start", "payloads", "streams", "sessions", "isolation", "map",
+            "host_tools")
 
 _SYNTHETIC = "snakepit_bench_heavy"
 _SYNTHETIC_SOURCE = "import time\ntime.sleep({seconds})  # a heavy library's import\n"
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep telemetry listeners installed plugins attached")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a target fails")
+    machine.add_arguments(parser)
     return parser
 
 
@@ -115,12 +118,17 @@ def main(argv: list[str] | None = None, *,
         print(f"snakepit bench: unknown sections {unknown}; choose from {SECTIONS}",
               file=sys.stderr)
         return 2
-    report = _run(options, sections, on_section)
-    print_report(report)
-    if not options.no_save:
-        written = save(report, options.output)
-        print("\nsaved " + ", ".join(str(path) for path in written))
-    failed = any(target["passed"] is False for target in report["targets"])
+    failed = False  # --state both: all the sections idle, then all of them busy
+    for state in machine.STATES if options.state == "both" else (options.state,):
+        with machine.state(state):
+            report = _run(options, sections, on_section)
+        report["state"] = state
+        print_report(report)
+        if not options.no_save:
+            written = save(report, options.output)
+            (options.output / f"latest-{state}.json").write_text(written[0].read_text())
+            print("\nsaved " + ", ".join(str(path) for path in written))
+        failed = failed or any(target["passed"] is False for target in report["targets"])
     return 1 if options.strict and failed else 0
 
 
@@ -144,12 +152,12 @@ def _run(options: argparse.Namespace, sections: list[str],
             if on_section is not None:
                 on_section(section)
             measure = {"calls": _calls, "start": _start, "payloads": _payloads,
-                       "streams": _streams, "sessions": _sessions,
-                       "isolation": _isolation,
-                       "host_tools": lambda options, *_: hosttools.measure(options.seq),
+                       "streams": _streams, "sessions": _sessions, "map": issue18.map_section,
+                       "isolation": lambda options, *_: isolation.section(options.quick),
+                       "host_tools": lambda options, *_: hosttools.measure(options.seq)
                        }[section]
             report[section] = measure(options, available, module, path)
-    report["targets"] = check_targets(report)
+    report["targets"] = check_targets(report) + issue18.targets(report)
     return report
 
 
@@ -224,8 +232,9 @@ def _latency_run(measured: tuple[float, list[float]]) -> dict[str, Any]:
 def _snakepit_and_raw_calls(workers: int, calls: int, seq: int) -> dict[str, Any]:
     """snakepit's figures, and the raw floor's: its throughput, and latencies taken
     alternately with snakepit's (see :func:`ours.calls`)."""
-    throughput, samples, floor, depth = trio.run(ours.calls, workers, calls, seq)
-    return {SNAKEPIT: {**_latency_run((throughput, samples)), "depth": depth},
+    throughput, samples, floor, depth, cpu = trio.run(ours.calls, workers, calls, seq)
+    return {SNAKEPIT: {**_latency_run((throughput, samples)), "depth": depth,
+                       "host_cpu_us": cpu * 1e6},
             RAW: _latency_run((raw.throughput(workers, calls), floor))}
 
 
@@ -254,7 +263,7 @@ def _calls(options: argparse.Namespace, available: set[str], module: str,
     both = results.pop("both")
     results = {SNAKEPIT: [run[SNAKEPIT] for run in both], RAW: [run[RAW] for run in both],
                **results}
-    rows = [median_row(name, results[name], ("calls_per_s", "p50_us", "p99_us"))
+    rows = [median_row(name, results[name], ("calls_per_s", "p50_us", "p99_us", "host_cpu_us"))
             for name in results]
     rows[0]["depth"] = min(run["depth"] for run in results[SNAKEPIT])  # the shallowest
     return rows
@@ -344,6 +353,7 @@ def _payloads(options: argparse.Namespace, available: set[str], module: str,
         if "trio-parallel" in available:
             runs[f"trio-parallel {label}"] = functools.partial(_trio_parallel_payload, size,
                                                                rounds)
+        runs.update(issue18.payload_runs(size, rounds, label))
         for name, samples in _repeat(options, runs).items():
             seconds = statistics.median(sample["seconds"] for sample in samples)
             rows.append({"name": name, "label": label, "size": size,
@@ -384,15 +394,6 @@ def _sessions(options: argparse.Namespace, available: set[str], module: str,
     runs = _repeat(options, {"store": functools.partial(_session_rates, count)})["store"]
     return [{"name": name, "ops_per_s": statistics.median(run[name] for run in runs),
              "ops_per_s_samples": [run[name] for run in runs]} for name in runs[0]]
-
-
-def _isolation(options: argparse.Namespace, available: set[str], module: str,
-               path: str) -> list[dict[str, Any]]:
-    rounds = 2 if options.quick else 5
-    after = trio.run(isolation.calls_after_a_timeout, rounds)
-    burst = trio.run(isolation.burst_after_recovery, rounds)
-    return [{"name": "calls after a timeout", **after},
-            {"name": "burst after recovery", **burst}]
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import trio
 import snakepit
 from snakepit.process.registry import reap_orphans
 from snakepit.protocol import shm
+from snakepit.protocol.segments import HUGE_COPY
 from snakepit.worker.run import registry
 from tests.conftest import chaos_config, started, support_env
 from tests.process.test_shutdown import wait_gone
@@ -35,6 +37,14 @@ def segments(config: snakepit.PoolConfig) -> list[str]:
     return glob.glob(os.path.join(shm.SEGMENT_DIR, f"snakepit-{run_id}-*"))
 
 
+def of_process(config: snakepit.PoolConfig, pid: int) -> list[str]:
+    """This run's segments created by process ``pid`` or by the host for it."""
+    run_id = registry(config).run_id
+    return [path for path in segments(config)
+            if os.path.basename(path).startswith((f"snakepit-{run_id}-{pid}-",
+                                                  f"snakepit-{run_id}-{os.getpid()}-{pid}-"))]
+
+
 def host_codec(pool: snakepit.Pool) -> shm.SharedMemoryCodec:
     codec = pool.workers()[0].shared_memory
     assert codec is not None, "the worker did not take up shared memory"
@@ -48,12 +58,58 @@ async def test_large_bytes_go_both_ways_through_shared_memory() -> None:
         assert await pool.execute("echo", blob) == blob
         # out of band both ways: the host wrote one segment and read one
         assert (host_codec(pool).sent, host_codec(pool).received) == (1, 1)
-        assert await pool.execute("segment_counts") == {"received": 1, "sent": 1}
+        assert await pool.execute("segment_counts") == {"received": 1, "sent": 1, "created": 0}
         # nested in a map, and a memoryview of any contiguous buffer, travel too
         view = memoryview(bytearray(blob))
         assert await pool.execute("echo", {"data": view, "n": 1}) == {"data": blob, "n": 1}
         assert host_codec(pool).sent == 2
-        assert segments(config) == []  # each one unlinked by its reader
+    assert segments(config) == []  # nothing outlives the pool
+
+
+async def test_segments_are_reused_both_ways() -> None:
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        blob = os.urandom(3 * THRESHOLD)
+        for _ in range(10):
+            assert await pool.execute("echo", blob) == blob
+        codec = host_codec(pool)
+        assert (codec.sent, codec.received) == (10, 10)
+        # one segment went back and forth: created once by the host, never by the worker
+        assert codec.pool.created == 1
+        assert (await pool.execute("segment_counts"))["created"] == 0
+        assert len(segments(config)) == 1
+    assert segments(config) == []
+
+
+async def test_large_bytes_are_read_out_into_their_own_bytes() -> None:
+    # past HUGE_COPY the copy out goes straight into a new bytes object
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        blob = os.urandom(HUGE_COPY + 12345)
+        for _ in range(3):  # the same segments each time: the copies must not alias
+            echoed = await pool.execute("echo", blob)
+            assert type(echoed) is bytes and echoed == blob and hash(echoed) == hash(blob)
+        other = os.urandom(len(blob))
+        assert await pool.execute("echo", other) == other
+        assert echoed == blob  # an earlier result is untouched by later traffic
+    from snakepit.protocol import segments as segment_module  # the host took the fast path
+
+    assert isinstance(segment_module._maker, segment_module._BytesMaker)
+
+
+async def test_views_arrive_for_views_and_bytes_for_bytes() -> None:
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        blob = os.urandom(2 * THRESHOLD)
+        assert await pool.execute("type_of", blob) == "bytes"
+        assert await pool.execute("type_of", bytearray(blob)) == "memoryview"
+        echoed = await pool.execute("echo", memoryview(blob))
+        assert type(echoed) is memoryview and echoed.readonly and echoed == blob
+        copied = await pool.execute("echo", blob)
+        assert type(copied) is bytes and copied == blob
+        assert isinstance(echoed.obj, mmap.mmap)  # the segment itself: no copy out
+        del echoed
+    assert segments(config) == []
 
 
 async def test_the_threshold_is_honoured() -> None:
@@ -63,7 +119,7 @@ async def test_the_threshold_is_honoured() -> None:
         assert host_codec(pool).sent == 0  # below: in the frame
         assert await pool.execute("length", b"x" * THRESHOLD) == THRESHOLD
         assert host_codec(pool).sent == 1  # at the threshold: out of band
-        assert await pool.execute("segment_counts") == {"received": 1, "sent": 0}
+        assert await pool.execute("segment_counts") == {"received": 1, "sent": 0, "created": 0}
 
 
 async def test_no_threshold_means_no_shared_memory() -> None:
@@ -79,7 +135,8 @@ async def test_segments_are_released_after_a_handler_error() -> None:
         with pytest.raises(snakepit.RemoteError, match="refusing"):
             await pool.execute("reject", b"x" * (2 * THRESHOLD))
         assert host_codec(pool).sent == 1
-        assert segments(config) == []
+        assert len(segments(config)) == 1  # kept by the worker for its next buffer
+    assert segments(config) == []
 
 
 async def test_arguments_a_crashed_worker_never_read_are_released() -> None:
@@ -104,16 +161,20 @@ async def test_arguments_a_crashed_worker_never_read_are_released() -> None:
         assert lengths == [2 * THRESHOLD]
         await wait_gone(worker.pid)
         await pool.wait_ready()
-        assert segments(config) == []
+        assert of_process(config, worker.pid) == []  # the dead worker's, and ours for it
+    assert segments(config) == []
 
 
 async def test_results_a_crashed_worker_wrote_are_released() -> None:
     config = shm_config()
     async with snakepit.open_pool(config) as pool:
+        crashed = pool.workers()[0].pid
         with pytest.raises(snakepit.WorkerCrashed):
             await pool.execute("crash_holding_a_segment", {"size": 2 * THRESHOLD})
+        await wait_gone(crashed)
         await pool.wait_ready()
-        assert segments(config) == []
+        assert of_process(config, crashed) == []
+    assert segments(config) == []
 
 
 def test_the_reaper_removes_the_segments_of_a_dead_run(tmp_path: Path) -> None:

@@ -15,7 +15,12 @@ class SharedMemoryHandler(ChaosHandler):
         codec = self.bridge._codec
         if not isinstance(codec, shm.SharedMemoryCodec):
             return {"received": -1, "sent": -1}
-        return {"received": codec.received, "sent": codec.sent}
+        return {"received": codec.received, "sent": codec.sent, "created": codec.pool.created}
+
+    @command
+    def type_of(self, args: Any) -> str:
+        """The type of the arguments as they arrived."""
+        return type(args).__name__
 
     @command
     def length(self, args: Any) -> int:

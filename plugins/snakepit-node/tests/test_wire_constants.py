@@ -25,7 +25,7 @@ process.stdout.write(JSON.stringify(constants));
 """
 
 # Python names in wire.py that are neither message tags nor error kinds.
-NOT_TAGS = {"TAG", "SHM", "ALLOWED_TARGETS_ENV"}
+NOT_TAGS = {"TAG", "SHM", "BATCH", "ALLOWED_TARGETS_ENV"}
 
 
 @pytest.fixture(scope="module")

@@ -87,3 +87,12 @@ async def burst_after_recovery(rounds: int) -> dict[str, Any]:
             took.append(time.perf_counter() - began)
     return {"seconds": sorted(took)[len(took) // 2], "serial_seconds": 4 * NAP,
             "depth": depth}
+
+
+def section(quick: bool) -> list[dict[str, Any]]:
+    """The ``isolation`` section of ``snakepit bench``: both measurements, as rows."""
+    rounds = 2 if quick else 5
+    after = trio.run(calls_after_a_timeout, rounds)
+    burst = trio.run(burst_after_recovery, rounds)
+    return [{"name": "calls after a timeout", **after},
+            {"name": "burst after recovery", **burst}]

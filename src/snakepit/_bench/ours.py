@@ -16,10 +16,10 @@ from snakepit.sessions.store import SessionStore
 
 
 async def calls(workers: int, calls: int, seq: int, concurrency: int = 64
-                ) -> tuple[float, list[float], list[float], int]:
+                ) -> tuple[float, list[float], list[float], int, float]:
     """(calls per second from ``concurrency`` tasks, sequential latencies, the raw
-    floor's sequential latencies, and the pipeline depth the pool settled at under the
-    concurrent load).
+    floor's sequential latencies, the pipeline depth the pool settled at under the
+    concurrent load, and the host's CPU seconds per call under it).
 
     The two latencies are taken in alternating blocks of 50, so both see the same
     machine: a round trip through a pipe takes 8 µs when the other CPU is busy and
@@ -29,8 +29,10 @@ async def calls(workers: int, calls: int, seq: int, concurrency: int = 64
         for i in range(200):
             await pool.execute("echo", i)
 
+        cpu = time.process_time()
         throughput = await concurrent_throughput(lambda i: pool.execute("echo", i), calls,
                                                  concurrency)
+        cpu_per_call = (time.process_time() - cpu) / calls
         depth = pool.effective_pipeline_depth
         ours: list[float] = []
         floor: list[float] = []
@@ -45,7 +47,7 @@ async def calls(workers: int, calls: int, seq: int, concurrency: int = 64
                 floor.extend(echo.timed(block))  # blocks the loop: nothing else runs
         finally:
             echo.close()
-    return throughput, ours, floor, depth
+    return throughput, ours, floor, depth, cpu_per_call
 
 
 async def start(workers: int, module: str, path: str, *, warm: bool) -> dict[str, float]:

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from snakepit._bench.mapping import print_rows as print_map
+
 SNAKEPIT = "snakepit"
 RAW = "raw pipe (floor)"
 
@@ -186,7 +188,10 @@ def print_report(report: dict[str, Any], out: Callable[[str], None] = print) -> 
         out(f"\n{'session store op':<24}{'ops/s':>12}")
         for row in sessions:
             out(f"  {row['name']:<22}{row['ops_per_s']:>12,.0f}")
-    out("\ntargets (issue 7), as ratios within this run (median of the per-run ratios):")
+    if report.get("map"):
+        print_map(report["map"], out)
+    out(f"\ntargets (issue 7, and issue 18), machine state {report.get('state', 'idle')!r}, "
+        "as ratios within this run (median of the per-run ratios):")
     for target in report["targets"]:
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
         value = ("not measured" if target["value"] is None

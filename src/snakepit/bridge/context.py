@@ -75,8 +75,8 @@ class CallContext:
     """
 
     __slots__ = ("_cancelled", "_channel", "_credit", "_host", "_nested", "_refused", "_report",
-                 "_sessions", "_started", "args", "command", "deadline", "id", "session_id",
-                 "window")
+                 "_sessions", "_started", "args", "batch", "command", "deadline", "id",
+                 "session_id", "window")
 
     def __init__(self, id: int, command: str, args: Any, *, session_id: str | None,
                  deadline: float | None, window: int | None,
@@ -89,6 +89,8 @@ class CallContext:
         self.session_id = session_id
         self.deadline = deadline
         self.window = window
+        self.batch = 0
+        """Items in a batch call (``pool.map``; ``args`` is their list), else 0."""
         self._report = report
         self._channel = channel
         self._sessions = sessions if sessions is not None else {}

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from snakepit.bridge.answers import close_quietly, describe_exception
+from snakepit.bridge.batch import BatchExpired, run_batch
 from snakepit.bridge.context import CallContext, ControlChannel, SerialChannel, ThreadedChannel
 from snakepit.bridge.handler import CommandHandler
 from snakepit.bridge.hostcalls import HostLink, enter, leave
@@ -95,10 +96,14 @@ class BridgeServer(WireEnd):
             call_id, name = _field_id(message), message.get("cmd")
             session_id, deadline = message.get("sid"), message.get("dl")
             window, nest = message.get("window"), message.get("nest")
+            batch = message.get("batch")
             if (not isinstance(name, str) or not (nest is None or type(nest) is int)
                     or not (session_id is None or isinstance(session_id, str))
                     or not (deadline is None or _is_number(deadline))
-                    or not (window is None or (type(window) is int and window > 0))):
+                    or not (window is None or (type(window) is int and window > 0))
+                    or not (batch is None or (type(batch) is int and batch > 0 and window is None
+                                              and type(message.get("args")) is list
+                                              and len(message["args"]) == batch))):
                 raise ProtocolError(f"malformed call frame: {message!r:.200}")
             if call_id in self._active:
                 raise ProtocolError(f"call id {call_id} is already in use")
@@ -106,6 +111,7 @@ class BridgeServer(WireEnd):
                               deadline=deadline, window=window,
                               report=self.send, channel=self._channel,
                               sessions=self.handler.session_state, host=self._host)
+            ctx.batch = batch or 0
             if ctx.expired:
                 self._send_error(call_id, wire.KIND_EXPIRED, None,
                                  "the call's deadline passed before the worker received it")
@@ -242,6 +248,9 @@ class BridgeServer(WireEnd):
                                  f"unknown command {ctx.command!r}", etype="UnknownCommand")
                 return
             try:
+                if ctx.batch:
+                    self.send(run_batch(cmd, ctx))
+                    return
                 began = time.perf_counter()
                 result = cmd(ctx.args, ctx)
                 if cmd.streaming and ctx.window is None:  # plain call of a stream: collect
@@ -249,12 +258,11 @@ class BridgeServer(WireEnd):
                 elif ctx.window is not None:
                     self._stream(ctx, result if cmd.streaming else iter((result,)))
                 else:
-                    answer = {wire.TAG: wire.RESULT, "id": ctx.id, "value": result}
-                    if self._timing:  # how long the handler ran: the pipeline's measure
-                        answer["st"] = time.perf_counter() - began
-                    self.send(answer)
+                    self.send_result(ctx.id, result, began)
             except CallCancelled as exc:
                 self._send_error(ctx.id, wire.KIND_CANCELLED, exc)
+            except BatchExpired as exc:
+                self._send_error(ctx.id, wire.KIND_EXPIRED, None, str(exc))
             except (_HostGone, Terminated):
                 raise  # the wire is gone, or SIGTERM/SIGINT: the process ends
             except BaseException as exc:

@@ -26,6 +26,7 @@ from snakepit.errors import PayloadError, ProtocolError
 from snakepit.protocol import shm, wire
 from snakepit.protocol.codecs import JSON, Codec, available_codecs, get_codec
 from snakepit.protocol.framing import FrameDecoder, encode_frame
+from snakepit.protocol.segments import keep_freed_memory
 
 _READ_SIZE = 1 << 20
 
@@ -130,6 +131,14 @@ class WireEnd:
             except OSError as exc:  # EPIPE and friends: the host is gone
                 raise HostGone from exc
 
+    def send_result(self, call_id: int, value: Any, began: float) -> bool:
+        """Send call ``call_id``'s result; with the host's ``timing``, how long its
+        handler ran since ``began`` (``time.perf_counter()``) too: the pipeline's measure."""
+        answer = {wire.TAG: wire.RESULT, "id": call_id, "value": value}
+        if self._timing:
+            answer["st"] = time.perf_counter() - began
+        return self.send(answer)
+
     def send(self, message: dict[str, Any]) -> bool:
         """Encode and send ``message``; a result or chunk that cannot travel becomes an
         error frame for its call instead (returning False: the call is answered), so
@@ -137,7 +146,7 @@ class WireEnd:
         try:
             frame = encode_frame(self._codec.encode(message), self._max_frame_size)
         except (PayloadError, ProtocolError) as exc:
-            if message.get(wire.TAG) not in (wire.RESULT, wire.CHUNK):
+            if message.get(wire.TAG) not in (wire.RESULT, wire.CHUNK, wire.RESULTS):
                 raise
             self._send_error(message["id"], wire.KIND_PAYLOAD, None,
                              f"result cannot be sent: {exc}", etype="PayloadError")
@@ -204,6 +213,7 @@ class WireEnd:
             prefix = shm.segment_prefix(os.environ.get(shm.RUN_ID_ENV, "0-0"), os.getpid())
             self._codec = shm.SharedMemoryCodec(threshold, prefix, self._max_frame_size,
                                                 track=False)
+            keep_freed_memory()  # large buffers read out of segments land in warm memory
 
     def _report_protocol_error(self, exc: ProtocolError) -> None:
         sys.stderr.write(f"snakepit.bridge: protocol error from host: {exc}\n")

@@ -104,8 +104,8 @@ class CallPath:
                  breaker: CircuitBreaker | None, emit: Callable[..., None]) -> None:
         self.config = config
         self.gate = gate
-        self._dispatcher = dispatcher
-        self._affinity = affinity
+        self.dispatcher = dispatcher
+        self.affinity = affinity
         self.sessions: SessionStore = affinity.store
         self._counters = counters
         self._breaker = breaker
@@ -129,7 +129,7 @@ class CallPath:
     async def acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
         """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
         self.gate.check()
-        return await self._dispatcher.acquire_until(deadline, worker)
+        return await self.dispatcher.acquire_until(deadline, worker)
 
     async def acquire_pinned(self, worker: Worker, deadline: float) -> Worker:
         """A unit of the one worker that holds an object; RefLost if it is gone."""
@@ -142,7 +142,7 @@ class CallPath:
             raise RefLost(f"worker {worker.id} (pid {worker.pid}) died while the call "
                           "waited for it; the object is gone") from exc
         if not acquired.accepting:
-            self._dispatcher.release(acquired)
+            self.dispatcher.release(acquired)
             raise RefLost(f"worker {worker.id} (pid {worker.pid}) is being recycled; the "
                           "object goes with it")
         return acquired
@@ -153,7 +153,7 @@ class CallPath:
         self._counters.calls += 1
         call_id = next(_call_ids)
         if telemetry.enabled("call.start"):  # build no payload nobody reads
-            self._emit("call.start", {"queue_depth": self._dispatcher.queue_depth},
+            self._emit("call.start", {"queue_depth": self.dispatcher.queue_depth},
                        command=command, call=call_id, **metadata)
         return call_id, trio.current_time()
 
@@ -245,11 +245,11 @@ class CallPath:
                 call = attempt.call = Call(command, args, deadline)
                 call.on_progress = on_progress
                 run = lender()  # made by a host tool: on the capacity of its caller
-                free = None if run is not None else self._dispatcher.try_acquire()
+                free = None if run is not None else self.dispatcher.try_acquire()
                 if run is not None:
                     run.worker.send_nested(call, run.call)
                 elif free is None:
-                    self._dispatcher.queue(call)
+                    self.dispatcher.queue(call)
                 else:
                     free.send_call(call)
                 result = await wait_for_answer(call, deadline)
@@ -279,13 +279,13 @@ class CallPath:
             # session has no worker yet): nested there, on the caller's capacity
             run = lender()
             nest = run is not None and (session.worker is None or
-                                        self._affinity.bound_worker(session) is run.worker)
+                                        self.affinity.bound_worker(session) is run.worker)
             if run is not None and nest:
                 worker = run.worker
                 if session.worker is None:
                     self.sessions.bind(session, worker.id, worker.pid)
             else:
-                worker = await self._affinity.acquire(session, deadline)
+                worker = await self.affinity.acquire(session, deadline)
             call = attempt.call = Call(command, args, deadline, session_id=session_id,
                                        movable=not strict)
             call.on_progress = on_progress

@@ -13,6 +13,7 @@ from snakepit.pool.releases import RefReleases
 from snakepit.refs import Ref, from_wire, refs_in, to_wire
 
 if TYPE_CHECKING:
+    from snakepit.bridge.hookspecs import Serializer
     from snakepit.pool.calls import CallPath
     from snakepit.refs import RefOwner
     from snakepit.worker.worker import Worker
@@ -139,9 +140,15 @@ class DynamicCalls:
             raise
         worker = attempt.worker
         assert worker is not None  # it answered
+        return self.values_from(data, worker, session_id, serializers)
+
+    def values_from(self, data: Any, worker: Worker, session_id: str | None,
+                    serializers: Sequence[Serializer] | None = None) -> Any:
+        """Host values of what ``worker`` answered: ref markers become Refs of it (counted
+        outside sessions, freed when they go), tagged maps objects."""
         releases = self._counted_refs() if session_id is None else None
-        return from_wire(data, serializers, self._owner, worker.id, worker.pid, session_id,
-                         releases)
+        return from_wire(data, serializers if serializers is not None else host_serializers(),
+                         self._owner, worker.id, worker.pid, session_id, releases)
 
 
 def _scope(refs: list[Ref], session_id: str | None) -> str | None:

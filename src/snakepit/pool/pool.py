@@ -20,7 +20,7 @@ The nursery tree they run in is assembled by :mod:`snakepit.pool.tree` (``open_p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -34,6 +34,7 @@ from snakepit.pool.dispatch import Dispatcher
 from snakepit.pool.dynamic import DynamicCalls
 from snakepit.pool.health import HealthMonitor
 from snakepit.pool.launcher import Launcher
+from snakepit.pool.mapping import MapResults, open_map
 from snakepit.pool.session import SessionAffinity, SessionHandle, open_session
 from snakepit.pool.slots import WorkerSlots
 from snakepit.pool.stats import CallCounters, PoolStats
@@ -226,6 +227,38 @@ class Pool:
         """
         return open_stream(self._calls, self._affinity, self._nursery, command, args,
                            timeout, window, session_id)
+
+    def map(self, command: str, items: Iterable[Any] | AsyncIterable[Any], *,
+            chunksize: int | None = None, timeout: float | None = 60.0,
+            return_exceptions: bool = False, session_id: str | None = None
+            ) -> AbstractAsyncContextManager[MapResults]:
+        """Run ``command`` once per item, many items per frame; results in input order.
+
+        ::
+
+            async with pool.map("score", rows) as results:
+                async for r in results:
+                    ...
+
+        ``items`` (any iterable or async iterable) is consumed lazily, a bounded number
+        of chunks ahead of the consumer. ``chunksize=None`` aims at about a millisecond
+        of work per chunk. ``timeout`` is one deadline for the whole map. An item that
+        raised raises its :class:`RemoteError` at its position, or with
+        ``return_exceptions`` is yielded in its place. Leaving the block early (or a
+        cancelled caller) stops the work not yet done. See docs/performance.md and
+        :mod:`snakepit.pool.mapping`.
+
+        Raises:
+            QueueTimeout, WorkerTimeout: the deadline passed.
+            RemoteError, WorkerCrashed, PayloadError: an item's (or its chunk's) error,
+                unless ``return_exceptions``.
+            PoolClosed, PoolSaturated: the pool takes no more work.
+            ConfigError: a bad ``chunksize`` or ``timeout``.
+        """
+        capacity = sum(w.capacity for w in self.workers()) or self.config.size
+        return open_map(self._calls, self._dynamic, self._nursery, capacity, command, items,
+                        chunksize=chunksize, timeout=timeout,
+                        return_exceptions=return_exceptions, session_id=session_id)
 
     # -- the enhanced bridge -------------------------------------------------------------
     async def call(self, target: str, *args: Any, timeout: float | None = None,

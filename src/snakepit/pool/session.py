@@ -137,6 +137,10 @@ class SessionPool(Protocol):
                window: int | None = None, session_id: str | None = None
                ) -> AbstractAsyncContextManager[Any]: ...
 
+    def map(self, command: str, items: Any, *, chunksize: int | None = None,
+            timeout: float | None = 60.0, return_exceptions: bool = False,
+            session_id: str | None = None) -> AbstractAsyncContextManager[Any]: ...
+
 
 class SessionHandle:
     """A session of one pool: calls through it share the worker-side state.
@@ -174,6 +178,12 @@ class SessionHandle:
         """``pool.stream(...)`` within this session (an async context manager)."""
         return self.pool.stream(command, args, timeout=timeout, window=window,
                                 session_id=self.id)
+
+    def map(self, command: str, items: Any, *, chunksize: int | None = None,
+            timeout: float | None = 60.0, return_exceptions: bool = False) -> Any:
+        """``pool.map(...)`` within this session (an async context manager)."""
+        return self.pool.map(command, items, chunksize=chunksize, timeout=timeout,
+                             return_exceptions=return_exceptions, session_id=self.id)
 
 
 @asynccontextmanager

@@ -36,6 +36,7 @@ __all__ = [
     "Pong",
     "Progress",
     "Result",
+    "Results",
     "Shutdown",
     "Welcome",
     "Withdraw",
@@ -90,6 +91,8 @@ class Call:
     window: int | None = None
     nest: int | None = None
     """Made by a host tool that call ``nest`` waits for: run it now, nested in that one."""
+    batch: int | None = None
+    """Set: a batch call of that many items, ``args`` being their list (``pool.map``)."""
 
 
 @attrs.frozen
@@ -177,6 +180,18 @@ class Error:
 
 
 @attrs.frozen
+class Results:
+    """The batch call ``id`` ran: ``values[i]`` is item ``i``'s result; each entry of
+    ``errors`` is ``[i, kind, etype, msg, tb, retryable]`` for an item that raised."""
+
+    id: int
+    values: list[Any]
+    errors: list[list[Any]] | None = None
+    ran: float | None = None
+    """Seconds the worker spent running the items (optional): sizes the next chunks."""
+
+
+@attrs.frozen
 class Chunk:
     """One item yielded by the streaming call ``id``."""
 
@@ -241,7 +256,7 @@ class Emit:
 
 Message = (
     Hello | Welcome | Call | Cancel | Withdraw | Credit | Ping | Drop | Shutdown
-    | Result | Error | Chunk | End | Progress | Pong | Beat | Withdrawn
+    | Result | Error | Chunk | End | Progress | Pong | Beat | Withdrawn | Results
     | HostCall | HostResult | HostError | Emit
 )
 
@@ -257,6 +272,7 @@ _TAGS: dict[type[Any], str] = {
     Drop: wire.DROP,
     Shutdown: wire.SHUTDOWN,
     Result: wire.RESULT,
+    Results: wire.RESULTS,
     Error: wire.ERROR,
     Chunk: wire.CHUNK,
     End: wire.END,
@@ -278,6 +294,7 @@ _RENAMES: dict[str, str] = {
     "message": "msg",
     "traceback": "tb",
     "service_time": "st",
+    "errors": "errs",
 }
 
 
@@ -345,7 +362,8 @@ def from_wire(data: dict[str, Any]) -> Message:
 
 
 def call_to_wire(call_id: int, command: str, args: Any, session_id: str | None,
-                 deadline: float | None, window: int | None) -> dict[str, Any]:
+                 deadline: float | None, window: int | None,
+                 batch: int = 0) -> dict[str, Any]:
     """``to_wire(Call(...))`` without building the Call: the per-call hot path.
 
     Same map (defaults omitted); measured ~0.1 µs against ~1.1 µs for the class and
@@ -360,4 +378,6 @@ def call_to_wire(call_id: int, command: str, args: Any, session_id: str | None,
         data["dl"] = deadline
     if window is not None:
         data["window"] = window
+    if batch:
+        data["batch"] = batch
     return data

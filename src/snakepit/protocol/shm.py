@@ -5,20 +5,24 @@ module in worker environments.
 
 A ``bytes``, ``bytearray`` or ``memoryview`` of at least ``threshold`` bytes in a
 message is written to a file in ``/dev/shm`` (memory, not disk) and replaced on the wire
-by a msgpack extension value (type :data:`EXT_CODE`) holding the segment's name and
-size. The receiver reads the segment into a ``bytes`` and unlinks it at once. So a
-64 MiB argument costs two memory copies instead of a trip through a pipe in 1 MiB
-pieces plus the framing copies on both sides (docs/performance.md has the figures).
+by a msgpack extension value (type :data:`EXT_CODE`) holding the buffer's size, how it
+arrives, and the segment's name. Segments are reused
+(:mod:`snakepit.protocol.segments`): the receiver owns a segment once it was handed
+over, and writes its own next large buffer into it -- mapped and faulted in already --
+so a payload costs a warm copy in (and, for ``bytes``, one copy out), not a fresh
+file's page faults. ``bytearray`` and ``memoryview`` buffers arrive as read-only views
+of the segment, with no copy out at all (docs/performance.md has the figures).
 
 Segments are plain files rather than :mod:`multiprocessing.shared_memory`, whose
 resource tracker (a helper process per interpreter) would claim them; and they are
 named ``snakepit-<run id>-<creator pid>-<n>``, so that whoever must clean up can find
 them without any bookkeeping crossing the process boundary:
 
-- the receiver unlinks a segment as soon as it has read it;
-- the host unlinks the segments of a call's arguments when the call is answered or its
-  worker dies (a worker may die before reading them), and every segment a worker
-  created (``snakepit-<run>-<worker pid>-*``) when that worker exits;
+- a side keeps at most a few free segments (the rest are unlinked), and unlinks a
+  segment's name as soon as a view owns it;
+- the host, when a worker exits, unlinks every segment that worker created
+  (``snakepit-<run>-<worker pid>-*``) and every one it created for that worker
+  (``snakepit-<run>-<host pid>-<worker pid>-*``), whichever side held it last;
 - the run registry's reaper removes every segment of a dead run
   (``snakepit-<dead run id>-*``), should the host itself be killed.
 """
@@ -27,13 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import os
 import struct
 from typing import Any
 
 from snakepit.errors import PayloadError, ProtocolError
 from snakepit.protocol.codecs import Codec
+from snakepit.protocol.segments import SEGMENT_DIR, Segment, SegmentPool, read_bytes
 
 try:
     import msgpack
@@ -49,8 +53,10 @@ RUN_ID_ENV = "SNAKEPIT_RUN_ID"
 EXT_CODE = 0x53
 """msgpack extension type of a segment reference (``"S"``)."""
 
-SEGMENT_DIR = "/dev/shm"
-_SIZE = struct.Struct(">Q")
+_HEADER = struct.Struct(">QB")
+"""A segment reference: the size of the buffer, and how it arrives (:data:`_BYTES`,
+:data:`_VIEW`); the segment's name follows."""
+_BYTES, _VIEW = 0, 1
 _BUFFERS = (bytes, bytearray, memoryview)
 
 
@@ -85,14 +91,20 @@ def _nbytes(value: Any) -> int:
 class SharedMemoryCodec(Codec):
     """The msgpack codec, with large buffers moved to shared-memory segments.
 
+    Segments come from a :class:`~snakepit.protocol.segments.SegmentPool`: written
+    into while already mapped and faulted in, handed over with the message, kept by the
+    receiver for its own next large buffer. A buffer sent as ``bytes`` arrives as
+    ``bytes`` (one copy out of the segment, which then goes back to the receiver's
+    pool); one sent as a ``bytearray`` or ``memoryview`` (a numpy array's, say) arrives
+    as a read-only ``memoryview`` of the segment itself -- no copy at all.
+
     Args:
         threshold: buffers of at least this many bytes travel out of band.
         prefix: names of the segments this side creates (:func:`segment_prefix`).
         max_size: the largest segment accepted from the peer (``max_frame_size``).
     """
 
-    __slots__ = ("_counter", "_track", "exported", "max_size", "prefix", "received", "sent",
-                 "threshold")
+    __slots__ = ("_track", "exported", "max_size", "pool", "received", "sent", "threshold")
 
     def __init__(self, threshold: int, prefix: str, max_size: int, *,
                  track: bool = True) -> None:
@@ -103,17 +115,21 @@ class SharedMemoryCodec(Codec):
                                            ext_hook=self._read_segment),
                          sequence_keys=True)
         self.threshold = threshold
-        self.prefix = prefix
         self.max_size = max_size
-        self._counter = itertools.count()
+        self.pool = SegmentPool(prefix)
         self._track = track
         self.sent = 0
         """Segments written so far (a buffer that went out of band)."""
         self.received = 0
         """Segments read so far."""
         self.exported: dict[int, list[str]] = {}
-        """Segments this side created, by the id of the message that carried them
-        (kept when ``track``: the host's, whose worker may die before reading them)."""
+        """Segments handed over with each message not answered yet, by its id (kept
+        when ``track``: the host's, for the record; a worker that dies before reading
+        them leaves them to :meth:`release_all`)."""
+
+    @property
+    def prefix(self) -> str:
+        return self.pool.prefix
 
     # -- sending ---------------------------------------------------------------------
     def encode(self, message: Any) -> bytes:
@@ -126,22 +142,24 @@ class SharedMemoryCodec(Codec):
             payload = super().encode(message)
             if len(payload) < self.threshold:
                 return payload
-        names: list[str] = []
+        segments: list[Segment] = []
         try:
             try:
-                moved = self._export(message, names)
+                moved = self._export(message, segments)
             except RecursionError as exc:  # packb would have refused it too
                 raise PayloadError(f"cannot encode value with msgpack: {exc}") from exc
             payload = super().encode(moved)
         except BaseException:
-            for name in names:
-                _unlink(name)
+            for segment in segments:
+                self.pool.give_back(segment)
             raise
-        if names and self._track and type(message.get("id")) is int:
-            self.exported.setdefault(message["id"], []).extend(names)
+        for segment in segments:
+            self.pool.sent(segment)  # the peer's from now on
+        if segments and self._track and type(message.get("id")) is int:
+            self.exported.setdefault(message["id"], []).extend(s.name for s in segments)
         return payload
 
-    def _export(self, value: Any, names: list[str]) -> Any:
+    def _export(self, value: Any, segments: list[Segment]) -> Any:
         kind = type(value)
         if kind in _BUFFERS:
             size = _nbytes(value)
@@ -151,82 +169,46 @@ class SharedMemoryCodec(Codec):
                 raise PayloadError(f"a buffer of {size} bytes exceeds max_frame_size "
                                    f"{self.max_size}")
             if size >= self.threshold:
-                name = self._write_segment(value)
-                if name is not None:
-                    names.append(name)
+                segment = self.pool.write(value)
+                if segment is not None:
+                    segments.append(segment)
                     self.sent += 1
-                    return msgpack.ExtType(EXT_CODE, _SIZE.pack(_nbytes(value)) + name.encode())
+                    return msgpack.ExtType(EXT_CODE, _HEADER.pack(
+                        size, _BYTES if kind is bytes else _VIEW) + segment.name.encode())
             return value
         if kind is dict:
-            return {key: self._export(item, names) for key, item in value.items()}
+            return {key: self._export(item, segments) for key, item in value.items()}
         if kind is list or kind is tuple:
-            return [self._export(item, names) for item in value]
+            return [self._export(item, segments) for item in value]
         return value
 
-    def _write_segment(self, value: bytes | bytearray | memoryview) -> str | None:
-        """Write ``value`` to a new segment; None (send it in band) if that fails."""
-        name = f"{self.prefix}{next(self._counter)}"
-        path = os.path.join(SEGMENT_DIR, name)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except OSError:
-            return None
-        try:
-            view = memoryview(value).cast("B")
-            while view:
-                view = view[os.write(fd, view):]
-        except (OSError, TypeError, ValueError):  # ENOSPC, a non-contiguous view...
-            _unlink(name)
-            return None
-        finally:
-            os.close(fd)
-        return name
-
     def release(self, message_id: int) -> None:
-        """The message ``message_id`` was answered: unlink what was left of its segments
-        (the receiver unlinks each one it has read; this covers one it never read)."""
-        for name in self.exported.pop(message_id, ()):
-            _unlink(name)
+        """The message ``message_id`` was answered: its segments were read (the peer
+        reads a frame's segments as it decodes it) and are the peer's."""
+        self.exported.pop(message_id, None)
 
     def release_all(self) -> None:
-        """Unlink every segment this side still owns (its peer is gone)."""
-        for message_id in list(self.exported):
-            self.release(message_id)
+        """The peer is gone: unlink every segment this side created for it or holds
+        (what the peer created is removed by its own prefix)."""
+        self.exported.clear()
+        self.pool.close()
+        remove_segments(self.pool.prefix)
 
     # -- receiving -------------------------------------------------------------------
     def _read_segment(self, code: int, data: bytes) -> Any:
         if code != EXT_CODE:
             return msgpack.ExtType(code, data)
-        (size,) = _SIZE.unpack_from(data)
-        name = data[_SIZE.size:].decode()
-        if "/" in name or not name.startswith("snakepit-"):
-            raise ProtocolError(f"bad shared-memory segment name {name!r}")
-        if size > self.max_size:
-            _unlink(name)
-            raise ProtocolError(f"shared-memory segment of {size} bytes exceeds "
-                                f"max_frame_size {self.max_size}")
-        path = os.path.join(SEGMENT_DIR, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise ProtocolError(f"cannot open shared-memory segment {name}: {exc}") from exc
-        try:
-            if os.fstat(fd).st_uid != os.getuid():
-                raise ProtocolError(f"shared-memory segment {name} belongs to another user")
-            _unlink(name)  # ours now; nobody else needs the name
-            chunks = []
-            left = size
-            while left:
-                chunk = os.read(fd, left)
-                if not chunk:
-                    raise ProtocolError(f"shared-memory segment {name} is shorter than "
-                                        f"the {size} bytes announced")
-                chunks.append(chunk)
-                left -= len(chunk)
-        finally:
-            os.close(fd)
+        if len(data) < _HEADER.size:
+            raise ProtocolError("malformed shared-memory segment reference")
+        size, kind = _HEADER.unpack_from(data)
+        name = data[_HEADER.size:].decode(errors="replace")
+        segment = self.pool.open(name, size, self.max_size)
         self.received += 1
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if kind == _VIEW:
+            return self.pool.hand_to_view(segment, size)
+        value = read_bytes(segment, size)
+        self.pool.give_back(segment)
+        return value
 
 
 def _shallow_large(message: Any, threshold: int) -> bool:
@@ -261,8 +243,3 @@ def _holds_tagged(value: Any) -> bool:
     if kind is list:
         return any(type(item) is dict and _TAG in item for item in value[:16])
     return False
-
-
-def _unlink(name: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(SEGMENT_DIR, name))

@@ -8,7 +8,7 @@ Host to worker::
 
     hello    {version, codecs, max_frame_size, worker_id, heartbeat?, shm?, timing?}
                                                       (always JSON)
-    call     {id, cmd, args, sid?, dl?, window?, nest?}
+    call     {id, cmd, args, sid?, dl?, window?, nest?, batch?}
     cancel   {id}
     credit   {id, n}
     withdraw {id}                                     (take back a call not started)
@@ -27,6 +27,7 @@ Worker to host::
     end      {id}
     progress {id, done, total?, msg?}
     withdrawn {id}                    (the call was still queued: it will never run)
+    results  {id, values, errs?, ran?} (the answer to a batch call)
     pong     {id}
     beat     {}                       (every ``heartbeat`` seconds, even during a call)
     host_call {id, call, name, args}  (run host tool ``name`` for call ``call``)
@@ -69,6 +70,21 @@ rule above: the host counts them as started when it sends them. The tool name
 ``snakepit.tools`` is reserved: its result lists the tools the call can reach
 (``[{name, description}]``). ``emit`` needs no answer; the host validates and
 rate-limits it (see ``docs/host-tools.md``).
+
+A worker that announces the ``batch`` capability takes batch calls (``pool.map``): a
+``call`` whose ``batch`` field is the number of items ``n`` and whose ``args`` is a list
+of ``n`` items, each the arguments of one run of ``cmd``. The worker runs them one after
+another through the same handler, in order, as one call of the life cycle above (it
+starts, is cancelled, withdrawn, expires or is lost as a whole), and answers it with one
+``results`` frame: ``values`` has ``n`` entries, item ``i``'s return value at index
+``i``; an item that raised has ``nil`` there and an entry ``[i, kind, etype, msg, tb,
+retryable]`` in ``errs`` (``kind`` as in ``error``; ``errs`` left out when none failed);
+``ran``, optional, is the seconds the worker spent on the items (it sizes later chunks).
+Between items the worker looks at the wire now and then: once the call is cancelled or
+its deadline passes it stops and answers the whole call with an ``error`` frame
+(``cancelled`` or ``expired``). An ``error`` frame for a batch call (an unknown command,
+a result too large to send) stands for every one of its items. Large buffers among the
+items and values travel through shared memory as anywhere else.
 """
 
 from __future__ import annotations
@@ -97,6 +113,7 @@ END = "end"
 PROGRESS = "progress"
 PONG = "pong"
 WITHDRAWN = "withdrawn"
+RESULTS = "results"
 BEAT = "beat"
 HOST_CALL = "host_call"
 HOST_RESULT = "host_result"
@@ -121,8 +138,10 @@ KIND_PROTOCOL = "protocol"  # the worker could not understand a frame
 #: (the worker answers it at once as never started), so the host need not watch a
 #: ``cancel_grace`` for a call it cancelled while it still waited in the worker.
 #: ``host_tools``: sends ``host_call`` and ``emit``, runs ``nest`` calls while it waits.
+#: ``batch``: takes batch calls and answers them with ``results`` (see above).
 CAPABILITIES = ("streams", "cancel", "progress", "deadline", "sessions", "ping", "heartbeat",
-                "refuse", "withdraw", "host_tools")
+                "refuse", "withdraw", "host_tools", "batch")
+BATCH = "batch"
 SHM = "shm"
 
 #: Environment variable carrying the pool's ``allowed_targets`` to enhanced workers.

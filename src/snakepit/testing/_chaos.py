@@ -84,6 +84,14 @@ class ChaosHandler(CommandHandler):
         """Call host tool ``tool`` with ``args`` (``ctx.call_host``) and return its result."""
         return ctx.call_host(args["tool"], args.get("args"))
 
+    def spin(self, seconds: float) -> float:
+        """Keep the CPU busy for ``seconds`` (a CPU-bound item, as in the map benchmark's
+        items of 10 µs of work); returns ``seconds``."""
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        return seconds
+
     @command
     def crash(self, args: dict[str, Any] | None) -> None:
         """Exit at once with ``code`` (default 1), as a segfaulting extension would."""

@@ -298,6 +298,12 @@ class Connection:
                 raise decoder.failed
             if read_lot:
                 read_lot.unpark_all()
+            if window is None and count < _READ_SIZE:
+                # A short read drained the pipe: wait for it to fill rather than try a
+                # read that would fail with EAGAIN (one syscall per wake-up saved).
+                reads = 0
+                await trio.lowlevel.wait_readable(fd)
+                continue
             reads += 1
             if reads >= _READS_PER_YIELD:
                 reads = 0

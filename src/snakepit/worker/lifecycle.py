@@ -161,16 +161,21 @@ class Call(Generic[W]):
     Event, Lock or task per call (DESIGN.md: that caps the host near 18-20k calls/s).
     """
 
-    __slots__ = ("abandoned_at_front", "answer", "args", "bounced", "command", "deadline",
-                 "grace_deferred", "id", "movable", "never_started", "on_moved",
-                 "on_progress", "sent_at", "session_id", "settled", "state",
+    __slots__ = ("abandoned_at_front", "answer", "args", "batch", "bounced", "command",
+                 "deadline", "grace_deferred", "id", "movable", "never_started", "on_moved",
+                 "on_progress", "ran_for", "sent_at", "session_id", "settled", "state",
                  "stream", "task", "unqueue", "wall_deadline", "window", "worker")
 
     def __init__(self, command: str, args: Any, deadline: float = math.inf, *,
                  session_id: str | None = None, window: int | None = None,
-                 effective_deadline: float | None = None, movable: bool = True) -> None:
+                 effective_deadline: float | None = None, movable: bool = True,
+                 batch: int = 0) -> None:
         self.command = command
         self.args = args
+        self.batch = batch
+        """Items in a batch call (``args`` is their list; ``pool.map``), else 0."""
+        self.ran_for = 0.0
+        """How long the worker took to answer it once it could start (set on its answer)."""
         self.session_id = session_id
         self.window = window
         self.deadline = deadline

@@ -37,6 +37,7 @@ from snakepit.protocol.messages import (
     Pong,
     Progress,
     Result,
+    Results,
     Welcome,
     Withdrawn,
     call_to_wire,
@@ -156,6 +157,8 @@ class Worker(Ending):
         """Act on one frame from the worker (the reader calls this)."""
         if isinstance(message, Result):
             self._finish(message.id, outcome.Value(message.value), message.service_time)
+        elif isinstance(message, Results):  # a batch call's answer, read by pool.map
+            self._finish(message.id, outcome.Value(message), message.ran)
         elif isinstance(message, Error):
             if message.id is None:
                 raise ProtocolError(f"worker {self.id} reported: {message.message}")
@@ -226,7 +229,10 @@ class Worker(Ending):
             # round trip, which grows with the pipe's depth.
             if type(service_time) is not float:
                 service_time = now - max(call.sent_at, self._last_answer)
-            self.seat.record_service_time(service_time)
+            call.ran_for = service_time
+            # per item for a batch: the handler's own time
+            self.seat.record_service_time(service_time / call.batch if call.batch
+                                          else service_time)
         self._last_answer = now
         self.calls_served += 1
         call.settle(answer)
@@ -292,8 +298,11 @@ class Worker(Ending):
         """
         call_id = next(self._ids)
         try:
+            if call.batch and "batch" not in (self.welcome.capabilities if self.welcome else ()):
+                raise ProtocolError(f"worker {self.id} does not take batch calls (pool.map "
+                                    "needs a worker announcing the 'batch' capability)")
             self._send_map(call_to_wire(call_id, call.command, call.args, call.session_id,
-                                        call.wall_deadline, call.window))
+                                        call.wall_deadline, call.window, call.batch))
         except SnakepitError:  # PayloadError: unencodable or oversized
             self._release(self)
             raise

@@ -69,6 +69,8 @@ class CallContext {
     this.sessionId = typeof message.sid === 'string' ? message.sid : null;
     this.deadline = typeof message.dl === 'number' ? message.dl : null;
     this.window = Number.isInteger(message.window) ? message.window : null;
+    /** Items in a batch call (`pool.map`; `args` is their list), else 0. */
+    this.batch = Number.isInteger(message.batch) ? message.batch : 0;
     this._server = server;
     this._cancelled = false;
     this._done = false;

@@ -2,22 +2,20 @@
 /**
  * The server: reads frames from the host, answers the handshake, routes control frames,
  * queues calls and starts them in arrival order (at most `concurrency` at once), and
- * writes their answers.
- * Frames go out through `writeFrame` (wire.js): stdout is the wire, and `takeWire()` points
- * everything else written to stdout at stderr.
+ * writes their answers through `writeFrame` (wire.js: stdout is the wire).
  */
 
 const {
   BEAT, CALL, CANCEL, CAPABILITIES, CHUNK, CODECS, CREDIT, DEFAULT_MAX_FRAME_SIZE, DROP, END,
   ERROR, FrameDecoder, HELLO, HOST_ERROR, HOST_RESULT, JSON_CODEC, KIND_CANCELLED, KIND_EXPIRED,
-  KIND_HANDLER,
-  KIND_PAYLOAD, KIND_PROTOCOL, KIND_UNKNOWN_COMMAND, MAX_TIMER_MS, PING, PONG,
+  KIND_HANDLER, KIND_PAYLOAD, KIND_PROTOCOL, KIND_UNKNOWN_COMMAND, MAX_TIMER_MS, PING, PONG,
   PROTOCOL_VERSION, PayloadError, ProtocolError, RESULT, SHUTDOWN, WELCOME, WITHDRAW,
   WITHDRAWN, frame, pyRepr, stdout, writeFrame,
 } = require('./wire');
 const { CallCancelled, CallContext, HostToolError } = require('./context');
 const { builtins, commandsOf, isThenable, streamOf } = require('./builtins');
 const { HostCalls } = require('./hostcalls');
+const { runBatch, validBatch } = require('./batch');
 
 class Server {
   constructor({ handlerModule, handlerName, concurrency }) {
@@ -170,7 +168,8 @@ class Server {
     }
     switch (message.t) {
       case CALL: {
-        if (!Number.isInteger(message.id) || typeof message.cmd !== 'string') {
+        if (!Number.isInteger(message.id) || typeof message.cmd !== 'string'
+            || !validBatch(message)) {
           throw new ProtocolError(`malformed call frame: ${String(JSON.stringify(message, (k, v) => (
             typeof v === 'bigint' || ArrayBuffer.isView(v) ? '...' : v))).slice(0, 200)}`);
         }
@@ -302,6 +301,10 @@ class Server {
       }
       try {
         ctx.throwIfCancelled();
+        if (ctx.batch) {
+          this.answer(ctx, await runBatch(entry, ctx));
+          return;
+        }
         let result = entry.fn.call(entry.self, ctx.args, ctx);
         if (isThenable(result)) result = await result;
         const items = streamOf(result);

@@ -15,7 +15,7 @@ const PROTOCOL_VERSION = 1;
 const DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024;
 /** Capabilities announced in the welcome (all of them also Python's). */
 const CAPABILITIES = ['streams', 'cancel', 'progress', 'deadline', 'sessions', 'ping', 'heartbeat',
-  'withdraw', 'host_tools'];
+  'withdraw', 'host_tools', 'batch'];
 
 // Message tags (the `t` key): host to worker, then worker to host.
 const TAG = 't';
@@ -35,6 +35,7 @@ const END = 'end';
 const PROGRESS = 'progress';
 const PONG = 'pong';
 const WITHDRAWN = 'withdrawn';
+const RESULTS = 'results';
 const BEAT = 'beat';
 // Host tools and worker events (docs/adapters.md): worker to host `host_call` and `emit`,
 // host to worker `host_result` and `host_error`; a `call` may carry `nest`.
@@ -260,7 +261,7 @@ function takeWire() {
 module.exports = {
   PROTOCOL_VERSION, DEFAULT_MAX_FRAME_SIZE, CAPABILITIES,
   TAG, HELLO, CALL, CANCEL, WITHDRAW, CREDIT, PING, DROP, SHUTDOWN,
-  WELCOME, RESULT, ERROR, CHUNK, END, PROGRESS, PONG, WITHDRAWN, BEAT,
+  WELCOME, RESULT, ERROR, CHUNK, END, PROGRESS, PONG, WITHDRAWN, RESULTS, BEAT,
   HOST_CALL, HOST_RESULT, HOST_ERROR, EMIT, LIST_TOOLS,
   KIND_HANDLER, KIND_UNKNOWN_COMMAND, KIND_CANCELLED, KIND_EXPIRED, KIND_PAYLOAD, KIND_PROTOCOL,
   MAX_TIMER_MS,
