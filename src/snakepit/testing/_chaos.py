@@ -84,6 +84,7 @@ class ChaosHandler(CommandHandler):
         """Call host tool ``tool`` with ``args`` (``ctx.call_host``) and return its result."""
         return ctx.call_host(args["tool"], args.get("args"))
 
+    @command
     def spin(self, seconds: float) -> float:
         """Keep the CPU busy for ``seconds`` (a CPU-bound item, as in the map benchmark's
         items of 10 µs of work); returns ``seconds``."""
