@@ -190,6 +190,7 @@ class StubWorker:
         self.reserved = 0
         self.accepting = self.available = True
         self.parked = 0
+        self.inflight: tuple[object, ...] = ()  # nothing waits in its pipe
         self.seat = None
         # never held; no work stealing between stubs
         self.recall = types.SimpleNamespace(holds=0, withdraws=False, withdrawing=0)

@@ -50,6 +50,8 @@ def call_to_steal(workers: Iterable[Worker], thief: Worker
     victim, deepest, newest = None, 0, None
     started_before: float | None = None
     for worker in workers:
+        if len(worker.inflight) <= worker.capacity:
+            continue  # nothing waits behind what it runs (the common case: cheap)
         recall = worker.recall
         # a retiring worker runs the calls it was sent within its max_calls
         if worker is thief or not worker.accepting or not recall.withdraws:

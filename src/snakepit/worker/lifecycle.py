@@ -125,6 +125,11 @@ TRANSITIONS: dict[tuple[CallState, CallEvent], CallState] = {
 }
 """Every legal transition; anything else is a bug in the host (:class:`IllegalTransition`)."""
 
+_BY_VALUE: dict[tuple[str, str], CallState] = {
+    (state._value_, event._value_): target for (state, event), target in TRANSITIONS.items()}
+"""The table keyed by the members' values: a tuple of two str hashes in C, where the
+members' own ``__hash__`` is Python code (three calls a call: ~2 µs saved)."""
+
 ON_A_WORKER = frozenset({S.SENT, S.STARTED, S.WITHDRAWING, S.ABANDONED})
 """States in which the call holds a unit of its worker's capacity."""
 
@@ -232,7 +237,7 @@ class Call(Generic[W]):
             IllegalTransition: the table has no such transition from the current state.
         """
         try:
-            state = self.state = TRANSITIONS[self.state, event]
+            state = self.state = _BY_VALUE[self.state._value_, event._value_]
         except KeyError:
             raise IllegalTransition(f"{self!r}: no transition on {event.value}") from None
         return state

@@ -50,24 +50,24 @@ class HostSide(Protocol):
 class NestedCalls:
     """The unit-less calls one worker holds, by wire id."""
 
-    __slots__ = ("_calls", "worker")
+    __slots__ = ("calls", "worker")
 
     def __init__(self, worker: Any) -> None:
         """``worker``: the :class:`~snakepit.worker.worker.Worker` that holds them."""
         self.worker = worker
-        self._calls: dict[int, Call[Any]] = {}
+        self.calls: dict[int, Call[Any]] = {}
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self.calls)
 
     def __iter__(self) -> Iterator[Call[Any]]:
-        return iter(list(self._calls.values()))
+        return iter(list(self.calls.values()))
 
     def __contains__(self, call: Call[Any]) -> bool:
-        return call.worker is self.worker and self._calls.get(call.id) is call
+        return call.worker is self.worker and self.calls.get(call.id) is call
 
     def get(self, call_id: int) -> Call[Any] | None:
-        return self._calls.get(call_id) if self._calls else None
+        return self.calls.get(call_id) if self.calls else None
 
     def send(self, call: Call[Any], ids: itertools.count[int], nest: Call[Any] | None) -> None:
         """Send ``call`` now, nested in ``nest`` (``None``: a set-up call).
@@ -86,11 +86,11 @@ class NestedCalls:
         call.worker = worker
         call.movable = False
         call.advance(CallEvent.SEND_FRONT)  # started at once: no unit, no order
-        self._calls[call_id] = call
+        self.calls[call_id] = call
 
     def take(self, call_id: int) -> Call[Any] | None:
         """Remove the call ``call_id`` if it is one of these (it was answered)."""
-        return self._calls.pop(call_id, None) if self._calls else None
+        return self.calls.pop(call_id, None) if self.calls else None
 
     def abandon(self, call: Call[Any]) -> None:
         """Its caller gave up: cancel it in the worker and watch ``cancel_grace`` (a
@@ -108,6 +108,6 @@ class NestedCalls:
 
     def fail_all(self, error: SnakepitError) -> None:
         """The worker is gone: each of these may have run, so each fails."""
-        calls, self._calls = list(self._calls.values()), {}
+        calls, self.calls = list(self.calls.values()), {}
         for call in calls:
             call.fail(error)

@@ -217,10 +217,11 @@ class Worker(Ending):
                 service_time: Any = None) -> None:
         if self.host is not None and self.host.runs:
             self._tools_end(call_id)
-        nested = self.nested.take(call_id)
-        if nested is not None:  # no unit to give back, no place in the order
-            nested.settle(answer)
-            return
+        if self.nested.calls:  # (checked first: rare, and the hot path pays one lookup)
+            nested = self.nested.take(call_id)
+            if nested is not None:  # no unit to give back, no place in the order
+                nested.settle(answer)
+                return
         call = self._take_back(call_id)
         now = trio.current_time()
         if self.seat is not None:
@@ -237,7 +238,8 @@ class Worker(Ending):
         self.calls_served += 1
         call.settle(answer)
         self._release(self)
-        self.recall.answered(call, answer)
+        if call.abandoned_at_front or self.recall.deferred:
+            self.recall.answered(call, answer)
         if self.killed_on_purpose and not self.inflight and not self.shutdown_sent:
             self.request_shutdown()  # a retiring worker's last call is done
 
