@@ -100,8 +100,9 @@ async def test_session_tools_shadow_pool_tools_and_go_with_the_session() -> None
         assert await pool.execute("ask", {"tool": "whoami"}, timeout=10) == "pool"
 
 
-async def test_the_call_timing_out_cancels_the_tool_and_the_worker_stops_waiting(
-        tmp_path: Path) -> None:
+def tool_that_waits_forever() -> tuple[trio.Event, trio.Event, Any]:
+    """A host tool that never returns: events set when it starts and when it is
+    cancelled, and the tool."""
     started, cancelled = trio.Event(), trio.Event()
 
     async def forever(args: Any) -> None:
@@ -110,6 +111,13 @@ async def test_the_call_timing_out_cancels_the_tool_and_the_worker_stops_waiting
             await trio.sleep_forever()
         finally:
             cancelled.set()
+
+    return started, cancelled, forever
+
+
+async def test_the_call_timing_out_cancels_the_tool_and_the_worker_stops_waiting(
+        tmp_path: Path) -> None:
+    started, cancelled, forever = tool_that_waits_forever()
 
     marker = tmp_path / "stopped"
     async with snakepit.open_pool(tools_config(size=1)) as pool:
@@ -130,14 +138,7 @@ async def test_the_call_timing_out_cancels_the_tool_and_the_worker_stops_waiting
 
 async def test_the_caller_cancelled_cancels_the_tool_and_the_worker_stops_waiting(
         tmp_path: Path) -> None:
-    started, cancelled = trio.Event(), trio.Event()
-
-    async def forever(args: Any) -> None:
-        started.set()
-        try:
-            await trio.sleep_forever()
-        finally:
-            cancelled.set()
+    started, cancelled, forever = tool_that_waits_forever()
 
     marker = tmp_path / "stopped"
     async with snakepit.open_pool(tools_config(size=1)) as pool:

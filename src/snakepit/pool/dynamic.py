@@ -41,17 +41,6 @@ class DynamicCalls:
         self._owner = owner
         self._releases: RefReleases | None = None
 
-    async def call(self, target: str, *args: Any, timeout: float | None = None,
-                   **kwargs: Any) -> Any:
-        """Call the dotted callable ``target`` in a worker: ``await pool.call("json.dumps",
-        [1, 2])``. Returns the result, or a :class:`~snakepit.Ref` when it cannot travel.
-        Refs among the arguments route the call to the worker that holds them.
-
-        ``timeout`` is the call's own deadline in seconds (as for ``execute``), not an
-        argument of the target; pass a keyword literally named ``timeout`` to the
-        target with :meth:`invoke`: ``pool.invoke(target, args, {"timeout": 5})``."""
-        return await self.invoke(target, args, kwargs, timeout=timeout)
-
     async def invoke(self, target: str, args: Sequence[Any] = (),
                      kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
                      store_as: str | None = None, session_id: str | None = None) -> Any:
