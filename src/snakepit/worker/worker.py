@@ -337,16 +337,6 @@ class Worker(Ending):
         """See :meth:`Recall.look_again`."""
         await self.recall.look_again(call)
 
-    def may_have_started(self, call: WorkerCall) -> bool:
-        """Whether the worker may have started ``call``, by what the host has read.
-
-        A worker starts calls in the order they were sent, at most ``capacity`` at a
-        time, and each only after answering an earlier one. So a call with
-        ``capacity`` older calls still unanswered has not started -- unless such an
-        answer is already on its way, which :meth:`_will_never_start` rules out.
-        """
-        return self.inflight.may_have_started(call)
-
     async def ping(self) -> None:
         """Send a health-check ping and wait for the pong (no capacity unit is used).
 
