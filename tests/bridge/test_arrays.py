@@ -7,7 +7,7 @@ import numpy
 import pytest
 
 import snakepit
-from snakepit.bridge.arrays import BUILTIN_SERIALIZERS, ArraySerializer
+from snakepit.bridge.arrays import BUILTIN_SERIALIZERS, ArraySerializer, owned_array
 from snakepit.bridge.plugins import encode_value, load_serializers
 from snakepit.plugins import host_serializers
 from snakepit.protocol import shm
@@ -67,6 +67,22 @@ def test_contiguous_arrays_are_not_copied_and_strided_ones_once() -> None:
     data = ArraySerializer().encode(strided)["bytes"]
     assert not numpy.shares_memory(numpy.asarray(data), array)
     assert data.nbytes == strided.nbytes
+
+
+def test_a_received_view_is_copied_once_then_released() -> None:
+    # what the codec hands over for a shared-memory segment: a read-only view; the
+    # array must own writable memory, and the view must let go of the segment at once
+    source = bytearray(numpy.arange(6, dtype="<i4").tobytes())
+    view = memoryview(source).toreadonly()
+    array = owned_array(view, numpy.dtype("<i4"))
+    assert array.tolist() == list(range(6)) and array.flags.writeable
+    assert not numpy.shares_memory(array, numpy.frombuffer(source, dtype="<i4"))
+    with pytest.raises(ValueError, match="released"):
+        view.tobytes()
+    # in-band bytes: copied (bytes are immutable); a writable buffer is used as it is
+    assert owned_array(bytes(source), numpy.dtype("<i4")).flags.writeable
+    shared = owned_array(source, numpy.dtype("<i4"))
+    assert numpy.shares_memory(shared, numpy.frombuffer(source, dtype="<i4"))
 
 
 def test_structured_arrays_have_no_wire_form() -> None:

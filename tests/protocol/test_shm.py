@@ -81,6 +81,22 @@ async def test_segments_are_reused_both_ways() -> None:
     assert segments(config) == []
 
 
+async def test_a_message_of_many_buffers_reuses_all_its_segments() -> None:
+    # a frame of many large columns: every one of its segments comes back for reuse,
+    # not only the first few (a cap of four free segments made the rest fresh files,
+    # page faults and all, on every round trip)
+    config = shm_config()
+    async with snakepit.open_pool(config) as pool:
+        blobs = [os.urandom(THRESHOLD + i) for i in range(12)]
+        for _ in range(5):
+            assert await pool.execute("echo", blobs) == blobs
+        codec = host_codec(pool)
+        assert (codec.sent, codec.received) == (60, 60)
+        assert codec.pool.created == 12
+        assert (await pool.execute("segment_counts"))["created"] == 0
+    assert segments(config) == []
+
+
 async def test_large_bytes_are_read_out_into_their_own_bytes() -> None:
     # past HUGE_COPY the copy out goes straight into a new bytes object
     config = shm_config()

@@ -69,6 +69,25 @@ async def test_a_large_frame_through_a_pool() -> None:
     pandas.testing.assert_frame_equal(back, frame)
 
 
+async def test_a_frames_columns_reuse_their_segments_from_the_second_trip() -> None:
+    # Six columns past the shared-memory threshold: each trip writes them into segments
+    # both sides already have mapped. Two things made every trip create fresh segment
+    # files (page faults and all) before: a cap of four free segments per side, and the
+    # received columns' views kept alive by the wire data after decoding.
+    rng = numpy.random.default_rng(5)
+    frame = pandas.DataFrame({f"c{i}": rng.random(200_000) for i in range(6)})
+    async with snakepit.open_pool(CONFIG, size=1) as pool:
+        results = [await pool.call("pandas.DataFrame.copy", frame, deep=False)
+                   for _ in range(4)]
+        codec = pool.workers()[0].shared_memory
+        assert codec is not None and codec.sent == codec.received == 24
+        assert codec.pool.created == 6  # the first trip's, used both ways ever since
+    for result in results:  # each its own memory, untouched by later trips
+        pandas.testing.assert_frame_equal(result, frame)
+    results[0].iloc[0, 0] = -1.0  # and writable
+    assert results[0].iloc[0, 0] == -1.0 and results[1].iloc[0, 0] == frame.iloc[0, 0]
+
+
 @pytest.mark.parametrize("codec", ["json"])
 async def test_json_pools_say_why_frames_cannot_travel(codec: str) -> None:
     async with snakepit.open_pool(CONFIG, codec=codec, size=1) as pool:

@@ -22,8 +22,9 @@ either side of a mixed install still understands the other)::
   with no wire form makes the whole value a ref;
 - structured (record) dtypes have no wire form here: the value stays a ref.
 
-The decoded array owns writable memory (one copy out of the received buffer, which the
-codec hands over as immutable ``bytes``).
+The decoded array owns writable memory (one copy out of the received buffer: immutable
+``bytes``, or a read-only view of a shared-memory segment, which :func:`owned_array`
+releases once copied).
 """
 
 from __future__ import annotations
@@ -31,9 +32,32 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["BUILTIN_SERIALIZERS", "ArraySerializer"]
+__all__ = ["BUILTIN_SERIALIZERS", "ArraySerializer", "owned_array"]
 
 _RAW_KINDS = "biufcmMUS"
+
+
+def owned_array(raw: Any, dtype: Any) -> Any:
+    """A 1-d array of ``raw``'s contents as ``dtype``, writable and in memory of its own.
+
+    ``raw`` is a buffer as the codec decoded it: ``bytes`` (in band), a read-only
+    ``memoryview`` of a shared-memory segment (out of band: copied once, then the view is
+    released, so that the segment goes back to its pool at once -- the wire data that
+    held it may live on a while, in a finished task's last outcome say, and a segment
+    still lent when the next large buffer is sent means a fresh one, page faults and
+    all), or a writable buffer, used as it is (no copy). Serializers of array data
+    (snakepit-pandas' columns, snakepit-transformers' tensors) decode through this.
+    """
+    import numpy
+
+    found = numpy.frombuffer(raw, dtype=dtype)
+    if found.flags.writeable:
+        return found
+    owned = found.copy()
+    del found  # the view's export, which release() would refuse while it lives
+    if type(raw) is memoryview:
+        raw.release()
+    return owned
 
 
 class UnsupportedArray(TypeError):
@@ -102,8 +126,7 @@ class ArraySerializer:
         else:
             dtype = numpy.dtype(data["dtype"])
             raw = data["bytes"]
-            array = numpy.frombuffer(raw, dtype=dtype).copy() if len(raw) else numpy.empty(
-                0, dtype=dtype)
+            array = owned_array(raw, dtype) if len(raw) else numpy.empty(0, dtype=dtype)
             if data.get("order", "C") == "F":
                 array = array.reshape(shape[::-1]).T
             else:

@@ -36,8 +36,11 @@ from snakepit.errors import ProtocolError
 
 SEGMENT_DIR = "/dev/shm"
 
-MAX_FREE = 4
-"""Free segments a pool keeps; beyond, the largest are unlinked."""
+MAX_FREE = 16
+"""Free segments a pool keeps; beyond, the largest are unlinked. Enough for a message
+of many large buffers (a data frame's columns: with a cap of four, the fifth column
+and on were fresh files, page faults and all, on every round trip); the byte cap below
+is what bounds the memory."""
 MAX_FREE_BYTES = 512 << 20
 """Bytes of free segments a pool keeps at most."""
 MAX_LENT = 16

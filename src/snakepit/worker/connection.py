@@ -285,15 +285,8 @@ class Connection:
             if not count:
                 return
             self.last_heard = realtime.monotonic()
-            payloads = (decoder.feed(scratch[:count]) if window is None
-                        else decoder.filled(count))
-            for payload in payloads:
-                message = decode(payload)
-                if (deliver_result is not None and message.get(wire.TAG) == wire.RESULT
-                        and type(call_id := message.get("id")) is int):
-                    deliver_result(call_id, message.get("value"), message.get("st"))
-                else:
-                    deliver(from_wire(message))
+            _deliver(decoder.feed(scratch[:count]) if window is None
+                     else decoder.filled(count), decode, deliver, deliver_result)
             if decoder.failed is not None:  # a bad header after the frames just delivered
                 raise decoder.failed
             if read_lot:
@@ -347,3 +340,23 @@ def _batch_writer() -> _BatchWriter:
         trio.lowlevel.add_instrument(writer)
         _BATCH_WRITER.set(writer)
         return writer
+
+
+def _deliver(payloads: list[bytes] | list[bytes | bytearray],
+             decode: Callable[[bytes | bytearray], Any], deliver: Callable[[Message], None],
+             deliver_result: Callable[[int, Any, Any], None] | None) -> None:
+    """Decode and hand on the frames one read completed: results by the fast path.
+
+    A function of its own so that nothing of these frames stays referenced while the
+    reader waits for the next (as its loop's locals would): a result's shared-memory
+    views must go back to their pool as soon as the caller drops them, not at the next
+    frame -- a frame's columns were fresh segments, page faults and all, on the round
+    trip after a large one.
+    """
+    for payload in payloads:
+        message = decode(payload)
+        if (deliver_result is not None and message.get(wire.TAG) == wire.RESULT
+                and type(call_id := message.get("id")) is int):
+            deliver_result(call_id, message.get("value"), message.get("st"))
+        else:
+            deliver(from_wire(message))

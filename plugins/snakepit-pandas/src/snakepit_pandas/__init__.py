@@ -28,6 +28,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from snakepit.bridge.arrays import owned_array
 from snakepit_pandas._text import decode_strings, encode_strings
 
 __all__ = ["SERIALIZERS", "DataFrameSerializer", "IndexSerializer", "ScalarSerializer",
@@ -61,12 +62,12 @@ def _raw(array: Any) -> dict[str, Any]:
 
 
 def _from_raw(data: dict[str, Any]) -> Any:
-    """The array of a :func:`_raw` buffer, in writable memory of its own (the codec
-    hands over immutable ``bytes``: one copy; a writable buffer is used as it is)."""
+    """The array of a :func:`_raw` buffer, in writable memory of its own (one copy out
+    of immutable received bytes or a shared-memory view, which is then released; a
+    writable buffer is used as it is): :func:`snakepit.bridge.arrays.owned_array`."""
     import numpy
 
-    array = numpy.frombuffer(data["bytes"], dtype=numpy.dtype(data["dtype"]))
-    return array if array.flags.writeable else array.copy()
+    return owned_array(data["bytes"], numpy.dtype(data["dtype"]))
 
 
 def _label(value: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 # numpy arrays are snakepit's own (snakepit.bridge.arrays); listed here too so that
 # arrays nested in outputs and encodings encode with this module's serializers
-from snakepit.bridge.arrays import ArraySerializer
+from snakepit.bridge.arrays import ArraySerializer, owned_array
 
 __all__ = ["SERIALIZERS", "ArraySerializer"]
 
@@ -62,9 +62,8 @@ class TensorSerializer:
         import torch
 
         def array(dtype: Any) -> Any:
-            # writable memory of its own: one copy out of immutable received bytes
-            found = numpy.frombuffer(data["bytes"], dtype=dtype)
-            return found if found.flags.writeable else found.copy()
+            # writable memory of its own: one copy out of what was received
+            return owned_array(data["bytes"], dtype)
 
         if data["dtype"] == "bfloat16":
             bits = array(numpy.int16)
