@@ -257,6 +257,27 @@ def test_distinct_command_labels_are_capped_per_pool() -> None:
     assert len(series_of(text, "a")) == len(series_of(text, "b")) <= 11 * 46
 
 
+def test_a_pool_opened_again_under_its_name_gets_its_gauges_back() -> None:
+    # the per-call metrics keep their labelled children (labels() is the exporter's
+    # dearest step); a stopped pool's removed gauge must not stay cached
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from snakepit_prometheus._metrics import TelemetryMetrics
+
+    exporter = TelemetryMetrics(CollectorRegistry())
+    for round_ in (1, 2):
+        exporter.observe("call.start", {"queue_depth": 3 + round_}, {"pool": "p"})
+        exporter.observe("call.stop", {"duration": 0.001, "queue_wait": 0.0},
+                         {"pool": "p", "command": "echo"})
+        text = generate_latest(exporter.registry).decode()
+        assert value(text, "snakepit_queue_depth", pool="p") == 3 + round_
+        assert value(text, "snakepit_calls_total", pool="p", command="echo",
+                     outcome="ok") == round_  # counters go on accumulating
+        exporter.observe("pool.stopped", {}, {"pool": "p"})
+        text = generate_latest(exporter.registry).decode()
+        assert value(text, "snakepit_queue_depth", pool="p") is None
+
+
 async def test_the_cap_comes_from_the_environment() -> None:
     script = ("import logging; logging.basicConfig(); "
               "from snakepit_prometheus._metrics import metrics; "
