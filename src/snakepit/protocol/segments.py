@@ -47,6 +47,9 @@ MAX_LENT = 16
 """Segments lent to views that a pool watches to take back; beyond, the oldest is left
 to its view for good (its name unlinked)."""
 _GRAIN = 1 << 20
+_SMALL_GRAIN = 64 << 10
+"""Segments are sized in steps of 64 KiB below 1 MiB and of 1 MiB above: room for a
+slightly larger buffer next time, without a 1 MiB file for every 64 KiB one."""
 
 
 class Segment:
@@ -98,7 +101,8 @@ class SegmentPool:
         return self._create(size)
 
     def _create(self, size: int) -> Segment | None:
-        capacity = -(-size // _GRAIN) * _GRAIN
+        grain = _GRAIN if size > _GRAIN else _SMALL_GRAIN
+        capacity = -(-size // grain) * grain
         name = f"{self.prefix}{next(self._counter)}"
         path = os.path.join(SEGMENT_DIR, name)
         try:
