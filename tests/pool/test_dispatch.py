@@ -8,9 +8,12 @@ from typing import cast
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 import snakepit
 from snakepit.pool.dispatch import Dispatcher
+from snakepit.pool.pipelining import pipeline_depth
 from snakepit.worker.worker import Worker
 from tests.conftest import chaos_config
 
@@ -201,6 +204,23 @@ def held_after_draining(dispatcher: Dispatcher) -> int:
     while dispatcher.try_acquire() is not None:
         pass
     return next(iter(dispatcher._units)).reserved  # type: ignore[attr-defined, no-any-return]
+
+
+@given(configured=st.integers(1, 64),
+       times=st.lists(st.floats(0.0, 0.02, allow_nan=False) | st.sampled_from(
+           [0.001 / d for d in range(1, 66)]), max_size=60))
+def test_the_depth_follows_the_mean_service_time_exactly(configured: int,
+                                                         times: list[float]) -> None:
+    # the dispatcher works the depth out only when the mean leaves the range its depth
+    # holds for; it must always be what pipeline_depth says for the mean now (the
+    # sampled times sit on the ranges' ends)
+    dispatcher = Dispatcher(max_queue=10, pipeline_depth=configured)
+    for seconds in times:
+        dispatcher.record_service_time(seconds)
+        mean = dispatcher.mean_service_time
+        assert dispatcher._depth() == pipeline_depth(configured, max(mean, 1e-12))
+        dispatcher.mean_service_time = seconds  # set outright, as a test may
+        assert dispatcher._depth() == pipeline_depth(configured, max(seconds, 1e-12))
 
 
 def test_the_pipeline_deepens_for_quick_calls_and_shrinks_for_slow_ones() -> None:

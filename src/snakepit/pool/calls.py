@@ -185,12 +185,6 @@ class CallPath:
                                  "attempts": tries, **(measurements or {})},
                    command=command, call=call_id, worker=worker.id, **metadata)
 
-    async def run(self, command: str, args: Any, timeout: float | None,
-                   on_progress: ProgressCallback | None, session_id: str | None,
-                   idempotent: bool = False, pinned: Worker | None = None) -> Any:
-        return (await self.run_attempts(command, args, timeout, on_progress, session_id,
-                                         idempotent, pinned))[0]
-
     async def run_attempts(self, command: str, args: Any, timeout: float | None,
                             on_progress: ProgressCallback | None, session_id: str | None,
                             idempotent: bool = False, pinned: Worker | None = None,
@@ -208,8 +202,16 @@ class CallPath:
             deadline = self.deadline(timeout)
             while True:
                 try:
-                    result = await self._attempt(command, args, deadline, on_progress,
-                                                 session_id, attempt, pinned)
+                    if session_id is None and pinned is None and self._breaker is None:
+                        # the usual call, without _attempt's coroutine level between the
+                        # caller and its parked task (see wait_for_answer)
+                        self.gate.check()
+                        result = await wait_for_answer(
+                            self._send(command, args, deadline, on_progress, attempt),
+                            deadline)
+                    else:
+                        result = await self._attempt(command, args, deadline, on_progress,
+                                                     session_id, attempt, pinned)
                     break
                 except SnakepitError as exc:
                     delay = self._retry_delay(exc, tries, deadline, idempotent)
@@ -242,17 +244,8 @@ class CallPath:
                 worker.send_call(call)
                 result = await wait_for_answer(call, deadline)
             elif session_id is None:
-                call = attempt.call = Call(command, args, deadline)
-                call.on_progress = on_progress
-                run = lender()  # made by a host tool: on the capacity of its caller
-                free = None if run is not None else self.dispatcher.try_acquire()
-                if run is not None:
-                    run.worker.send_nested(call, run.call)
-                elif free is None:
-                    self.dispatcher.queue(call)
-                else:
-                    free.send_call(call)
-                result = await wait_for_answer(call, deadline)
+                result = await wait_for_answer(
+                    self._send(command, args, deadline, on_progress, attempt), deadline)
             else:
                 result = await self._session_attempt(command, args, deadline, on_progress,
                                                      session_id, attempt)
@@ -264,6 +257,22 @@ class CallPath:
         if breaker is not None:
             breaker.after(command, None, probe=probe)
         return result
+
+    def _send(self, command: str, args: Any, deadline: float,
+              on_progress: ProgressCallback | None, attempt: Attempt) -> WorkerCall:
+        """Make a call of no session and send it: nested on the worker of the host tool
+        that makes it (on its caller's capacity), on a free unit, or to the queue."""
+        call = attempt.call = Call(command, args, deadline)
+        call.on_progress = on_progress
+        run = lender()  # made by a host tool: on the capacity of its caller
+        free = None if run is not None else self.dispatcher.try_acquire()
+        if run is not None:
+            run.worker.send_nested(call, run.call)
+        elif free is None:
+            self.dispatcher.queue(call)
+        else:
+            free.send_call(call)
+        return call
 
     async def _session_attempt(self, command: str, args: Any, deadline: float,
                                on_progress: ProgressCallback | None, session_id: str,

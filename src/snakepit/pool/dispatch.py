@@ -31,7 +31,7 @@ from snakepit.errors import (
     SnakepitError,
     WorkerCrashedBeforeStart,
 )
-from snakepit.pool.pipelining import call_to_steal, pipeline_depth
+from snakepit.pool.pipelining import call_to_steal, depth_and_range
 from snakepit.worker.lifecycle import Call, CallEvent
 
 if TYPE_CHECKING:
@@ -58,10 +58,10 @@ class Dispatcher:
         self._broken = False
         self._broken_until: float | None = None
         """When a failed slot tries again (its cool-down's end); ``None``: never."""
+        self._mean = 0.001
+        self._depth_now = 2
+        self._depth_holds = (0.0, -1.0)  # mean service times for which it holds: none yet
         self.mean_service_time = 0.001
-        """Moving average of how long handlers run, in seconds (measured from when a call
-        could start, not from when it was sent: a deeper pipe must not look slower).
-        Sets the pipeline's depth and ``retry_after``."""
 
     @property
     def queue_depth(self) -> int:
@@ -69,9 +69,26 @@ class Dispatcher:
             return len(self._waiters)
         return len(self._waiters) + sum(len(q) for q in self._pinned.values())
 
+    @property
+    def mean_service_time(self) -> float:
+        """Moving average of how long handlers run, in seconds (measured from when a call
+        could start, not from when it was sent: a deeper pipe must not look slower).
+        Sets the pipeline's depth and ``retry_after``."""
+        return self._mean
+
+    @mean_service_time.setter
+    def mean_service_time(self, seconds: float) -> None:
+        self._mean = seconds
+        low, high = self._depth_holds
+        if not low < seconds <= high:
+            self._depth_now, self._depth_holds = depth_and_range(self.pipeline_depth,
+                                                                  seconds)
+
     def _depth(self) -> int:
-        """Units per unit of concurrency now: deeper while calls are quick."""
-        return pipeline_depth(self.pipeline_depth, self.mean_service_time)
+        """Units per unit of concurrency now: deeper while calls are quick (worked out
+        when the mean service time leaves the range its depth holds for, not on each
+        release)."""
+        return self._depth_now
 
     def add_worker(self, worker: Worker) -> None:
         """A new worker is ready: offer all of its capacity."""
@@ -397,4 +414,4 @@ class Dispatcher:
                            pinned_too=True)
 
     def record_service_time(self, seconds: float) -> None:
-        self.mean_service_time += (seconds - self.mean_service_time) * 0.05
+        self.mean_service_time = self._mean + (seconds - self._mean) * 0.05

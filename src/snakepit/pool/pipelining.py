@@ -18,6 +18,7 @@ start before a withdraw could reach them).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,20 @@ def pipeline_depth(configured: int, mean_service_time: float) -> int:
     if configured <= 2:
         return configured
     return max(2, min(configured, 1 + int(PIPELINE_BUDGET / mean_service_time)))
+
+
+def depth_and_range(configured: int, mean_service_time: float
+                    ) -> tuple[int, tuple[float, float]]:
+    """:func:`pipeline_depth` for ``mean_service_time``, and the range ``(low, high]``
+    of mean service times it stays the same for (the dispatcher works it out again
+    only when the mean leaves it)."""
+    depth = pipeline_depth(configured, max(mean_service_time, 1e-12))
+    if configured <= 2:
+        return depth, (-math.inf, math.inf)
+    # 1 + int(B / m) == depth  <=>  B / depth < m <= B / (depth - 1); the ends clamp
+    low = 0.0 if depth == configured else PIPELINE_BUDGET / depth
+    high = math.inf if depth == 2 else PIPELINE_BUDGET / (depth - 1)
+    return depth, (low, high)
 
 
 def call_to_steal(workers: Iterable[Worker], thief: Worker

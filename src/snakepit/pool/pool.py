@@ -186,7 +186,8 @@ class Pool:
             PayloadError: the arguments or the result cannot travel.
             PoolClosed: the pool is closing.
         """
-        return await self._calls.run(command, args, timeout, on_progress, None, idempotent)
+        return (await self._calls.run_attempts(command, args, timeout, on_progress, None,
+                                                idempotent))[0]
 
     async def execute_in_session(self, session_id: str, command: str, args: Any = None, *,
                                  timeout: float | None = None,
@@ -204,8 +205,8 @@ class Pool:
                 it); the session's next call binds afresh.
             SnakepitError: anything :meth:`execute` raises.
         """
-        return await self._calls.run(command, args, timeout, on_progress, session_id,
-                                     idempotent)
+        return (await self._calls.run_attempts(command, args, timeout, on_progress,
+                                                session_id, idempotent))[0]
 
     def stream(self, command: str, args: Any = None, *, timeout: float | None = None,
                window: int | None = None, session_id: str | None = None

@@ -333,20 +333,24 @@ async def wait_for_answer(call: Call[Any], deadline: float) -> Any:
         WorkerTimeout: the deadline passed while a worker may have been running it.
         ...and whatever the call's answer raises.
     """
+    # The wait is written out twice rather than put in a helper: each coroutine level
+    # between the caller and the parked task costs on the way down and back up (a level
+    # less here and in the pool's entry points saved ~0.6 µs of host CPU per call).
     if math.isinf(deadline):  # no scope to enter and leave: ~8 µs a call saved
-        return await _wait(call)
+        try:
+            return await call.wait()
+        except BaseException:  # the caller was cancelled: give the call up
+            if not call.answered:
+                abandon(call)
+            raise
     with trio.CancelScope(deadline=deadline):
-        return await _wait(call)
+        try:
+            return await call.wait()
+        except BaseException:  # cancelled (deadline or caller): give the call up first
+            if not call.answered:
+                abandon(call)
+            raise
     raise await deadline_error(call, f"call {call.command!r}")
-
-
-async def _wait(call: Call[Any]) -> Any:
-    try:
-        return await call.wait()
-    except BaseException:  # cancelled (deadline or caller): give the call up
-        if not call.answered:
-            abandon(call)
-        raise
 
 
 async def deadline_error(call: Call[Any], what: str) -> SnakepitError:
