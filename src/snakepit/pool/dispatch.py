@@ -31,7 +31,7 @@ from snakepit.errors import (
     SnakepitError,
     WorkerCrashedBeforeStart,
 )
-from snakepit.pool.pipelining import call_to_steal, depth_and_range
+from snakepit.pool.pipelining import ServiceTime, steal_for
 from snakepit.worker.lifecycle import Call, CallEvent
 
 if TYPE_CHECKING:
@@ -58,10 +58,8 @@ class Dispatcher:
         self._broken = False
         self._broken_until: float | None = None
         """When a failed slot tries again (its cool-down's end); ``None``: never."""
-        self._mean = 0.001
-        self._depth_now = 2
-        self._depth_holds = (0.0, -1.0)  # mean service times for which it holds: none yet
-        self.mean_service_time = 0.001
+        self.service = ServiceTime(pipeline_depth)
+        """How long handlers run, and the pipeline depth that sets."""
 
     @property
     def queue_depth(self) -> int:
@@ -71,24 +69,17 @@ class Dispatcher:
 
     @property
     def mean_service_time(self) -> float:
-        """Moving average of how long handlers run, in seconds (measured from when a call
-        could start, not from when it was sent: a deeper pipe must not look slower).
-        Sets the pipeline's depth and ``retry_after``."""
-        return self._mean
+        """Moving average of how long handlers run, in seconds (:class:`ServiceTime`);
+        sets the pipeline's depth and ``retry_after``."""
+        return self.service.mean
 
     @mean_service_time.setter
     def mean_service_time(self, seconds: float) -> None:
-        self._mean = seconds
-        low, high = self._depth_holds
-        if not low < seconds <= high:
-            self._depth_now, self._depth_holds = depth_and_range(self.pipeline_depth,
-                                                                  seconds)
+        self.service.mean = seconds
 
     def _depth(self) -> int:
-        """Units per unit of concurrency now: deeper while calls are quick (worked out
-        when the mean service time leaves the range its depth holds for, not on each
-        release)."""
-        return self._depth_now
+        """Units per unit of concurrency now: deeper while calls are quick."""
+        return self.service.depth
 
     def add_worker(self, worker: Worker) -> None:
         """A new worker is ready: offer all of its capacity."""
@@ -149,7 +140,7 @@ class Dispatcher:
         elif not spare and worker.reserved < worker.capacity:
             self._idle.append(worker)
             if len(self._workers) > 1:
-                self._steal_for(worker)
+                steal_for(worker, self._workers)  # back through requeue
         else:
             self._spare.append(worker)
 
@@ -164,16 +155,6 @@ class Dispatcher:
         if call.on_moved is not None:
             call.on_moved(worker)
 
-    def _steal_for(self, thief: Worker) -> None:
-        """``thief`` has a free unit and nobody waits: withdraw a call stuck in another
-        worker's pipe (:func:`call_to_steal`); it comes back through :meth:`requeue`
-        once its worker answers ``withdrawn``, and goes to a free unit."""
-        found = call_to_steal(self._workers, thief)
-        if found is not None:
-            victim, call = found
-            victim.recall.withdraw(call)
-            victim.connection.write_now()
-
     def requeue(self, call: WorkerCall) -> None:
         """``call`` never started on its worker (which died, retired, or gave it back):
         send it on a free unit, or put it first in line, with its own deadline.
@@ -181,17 +162,14 @@ class Dispatcher:
         It fails with :class:`WorkerCrashedBeforeStart` only when the pool has closed
         or its deadline has passed.
         """
-        if self._closed or self._broken:
-            state = "closed" if self._closed else "broke"
+        why = (f"the pool {'closed' if self._closed else 'broke'} before another "
+               "worker could take it" if self._closed or self._broken else
+               "its deadline has passed" if call.wall_deadline is not None
+               and time.time() >= call.wall_deadline else None)
+        if why is not None:
             call.fail(WorkerCrashedBeforeStart(
                 f"call {call.command!r} never started on worker "
-                f"{call.worker.id if call.worker else '?'}, and the pool {state} "
-                "before another worker could take it"))
-            return
-        if call.wall_deadline is not None and time.time() >= call.wall_deadline:
-            call.fail(WorkerCrashedBeforeStart(
-                f"call {call.command!r} never started on worker "
-                f"{call.worker.id if call.worker else '?'}, and its deadline has passed"))
+                f"{call.worker.id if call.worker else '?'}, and {why}"))
             return
         worker = self._take_unit()
         if worker is not None:
@@ -414,4 +392,4 @@ class Dispatcher:
                            pinned_too=True)
 
     def record_service_time(self, seconds: float) -> None:
-        self.mean_service_time = self._mean + (seconds - self._mean) * 0.05
+        self.service.record(seconds)

@@ -42,18 +42,44 @@ def pipeline_depth(configured: int, mean_service_time: float) -> int:
     return max(2, min(configured, 1 + int(PIPELINE_BUDGET / mean_service_time)))
 
 
-def depth_and_range(configured: int, mean_service_time: float
-                    ) -> tuple[int, tuple[float, float]]:
-    """:func:`pipeline_depth` for ``mean_service_time``, and the range ``(low, high]``
-    of mean service times it stays the same for (the dispatcher works it out again
-    only when the mean leaves it)."""
-    depth = pipeline_depth(configured, max(mean_service_time, 1e-12))
-    if configured <= 2:
-        return depth, (-math.inf, math.inf)
-    # 1 + int(B / m) == depth  <=>  B / depth < m <= B / (depth - 1); the ends clamp
-    low = 0.0 if depth == configured else PIPELINE_BUDGET / depth
-    high = math.inf if depth == 2 else PIPELINE_BUDGET / (depth - 1)
-    return depth, (low, high)
+class ServiceTime:
+    """The moving average of how long handlers run (measured from when a call could
+    start, not from when it was sent: a deeper pipe must not look slower), and the
+    :func:`pipeline_depth` it sets -- worked out again only when the mean leaves the
+    range ``(low, high]`` the depth holds for, not on each of the dispatcher's
+    releases."""
+
+    __slots__ = ("_high", "_low", "_mean", "configured", "depth")
+
+    def __init__(self, configured: int, mean: float = 0.001) -> None:
+        self.configured = configured
+        self.depth = 2
+        self._low, self._high = 0.0, -1.0  # holds for nothing yet
+        self._mean = 0.0
+        self.mean = mean
+
+    @property
+    def mean(self) -> float:
+        """Seconds."""
+        return self._mean
+
+    @mean.setter
+    def mean(self, seconds: float) -> None:
+        self._mean = seconds
+        if self._low < seconds <= self._high:
+            return
+        configured = self.configured
+        depth = self.depth = pipeline_depth(configured, max(seconds, 1e-12))
+        if configured <= 2:
+            self._low, self._high = -math.inf, math.inf
+            return
+        # 1 + int(B / m) == depth  <=>  B / depth < m <= B / (depth - 1); the ends clamp
+        self._low = 0.0 if depth == configured else PIPELINE_BUDGET / depth
+        self._high = math.inf if depth == 2 else PIPELINE_BUDGET / (depth - 1)
+
+    def record(self, seconds: float) -> None:
+        """A handler ran ``seconds``."""
+        self.mean = self._mean + (seconds - self._mean) * 0.05
 
 
 def call_to_steal(workers: Iterable[Worker], thief: Worker
@@ -81,3 +107,14 @@ def call_to_steal(workers: Iterable[Worker], thief: Worker
     if victim is None or newest is None:
         return None
     return victim, newest
+
+
+def steal_for(thief: Worker, workers: Iterable[Worker]) -> None:
+    """``thief`` has a free unit and nobody waits: withdraw a call stuck in another
+    worker's pipe (:func:`call_to_steal`); it comes back through the dispatcher's
+    ``requeue`` once its worker answers ``withdrawn``, and goes to a free unit."""
+    found = call_to_steal(workers, thief)
+    if found is not None:
+        victim, call = found
+        victim.recall.withdraw(call)
+        victim.connection.write_now()
