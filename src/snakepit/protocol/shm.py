@@ -137,10 +137,17 @@ class SharedMemoryCodec(Codec):
 
         Small messages cost one length check more than plain msgpack: only a payload
         that came out at least ``threshold`` long is walked and encoded again.
+
+        A stream's chunks stay in band, whatever their size. They flow one way: a
+        segment handed to the receiver never comes back with a large buffer of its
+        own, so each chunk would be a new file, created, faulted in and unlinked,
+        while the pipe, kept full by a sender that writes as the receiver reads, moves
+        them faster (64 KiB chunks: 1.76 GB/s in band against 0.72 GB/s through
+        segments on the reference box; 1 MiB chunks: 2.8 against 1.3).
         """
-        if not _shallow_large(message, self.threshold):
+        if message.get("t") == _CHUNK or not _shallow_large(message, self.threshold):
             payload = super().encode(message)
-            if len(payload) < self.threshold:
+            if len(payload) < self.threshold or message.get("t") == _CHUNK:
                 return payload
         segments: list[Segment] = []
         try:
@@ -230,6 +237,10 @@ def _shallow_large(message: Any, threshold: int) -> bool:
             for item in value.values())
     return _holds_tagged(value)
 
+
+_CHUNK = "chunk"
+"""A stream's chunk message (``snakepit.protocol.wire.CHUNK``; this module is standard
+library only, for workers)."""
 
 _TAG = "__snakepit__"
 """The key of a serializer's tagged value (``snakepit.bridge.hookspecs.TAG_KEY``)."""
