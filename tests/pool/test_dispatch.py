@@ -8,7 +8,7 @@ from typing import cast
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import snakepit
@@ -206,6 +206,7 @@ def held_after_draining(dispatcher: Dispatcher) -> int:
     return next(iter(dispatcher._units)).reserved  # type: ignore[attr-defined, no-any-return]
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(configured=st.integers(1, 64),
        times=st.lists(st.floats(0.0, 0.02, allow_nan=False) | st.sampled_from(
            [0.001 / d for d in range(1, 66)]), max_size=60))
