@@ -214,10 +214,7 @@ class PoolConfig:
     """Buffers (``bytes``, ``bytearray``, ``memoryview``) of at least this many bytes go
     through a shared-memory segment in ``/dev/shm`` instead of the pipe, both ways
     (msgpack codec, workers that support it; ``None``: always through the pipe).
-    Each segment is bounded by ``max_frame_size``. The default is a pipe's buffer
-    (64 KiB): a frame larger than that takes several writes and wake-ups, which cost
-    more than a copy into a reused segment (512 KiB echoed: 2.4 ms in band, 0.26 ms
-    through shared memory on the reference box)."""
+    Each segment is bounded by ``max_frame_size``. Default: a pipe's buffer (64 KiB)."""
     warm_start: bool = attrs.field(default=False, validator=_BOOL)
     """Fork workers from a template process that imported ``preload`` and the handler's
     module once, instead of starting each interpreter cold; replacements are forked too

@@ -162,10 +162,12 @@ class Dispatcher:
         It fails with :class:`WorkerCrashedBeforeStart` only when the pool has closed
         or its deadline has passed.
         """
-        why = (f"the pool {'closed' if self._closed else 'broke'} before another "
-               "worker could take it" if self._closed or self._broken else
-               "its deadline has passed" if call.wall_deadline is not None
-               and time.time() >= call.wall_deadline else None)
+        why = None
+        if self._closed or self._broken:
+            why = (f"the pool {'closed' if self._closed else 'broke'} before another "
+                   "worker could take it")
+        elif call.wall_deadline is not None and time.time() >= call.wall_deadline:
+            why = "its deadline has passed"
         if why is not None:
             call.fail(WorkerCrashedBeforeStart(
                 f"call {call.command!r} never started on worker "
