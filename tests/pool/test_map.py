@@ -253,3 +253,53 @@ async def test_map_over_an_enhanced_bridge_target() -> None:
         assert all(isinstance(r, snakepit.Ref) for r in refs)
         assert [await r.getattr("numerator") for r in refs] == [0, 1, 2, 1]
         assert refs[0].pid in {w.pid for w in pool.workers()}
+
+
+async def test_a_lone_maps_chunks_grow_and_shrink_back_when_a_call_comes(
+        tmp_path: Path) -> None:
+    # Items of 200 µs: a millisecond of work is ~5 items. An unsized input, so only the
+    # pool's sharing sets the chunks, not the end of the input.
+    gate = tmp_path / "gate"
+    async with snakepit.open_pool(map_config(size=2)) as pool:
+        async with pool.map("spin", itertools.repeat(0.0002)) as results:
+            seen: list[int] = []
+            async for _ in results:
+                seen.append(results.last_chunksize)
+                if len(seen) == 400:
+                    break
+            # alone: chunks grew well past a millisecond of work
+            assert max(seen) >= 20, seen
+            async with trio.open_nursery() as nursery:
+                # another caller's call is queued or in a worker from now on
+                nursery.start_soon(pool.execute, "block_until", {"path": str(gate)})
+                await trio.testing.wait_all_tasks_blocked()
+                before = results.chunks_sent
+                async for _ in results:  # the chunks sent before it are answered first
+                    if results.chunks_sent > before:
+                        break
+                # the first chunk sent since is about a millisecond of work again
+                assert results.last_chunksize <= 10, results.last_chunksize
+                open_gate(gate)
+        await drained(pool)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_an_input_that_raises_ends_the_map_with_its_error(asynchronous: bool) -> None:
+    def items() -> Iterator[int]:
+        yield from range(50)
+        raise LookupError("the input broke after 50 items")
+
+    async def items_async() -> AsyncIterator[int]:
+        for i in items():
+            yield i
+
+    async with snakepit.open_pool(map_config(size=2)) as pool:
+        source: Any = items_async() if asynchronous else items()
+        got: list[int] = []
+        with pytest.raises(LookupError, match="after 50 items"):
+            async with pool.map("echo", source, chunksize=8) as results:
+                async for r in results:
+                    got.append(r)
+        assert got == list(range(48))  # every whole chunk before the failure came back
+        assert await pool.execute("echo", 1) == 1  # the pool is left clean
+        await drained(pool)

@@ -64,9 +64,11 @@ def map_section(options: argparse.Namespace, available: set[str], module: str,
     samples = mapping.measure(workers, items, options.repeat, available)
     rows = [median_row(name, runs, ("items_per_s", "host_cpu_us"))
             for name, runs in samples.items()]
-    work = _find(rows, mapping.WORK_ROW)
-    if work is not None:
-        work["ideal_items_per_s"] = workers / mapping.WORK
+    work, serial = _find(rows, mapping.WORK_ROW), _find(rows, mapping.SERIAL_ROW)
+    if work is not None and serial is not None:
+        # Two workers' ideal: each running the items back to back as fast as this
+        # process does (a spin of 10 µs takes ~10.2 on the reference box), no pool cost.
+        work["ideal_items_per_s"] = workers * serial["items_per_s"]
     return rows
 
 
@@ -103,8 +105,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
               functools.partial(_at_least, factor), "x")
     work = _find(rows, mapping.WORK_ROW)
     check("pool.map of 10 µs items within 10% of the workers' ideal rate",
-          work["items_per_s"] / work["ideal_items_per_s"] if work else None, 0.9,
+          work["items_per_s"] / work["ideal_items_per_s"]
+          if work and "ideal_items_per_s" in work else None, 0.9,
           lambda value: value >= 0.9, "x ideal")
+    if report.get("state") == "busy" and found[-1]["value"] is not None:
+        found[-1]["passed"] = None
+        found[-1]["why"] = ("the other CPU is kept busy, so two workers cannot reach their "
+                            "ideal rate; the figure is measured in the idle state")
     ours = _find(report.get("calls", []), "snakepit")
     check("host CPU per trivial call <= 20 µs",
           ours.get("host_cpu_us") if ours else None, 20.0, lambda value: value <= 20.0, " µs")

@@ -196,6 +196,8 @@ def print_report(report: dict[str, Any], out: Callable[[str], None] = print) -> 
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
         value = ("not measured" if target["value"] is None
                  else f"{target['value']:,.2f}{target['unit']}")
+        if target.get("why"):
+            verdict, value = "N/A ", f"{value} ({target['why']})"
         out(f"  {verdict}  {target['name']}: {value}")
     for note in report["notes"]:
         out(f"note: {note}")

@@ -7,10 +7,11 @@ into one ``results`` frame. Standard library only, like the rest of the bridge.
 
 The loop is the point of batching, so it is kept bare: no frame, no codec call, no
 syscall per item. It looks at the wire (for a ``cancel``) and the clock (for the
-deadline) between *blocks* of items, a block growing while items are quick and
-shrinking to one item once a block takes longer than :data:`LOOK_EVERY`; so a cancelled
-batch stops within about that long after the item running when the cancel came, and a
-batch of trivial items pays one ``select`` per ~1000 items.
+deadline) between *blocks* of items, a block doubling while it takes less than
+:data:`LOOK_EVERY` and shrinking to about that much work once it takes longer (to one
+item, once items are that slow); so a cancelled batch stops within about that long
+after the item running when the cancel came, and a batch of trivial items pays one
+``select`` per ~1000 items.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def run_batch(cmd: Command, ctx: CallContext) -> dict[str, Any]:
                                        f"{start} of its {count} items")
                 raise CallCancelled(f"batch call {ctx.id} ({ctx.command}) was cancelled "
                                     f"after {start} of its {count} items")
-            block = 1 if took >= LOOK_EVERY else min(_MAX_BLOCK, block * 2)
+            # about LOOK_EVERY of work per block: one item once items are slow
+            block = (max(1, int(block * LOOK_EVERY / took)) if took >= LOOK_EVERY
+                     else min(_MAX_BLOCK, block * 2))
     ctx.args = items
     frame: dict[str, Any] = {wire.TAG: wire.RESULTS, "id": ctx.id, "values": values,
                              "ran": monotonic() - first}

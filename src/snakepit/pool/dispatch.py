@@ -48,8 +48,7 @@ class Dispatcher:
         self._idle: collections.deque[Worker] = collections.deque()
         self._spare: collections.deque[Worker] = collections.deque()
         self._waiters: collections.deque[trio.lowlevel.Task | WorkerCall] = collections.deque()
-        # callers that must have one particular worker (strict session affinity)
-        self._pinned: dict[Worker, collections.deque[trio.lowlevel.Task]] = {}
+        self._pinned: dict[Worker, collections.deque[trio.lowlevel.Task]] = {}  # strict sessions
         self._units: dict[Worker, int] = {}
         """Units of each worker in circulation (free or held); follows :meth:`_depth`."""
         self._workers: list[Worker] = []
@@ -66,6 +65,10 @@ class Dispatcher:
         if not self._pinned:
             return len(self._waiters)
         return len(self._waiters) + sum(len(q) for q in self._pinned.values())
+
+    def outstanding(self) -> int:
+        """Calls queued or in a worker now (a map compares this with its own chunks)."""
+        return self.queue_depth + sum(len(worker.inflight) for worker in self._workers)
 
     @property
     def mean_service_time(self) -> float:
