@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snakepit import benchmarking
-from snakepit._bench import values
+from snakepit._bench import issue18, mapping, values
 from snakepit._bench.report import VALUE_TARGETS
 
 SECTIONS = {"calls", "start", "payloads", "streams", "sessions", "isolation", "map"}
@@ -69,7 +69,9 @@ def test_quick_run_prints_the_tables_and_saves_the_report(
             "snakepit map chunksize 1024", "raw pipe (floor), a frame per item",
             "snakepit map, 10 µs items"} <= set(maps)
     assert all(row["items_per_s"] > 0 for row in maps.values())
-    assert maps["snakepit map, 10 µs items"]["ideal_items_per_s"] == 2 / 10e-6
+    # two workers' ideal: twice the rate the same items run at serially in this process
+    assert (maps["snakepit map, 10 µs items"]["ideal_items_per_s"]
+            == 2 * maps["10 µs items, serially in one process"]["items_per_s"])
 
 
     # every target is judged or skipped, and said so in the output
@@ -151,3 +153,12 @@ def test_busy_state_keeps_a_cpu_spinning() -> None:
             pass  # this process spins too, watching the spinner's CPU time grow
         assert cpu_ticks(spinner) >= 10  # a tenth of a second of CPU: it spins
     assert child_pids() == before  # and it is gone with the block
+
+
+def test_the_10_us_items_target_is_judged_idle_and_only_reported_busy() -> None:
+    rows = [{"name": mapping.WORK_ROW, "items_per_s": 170e3, "ideal_items_per_s": 200e3}]
+    for state, passed in (("idle", False), ("busy", None)):
+        found = {t["name"]: t for t in issue18.targets({"map": rows, "state": state})}
+        target = found["pool.map of 10 µs items within 10% of the workers' ideal rate"]
+        assert target["value"] == 0.85 and target["passed"] is passed
+        assert ("why" in target) is (state == "busy")
