@@ -122,13 +122,17 @@ def test_both_machine_states(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     machine.state = watched  # type: ignore[assignment]
     try:
-        code = benchmarking.main(["--quick", "--no-peers", "--only", "sessions",
+        code = benchmarking.main(["--quick", "--no-peers", "--only", "sessions,map",
                                   "--state", "both", "--output", str(tmp_path)])
     finally:
         machine.state = real_state  # type: ignore[assignment]
     assert code == 0 and spinning == [False, True]
     out = capsys.readouterr().out
     assert "machine state 'idle'" in out and "machine state 'busy'" in out
+    idle, busy = out.split("machine state 'busy'")
+    # the 10 µs items' ideal needs both CPUs: judged idle, only reported busy
+    assert "N/A   pool.map of 10 µs items" not in idle
+    assert "N/A   pool.map of 10 µs items" in busy
     states = [json.loads(line)["state"]
               for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert states == ["idle", "busy"]

@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None, *,
     failed = False  # --state both: all the sections idle, then all of them busy
     for state in machine.STATES if options.state == "both" else (options.state,):
         with machine.state(state):
-            report = _run(options, sections, on_section)
-        report["state"] = state
+            report = _run(options, sections, on_section, state)
         print_report(report)
         if not options.no_save:
             written = save(report, options.output)
@@ -133,7 +132,8 @@ def main(argv: list[str] | None = None, *,
 
 
 def _run(options: argparse.Namespace, sections: list[str],
-         on_section: Callable[[str], None] | None = None) -> dict[str, Any]:
+         on_section: Callable[[str], None] | None = None, state: str = "idle"
+         ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "version": 1, "time": time.time(), "snakepit": snakepit.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -157,6 +157,7 @@ def _run(options: argparse.Namespace, sections: list[str],
                        "host_tools": lambda options, *_: hosttools.measure(options.seq)
                        }[section]
             report[section] = measure(options, available, module, path)
+    report["state"] = state  # (issue 18's 10 µs-items target is judged idle only)
     report["targets"] = check_targets(report) + issue18.targets(report)
     return report
 
