@@ -110,6 +110,9 @@ class CallPath:
         self._counters = counters
         self._breaker = breaker
         self._emit = emit
+        # The run's clock, bound once: trio.current_time() costs about twice as much
+        # (~150 ns against ~80 on the reference box), and a call reads it four times.
+        self._now = trio.lowlevel.current_clock().current_time
 
     def deadline(self, timeout: float | None) -> float:
         """The Trio-clock deadline for ``timeout`` seconds (``config.call_timeout`` by
@@ -124,7 +127,7 @@ class CallPath:
             return math.inf
         if not timeout > 0:
             raise ConfigError([f"timeout: must be a number > 0 (got {timeout!r})"])
-        return trio.current_time() + timeout
+        return self._now() + timeout
 
     async def acquire(self, deadline: float, worker: Worker | None = None) -> Worker:
         """A unit of any worker (or of ``worker`` only), waiting until ``deadline``."""
@@ -155,14 +158,14 @@ class CallPath:
         if telemetry.enabled("call.start"):  # build no payload nobody reads
             self._emit("call.start", {"queue_depth": self.dispatcher.queue_depth},
                        command=command, call=call_id, **metadata)
-        return call_id, trio.current_time()
+        return call_id, self._now()
 
     def call_failed(self, exc: BaseException, command: str, call_id: int, submitted: float,
                      attempt: Attempt, tries: int = 1, **metadata: Any) -> None:
         """Count and announce a call that raised ``exc``."""
         self._counters.failure(exc)
         worker = attempt.worker
-        now = trio.current_time()
+        now = self._now()
         started = attempt.started if worker is not None else now
         self._emit("call.exception", {"duration": now - submitted,
                                       "queue_wait": started - submitted, "attempts": tries},
@@ -176,7 +179,7 @@ class CallPath:
         """Count and announce a call that returned, and feed the latency figures."""
         worker, started = attempt.worker, attempt.started
         assert worker is not None
-        now = trio.current_time()
+        now = self._now()
         self._counters.success(now - submitted)
         worker.latencies.append(now - started)
         if not telemetry.enabled("call.stop"):

@@ -107,7 +107,9 @@ class Worker(Ending):
         """The error calls in flight get when the worker ends (None: a crash)."""
         self.shutdown_sent = False
         self._pings: dict[int, trio.Event] = {}
-        self.started_at = trio.current_time()
+        self._now = trio.lowlevel.current_clock().current_time
+        """The run's clock (see ``CallPath``): read at each call's send and answer."""
+        self.started_at = self._now()
         self.on_retire: Callable[[], None] | None = None
         """Called when the worker retires, so its slot starts the replacement at once."""
         self.latencies: collections.deque[float] = collections.deque(maxlen=512)
@@ -223,7 +225,7 @@ class Worker(Ending):
                 nested.settle(answer)
                 return
         call = self._take_back(call_id)
-        now = trio.current_time()
+        now = self._now()
         if self.seat is not None:
             # How long the handler ran: as the worker measured it, or else from when the
             # call could start (sent, or the previous answer) to its answer -- never the
@@ -310,7 +312,7 @@ class Worker(Ending):
             raise
         call.id = call_id
         call.worker = self
-        call.sent_at = trio.current_time()
+        call.sent_at = self._now()
         self.inflight.add(call)
         self.calls_started += 1
         if self.config.max_calls is not None and self.calls_started >= self.config.max_calls:
