@@ -11,6 +11,7 @@ Measured on the 2-core reference box (DESIGN.md): a small request and response c
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -22,7 +23,7 @@ except ImportError:  # pragma: no cover - exercised in a worker venv without msg
     msgpack = None
 
 __all__ = ["CODEC_NAMES", "MAX_DEPTH", "Codec", "available_codecs", "check_decodable",
-           "get_codec"]
+           "get_codec", "msgpack_pack"]
 
 CODEC_NAMES: Final = ("msgpack", "json")
 
@@ -44,14 +45,22 @@ def check_decodable(message: Any, *, sequence_keys: bool, max_depth: int | None)
     key as an array, which the decoder cannot hash), or nesting deeper than
     ``max_depth``.
 
-    Called after a successful encode, so ``message`` is finite and acyclic. It looks at
-    the types of a container's items in one C-level pass (``set(map(type, ...))``) and
-    descends only into containers: a small call costs ~0.1-0.6 µs, a flat list about as
-    much as packing it (measured on the 2-core box, Python 3.11).
+    Called after a successful encode, so ``message`` is finite and acyclic. A frame of
+    scalars is passed by a plain loop (~0.25 µs); otherwise it looks at the types of a
+    container's items in one C-level pass (``set(map(type, ...))``) and descends only
+    into containers: a flat list costs about as much as packing it (measured on the
+    2-core box, Python 3.11).
     """
-    if (type(message) is dict and _SCALARS.issuperset(map(type, message.values()))
-            and _SCALARS.issuperset(map(type, message))):
-        return  # the common small frame (a call or result of scalars): two C-level passes
+    if type(message) is dict:  # the common small frame: a call or result of scalars
+        for item in message.values():  # (a loop: issuperset(map(...)) builds a set)
+            if type(item) not in _SCALARS:
+                break
+        else:
+            for item in message:
+                if type(item) not in _SCALARS:
+                    break
+            else:
+                return
     stack: list[tuple[Any, int]] = [(message, 1)]
     pop, push = stack.pop, stack.append
     while stack:
@@ -125,17 +134,35 @@ def _json_dumps(value: Any) -> bytes:
 
 JSON: Final = Codec("json", _json_dumps, json.loads, max_depth=MAX_DEPTH)
 
-if msgpack is not None:
-    _packer_options: dict[str, Any] = {"use_bin_type": True}
-    _unpack_options: dict[str, Any] = {"raw": False, "strict_map_key": False}
+_packers = threading.local()
+_PACKER_KEEPS = 1 << 20
+"""A thread's ``Packer`` that packed more than this is dropped: it keeps its buffer."""
 
-    def _msgpack_dumps(value: Any) -> bytes:
-        return msgpack.packb(value, **_packer_options)  # type: ignore[no-any-return]
+
+def msgpack_pack(value: Any) -> bytes:
+    """``msgpack.packb(value, use_bin_type=True)`` through a ``Packer`` kept per thread:
+    ``packb`` builds a new ``Packer`` each time, which cost ~0.7 µs of a small frame's
+    ~1.2 µs on the reference box (~0.3 µs this way). Per thread, as a ``Packer`` fills
+    its own buffer while it packs; dropped after a large frame, as that buffer stays
+    as large as the largest frame it held."""
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        assert msgpack is not None
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    payload: bytes = packer.pack(value)
+    if len(payload) > _PACKER_KEEPS:
+        del _packers.packer
+    return payload
+
+
+if msgpack is not None:
+    _unpack_options: dict[str, Any] = {"raw": False, "strict_map_key": False}
 
     def _msgpack_loads(payload: bytes | bytearray) -> Any:
         return msgpack.unpackb(payload, **_unpack_options)
 
-    MSGPACK: Codec | None = Codec("msgpack", _msgpack_dumps, _msgpack_loads,
+    MSGPACK: Codec | None = Codec("msgpack", msgpack_pack, _msgpack_loads,
                                   sequence_keys=True)
 else:  # pragma: no cover
     MSGPACK = None

@@ -37,7 +37,7 @@ from typing import Any
 
 from snakepit.errors import PayloadError, ProtocolError
 from snakepit.protocol import wire
-from snakepit.protocol.codecs import Codec
+from snakepit.protocol.codecs import Codec, msgpack_pack
 from snakepit.protocol.segments import SEGMENT_DIR, Segment, SegmentPool, read_bytes
 
 try:
@@ -111,7 +111,7 @@ class SharedMemoryCodec(Codec):
                  track: bool = True) -> None:
         assert msgpack is not None
         # partials, not methods: no Python frame between the codec and msgpack
-        super().__init__("msgpack", functools.partial(msgpack.packb, use_bin_type=True),
+        super().__init__("msgpack", msgpack_pack,
                          functools.partial(msgpack.unpackb, raw=False, strict_map_key=False,
                                            ext_hook=self._read_segment),
                          sequence_keys=True)
