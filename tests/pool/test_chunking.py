@@ -30,13 +30,16 @@ def test_an_explicit_size_is_honoured_whatever_happens() -> None:
             for alone in (True, False) for r in (None, 1, 10**6)} == {7}
 
 
-def test_the_first_chunk_is_one_item_and_growth_follows_answers() -> None:
+def test_the_first_chunk_is_one_item_and_growth_follows_answered_items() -> None:
     sizer = ChunkSizer(None, ITEM, 2)
     assert sizer.next_size(alone=False, remaining=None) == 1
+    assert sizer.next_size(alone=False, remaining=None) == 1  # nothing answered yet
     sizer.learn(1, ITEM)
     assert sizer.next_size(alone=False, remaining=None) == GROWTH
+    sizer.learn(1, ITEM)  # every answered item counts, not only the largest chunk
+    assert sizer.next_size(alone=False, remaining=None) == 2 * GROWTH
     sizer.learn(GROWTH, GROWTH * ITEM)
-    assert sizer.next_size(alone=False, remaining=None) == GROWTH * GROWTH
+    assert sizer.next_size(alone=False, remaining=None) == (2 + GROWTH) * GROWTH
 
 
 def test_a_shared_pool_gets_a_millisecond_of_work_per_chunk() -> None:
@@ -71,8 +74,9 @@ def test_sizes_stay_within_their_bounds(per_item: float, units: int,
     sizer = ChunkSizer(None, per_item, units)
     sizer.learn(64, 64 * per_item)
     for alone, remaining in steps:
+        answered = sizer.answered
         size = sizer.next_size(alone=alone, remaining=remaining)
-        assert 1 <= size <= min(MAX_CHUNKSIZE, 64 * GROWTH)
+        assert 1 <= size <= min(MAX_CHUNKSIZE, answered * GROWTH)
         # never more than the budget's work, unless one item is more than the budget
         assert size == 1 or size * max(per_item, 1e-7) <= ALONE_CHUNK_SECONDS * (1 + 1e-9)
         if not alone:

@@ -17,8 +17,10 @@ per item:
 - **Near the end of an input of known length**, chunks shrink to a share of what is
   left, so the workers finish together instead of one running a last large chunk.
 - **Never much larger than what was seen to work**: at most :data:`GROWTH` times the
-  largest chunk answered so far (the first is one item), so a handler slower than it
-  looks does not get a huge first chunk; and at most :data:`MAX_CHUNKSIZE` items.
+  items answered so far (the first chunk is one item), so a handler slower than it
+  looks does not get a huge first chunk; and at most :data:`MAX_CHUNKSIZE` items. (Four
+  times the largest chunk answered, as before, took ~35 chunks to reach 8 ms of 10 µs
+  items, a window of tiny chunks per step; counting every answered item, ~20.)
 
 An explicit ``chunksize`` is always honoured.
 """
@@ -32,7 +34,7 @@ ALONE_CHUNK_SECONDS = 0.008
 MAX_CHUNKSIZE = 4096
 """Largest chunk ``chunksize=None`` picks."""
 GROWTH = 4
-"""An automatic chunk is at most this many times the largest one answered before."""
+"""An automatic chunk is at most this many times the items answered before it."""
 TAIL_SHARE = 2
 """Near the end of a sized input, a chunk holds at most ``1 / (TAIL_SHARE * units)``
 of the items left."""
@@ -41,7 +43,7 @@ of the items left."""
 class ChunkSizer:
     """The chunk size of one map: an explicit one, or one worked out per chunk."""
 
-    __slots__ = ("budget", "fixed", "largest_answered", "per_item", "units")
+    __slots__ = ("answered", "budget", "fixed", "per_item", "units")
 
     def __init__(self, fixed: int | None, per_item: float, units: int) -> None:
         self.fixed = fixed
@@ -50,7 +52,8 @@ class ChunkSizer:
         self.units = max(1, units)
         self.budget = CHUNK_SECONDS
         """Seconds of work the next automatic chunk aims at."""
-        self.largest_answered = 0
+        self.answered = 0
+        """Items of this map answered so far."""
 
     def next_size(self, *, alone: bool, remaining: int | None) -> int:
         """Items for the next chunk; ``alone``: nothing but this map's chunks is queued
@@ -63,11 +66,10 @@ class ChunkSizer:
         if remaining is not None and self.budget > CHUNK_SECONDS:
             share = remaining // (TAIL_SHARE * self.units)
             size = min(size, max(int(CHUNK_SECONDS / per_item), share))
-        return max(1, min(size, MAX_CHUNKSIZE, self.largest_answered * GROWTH))
+        return max(1, min(size, MAX_CHUNKSIZE, self.answered * GROWTH))
 
     def learn(self, items: int, took: float) -> None:
         """A chunk of ``items`` was answered after ``took`` seconds of work."""
-        if items > self.largest_answered:
-            self.largest_answered = items
+        self.answered += items
         if took > 0:
             self.per_item += (took / items - self.per_item) * 0.5
