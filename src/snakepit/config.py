@@ -135,7 +135,7 @@ class PoolConfig:
     max_queue: int = attrs.field(default=1024, validator=must(at_least(0, integer=True),
                                                              "must be an integer >= 0"))
     """Calls that may wait for a worker; the next one gets :class:`PoolSaturated`."""
-    pipeline_depth: int = attrs.field(default=8, validator=_COUNT)
+    pipeline_depth: int = attrs.field(default=16, validator=_COUNT)
     """Most calls a worker may hold per unit of its concurrency. When every worker is
     busy, further calls wait in the workers' pipes, so a worker never idles between
     calls -- as deep as about a millisecond of expected work (quick calls go up to this
