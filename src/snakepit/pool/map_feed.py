@@ -92,7 +92,10 @@ class MapFeed:
         a feeder task would cost a scheduler round per chunk); an async iterable, or a
         session's map (which may wait for its worker), gets a feeder task."""
         if isinstance(items, Sized):
-            self._length = len(items)
+            try:
+                self._length = len(items)
+            except Exception:  # a sized type whose len() fails: sized by service time only
+                self._length = None
         if self._session is None and not isinstance(items, AsyncIterable):
             try:
                 self._iterator = iter(items)
