@@ -309,3 +309,18 @@ async def test_an_input_that_raises_ends_the_map_with_its_error(asynchronous: bo
         assert got == list(range(48))  # every whole chunk before the failure came back
         assert await pool.execute("echo", 1) == 1  # the pool is left clean
         await drained(pool)
+
+
+async def test_a_sized_input_whose_len_fails_is_still_mapped() -> None:
+    class Stubborn:
+        """Sized by its type, but its len() raises (a lazy view of something remote)."""
+
+        def __len__(self) -> int:
+            raise RuntimeError("length unknown")
+
+        def __iter__(self) -> Iterator[int]:
+            return iter(range(300))
+
+    async with snakepit.open_pool(map_config(size=2)) as pool:
+        async with pool.map("echo", Stubborn()) as results:
+            assert [r async for r in results] == list(range(300))
