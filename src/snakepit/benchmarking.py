@@ -132,12 +132,12 @@ def main(argv: list[str] | None = None, *,
 
 
 def _run(options: argparse.Namespace, sections: list[str],
-         on_section: Callable[[str], None] | None = None, state: str = "idle"
-         ) -> dict[str, Any]:
+         on_section: Callable[[str], None] | None = None, state: str = "idle") -> dict[str, Any]:
     report: dict[str, Any] = {
         "version": 1, "time": time.time(), "snakepit": snakepit.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "cpus": os.cpu_count(), "load": list(os.getloadavg()), "notes": [],
+        "state": state,  # set before the targets: 10 µs items are judged idle only
         "options": {"workers": options.workers, "calls": options.calls, "seq": options.seq,
                     "repeat": options.repeat, "start_workers": options.start_workers,
                     "quick": options.quick, "sections": sections},
@@ -157,7 +157,6 @@ def _run(options: argparse.Namespace, sections: list[str],
                        "host_tools": lambda options, *_: hosttools.measure(options.seq)
                        }[section]
             report[section] = measure(options, available, module, path)
-    report["state"] = state  # (issue 18's 10 µs-items target is judged idle only)
     report["targets"] = check_targets(report) + issue18.targets(report)
     return report
 
